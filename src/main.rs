@@ -1,0 +1,2 @@
+//! The `xlaguard` command line.
+fn main() {}

@@ -1,0 +1,183 @@
+//! `PJRT_Buffer`: a device array, read back to the host; and event helpers.
+
+use std::sync::Arc;
+
+use super::api::{api_fn, Api};
+use super::client::ClientInner;
+use super::{dtype_of, ffi, PjrtError};
+use crate::signature::DType;
+
+/// Waits for an event, then destroys it; the event's error becomes the result.
+pub(crate) fn await_event(
+    api: &Api,
+    event: *mut ffi::PJRT_Event,
+    function: &'static str,
+) -> Result<(), PjrtError> {
+    let awaited = match api_fn!(api, PJRT_Event_Await) {
+        Ok(f) => {
+            let mut args = ffi::PJRT_Event_Await_Args::new();
+            args.event = event;
+            // SAFETY: `event` is a live event the plugin handed us.
+            api.check(unsafe { f(&mut args) }, function)
+        }
+        Err(e) => Err(e),
+    };
+    if let Ok(f) = api_fn!(api, PJRT_Event_Destroy) {
+        let mut args = ffi::PJRT_Event_Destroy_Args::new();
+        args.event = event;
+        // SAFETY: we own the event; destroyed once, after the await above returned.
+        let err = unsafe { f(&mut args) };
+        let _ = api.check(err, "PJRT_Event_Destroy");
+    }
+    awaited
+}
+
+/// An array on a device. Dropping it frees the device memory.
+pub struct Buffer {
+    client: Arc<ClientInner>,
+    raw: *mut ffi::PJRT_Buffer,
+}
+
+// SAFETY: PJRT buffers may be used and destroyed from any thread.
+unsafe impl Send for Buffer {}
+// SAFETY: `&Buffer` only calls thread-safe read functions.
+unsafe impl Sync for Buffer {}
+
+impl std::fmt::Debug for Buffer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Buffer")
+            .field("dtype", &self.dtype().ok())
+            .field("dims", &self.dims().ok())
+            .finish()
+    }
+}
+
+impl Buffer {
+    pub(crate) fn from_raw(
+        client: Arc<ClientInner>,
+        raw: *mut ffi::PJRT_Buffer,
+        function: &'static str,
+    ) -> Result<Buffer, PjrtError> {
+        if raw.is_null() {
+            return Err(PjrtError::Contract {
+                function,
+                detail: "returned no error and no buffer".into(),
+            });
+        }
+        Ok(Buffer { client, raw })
+    }
+
+    pub(crate) fn raw(&self) -> *mut ffi::PJRT_Buffer {
+        self.raw
+    }
+
+    /// The element type.
+    ///
+    /// # Errors
+    /// A [`PjrtError`] from the plugin, or an element type xlaguard does not support.
+    pub fn dtype(&self) -> Result<DType, PjrtError> {
+        let api = &self.client.api;
+        let f = api_fn!(api, PJRT_Buffer_ElementType)?;
+        let mut args = ffi::PJRT_Buffer_ElementType_Args::new();
+        args.buffer = self.raw;
+        // SAFETY: live buffer, valid args.
+        api.check(unsafe { f(&mut args) }, "PJRT_Buffer_ElementType")?;
+        dtype_of(args.type_)
+    }
+
+    /// The dimensions.
+    ///
+    /// # Errors
+    /// A [`PjrtError`] from the plugin.
+    pub fn dims(&self) -> Result<Vec<i64>, PjrtError> {
+        let api = &self.client.api;
+        let f = api_fn!(api, PJRT_Buffer_Dimensions)?;
+        let mut args = ffi::PJRT_Buffer_Dimensions_Args::new();
+        args.buffer = self.raw;
+        // SAFETY: live buffer, valid args.
+        api.check(unsafe { f(&mut args) }, "PJRT_Buffer_Dimensions")?;
+        if args.num_dims == 0 {
+            return Ok(Vec::new());
+        }
+        if args.dims.is_null() {
+            return Err(PjrtError::Contract {
+                function: "PJRT_Buffer_Dimensions",
+                detail: "null dims".into(),
+            });
+        }
+        // SAFETY: the plugin returns `num_dims` values owned by the buffer; copied now.
+        Ok(unsafe { std::slice::from_raw_parts(args.dims, args.num_dims) }.to_vec())
+    }
+
+    /// Copies the buffer to `dst`, which must be exactly the buffer's size in bytes.
+    ///
+    /// # Errors
+    /// [`PjrtError::Contract`] if `dst` has another size; the plugin's error otherwise.
+    pub fn copy_to_host(&self, dst: &mut [u8]) -> Result<(), PjrtError> {
+        let api = &self.client.api;
+        let f = api_fn!(api, PJRT_Buffer_ToHostBuffer)?;
+        // First call with a null destination asks for the size.
+        let mut q = ffi::PJRT_Buffer_ToHostBuffer_Args::new();
+        q.src = self.raw;
+        // SAFETY: live buffer; with dst null the plugin only writes `dst_size`.
+        api.check(unsafe { f(&mut q) }, "PJRT_Buffer_ToHostBuffer")?;
+        if q.dst_size != dst.len() {
+            return Err(PjrtError::Contract {
+                function: "PJRT_Buffer_ToHostBuffer",
+                detail: format!(
+                    "device buffer holds {} bytes, host buffer has {}",
+                    q.dst_size,
+                    dst.len()
+                ),
+            });
+        }
+        let mut args = ffi::PJRT_Buffer_ToHostBuffer_Args::new();
+        args.src = self.raw;
+        args.dst = dst.as_mut_ptr().cast();
+        args.dst_size = dst.len();
+        // SAFETY: `dst` is valid for `dst_size` bytes (checked equal to the buffer's size) and
+        // stays borrowed until the event below has completed.
+        api.check(unsafe { f(&mut args) }, "PJRT_Buffer_ToHostBuffer")?;
+        if !args.event.is_null() {
+            await_event(api, args.event, "PJRT_Buffer_ToHostBuffer")?;
+        }
+        Ok(())
+    }
+
+    /// Size in bytes of the host copy.
+    ///
+    /// # Errors
+    /// A [`PjrtError`] from the plugin.
+    pub fn host_size(&self) -> Result<usize, PjrtError> {
+        let api = &self.client.api;
+        let f = api_fn!(api, PJRT_Buffer_ToHostBuffer)?;
+        let mut q = ffi::PJRT_Buffer_ToHostBuffer_Args::new();
+        q.src = self.raw;
+        // SAFETY: live buffer; with dst null the plugin only writes `dst_size`.
+        api.check(unsafe { f(&mut q) }, "PJRT_Buffer_ToHostBuffer")?;
+        Ok(q.dst_size)
+    }
+
+    /// Copies the buffer into a new host vector.
+    ///
+    /// # Errors
+    /// A [`PjrtError`] from the plugin.
+    pub fn to_host(&self) -> Result<Vec<u8>, PjrtError> {
+        let mut v = vec![0u8; self.host_size()?];
+        self.copy_to_host(&mut v)?;
+        Ok(v)
+    }
+}
+
+impl Drop for Buffer {
+    fn drop(&mut self) {
+        let api = &self.client.api;
+        if let Ok(f) = api_fn!(api, PJRT_Buffer_Destroy) {
+            let mut args = ffi::PJRT_Buffer_Destroy_Args::new();
+            args.buffer = self.raw;
+            // SAFETY: we own the buffer; destroyed once; the client outlives it (Arc).
+            let err = unsafe { f(&mut args) };
+            let _ = api.check(err, "PJRT_Buffer_Destroy");
+        }
+    }
+}

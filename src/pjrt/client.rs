@@ -1,0 +1,360 @@
+//! `PJRT_Client`: creation with options, devices, compile, host-to-device, deserialize.
+
+use std::ffi::c_char;
+use std::sync::Arc;
+
+use super::api::{api_fn, lossy, Api};
+use super::buffer::Buffer;
+use super::executable::LoadedExecutable;
+use super::ffi;
+use super::options::CompileOptions;
+use super::{buffer_type, PjrtError};
+use crate::signature::DType;
+
+/// A value of a client create option.
+#[derive(Clone, Debug, PartialEq)]
+pub enum OptionValue {
+    /// A string.
+    Str(String),
+    /// An int64.
+    Int(i64),
+    /// A list of int64.
+    IntList(Vec<i64>),
+    /// A float.
+    Float(f32),
+    /// A bool.
+    Bool(bool),
+}
+
+/// Options for `PJRT_Client_Create`: named, typed values the plugin checks.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct ClientOptions {
+    values: Vec<(String, OptionValue)>,
+}
+
+impl ClientOptions {
+    /// No options: the plugin's defaults.
+    pub fn new() -> ClientOptions {
+        ClientOptions::default()
+    }
+
+    /// The defaults xlaguard uses on the CPU plugin: one device, synchronous execution
+    /// (2.5 µs per tiny execute instead of ~35 µs with the asynchronous default).
+    pub fn cpu() -> ClientOptions {
+        let mut o = ClientOptions::new();
+        o.set("cpu_device_count", OptionValue::Int(1));
+        o.set("asynchronous", OptionValue::Bool(false));
+        o
+    }
+
+    /// Sets (or replaces) an option.
+    pub fn set(&mut self, name: &str, value: OptionValue) -> &mut Self {
+        self.values.retain(|(n, _)| n != name);
+        self.values.push((name.to_string(), value));
+        self
+    }
+
+    /// The options, in the order set.
+    pub fn values(&self) -> &[(String, OptionValue)] {
+        &self.values
+    }
+}
+
+/// A PJRT client on one plugin. Thread-safe; cloning shares it. Executables and buffers keep
+/// it alive.
+#[derive(Clone)]
+pub struct Client {
+    pub(crate) inner: Arc<ClientInner>,
+}
+
+pub(crate) struct ClientInner {
+    pub(crate) api: Arc<Api>,
+    pub(crate) raw: *mut ffi::PJRT_Client,
+    devices: Vec<*mut ffi::PJRT_Device>,
+    platform: String,
+    platform_version: String,
+}
+
+// SAFETY: PJRT clients are thread-safe by contract (JAX shares one across threads); the device
+// pointers are owned by the client and immutable.
+unsafe impl Send for ClientInner {}
+// SAFETY: as above.
+unsafe impl Sync for ClientInner {}
+
+impl std::fmt::Debug for Client {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Client")
+            .field("platform", &self.inner.platform)
+            .field("devices", &self.inner.devices.len())
+            .finish()
+    }
+}
+
+impl Client {
+    /// Creates a client.
+    ///
+    /// # Errors
+    /// A [`PjrtError`] if the plugin rejects an option (unknown name, wrong type) or cannot
+    /// create a client (no device), or reports no addressable device.
+    pub fn new(api: Arc<Api>, options: &ClientOptions) -> Result<Client, PjrtError> {
+        let create = api_fn!(api, PJRT_Client_Create)?;
+        // Owned storage the named values point into; kept alive across the call.
+        let names: Vec<&str> = options.values.iter().map(|(n, _)| n.as_str()).collect();
+        let mut named = Vec::with_capacity(options.values.len());
+        for ((_, value), name) in options.values.iter().zip(&names) {
+            let (type_, val, size) = match value {
+                OptionValue::Str(s) => (
+                    ffi::PJRT_NamedValue_kString,
+                    ffi::PJRT_NamedValue_Value {
+                        string_value: s.as_ptr().cast::<c_char>(),
+                    },
+                    s.len(),
+                ),
+                OptionValue::Int(i) => (
+                    ffi::PJRT_NamedValue_kInt64,
+                    ffi::PJRT_NamedValue_Value { int64_value: *i },
+                    1,
+                ),
+                OptionValue::IntList(l) => (
+                    ffi::PJRT_NamedValue_kInt64List,
+                    ffi::PJRT_NamedValue_Value {
+                        int64_array_value: l.as_ptr(),
+                    },
+                    l.len(),
+                ),
+                OptionValue::Float(x) => (
+                    ffi::PJRT_NamedValue_kFloat,
+                    ffi::PJRT_NamedValue_Value { float_value: *x },
+                    1,
+                ),
+                OptionValue::Bool(b) => (
+                    ffi::PJRT_NamedValue_kBool,
+                    ffi::PJRT_NamedValue_Value { bool_value: *b },
+                    1,
+                ),
+            };
+            named.push(ffi::PJRT_NamedValue {
+                struct_size: std::mem::size_of::<ffi::PJRT_NamedValue>(),
+                extension_start: std::ptr::null_mut(),
+                name: name.as_ptr().cast::<c_char>(),
+                name_size: name.len(),
+                type_,
+                value: val,
+                value_size: size,
+            });
+        }
+        let mut args = ffi::PJRT_Client_Create_Args::new();
+        args.create_options = named.as_ptr();
+        args.num_options = named.len();
+        // SAFETY: args valid; every pointer in `named` borrows `options`, alive for the call.
+        api.check(unsafe { create(&mut args) }, "PJRT_Client_Create")?;
+        if args.client.is_null() {
+            return Err(PjrtError::Contract {
+                function: "PJRT_Client_Create",
+                detail: "returned no error and no client".into(),
+            });
+        }
+        let mut client = ClientInner {
+            api,
+            raw: args.client,
+            devices: Vec::new(),
+            platform: String::new(),
+            platform_version: String::new(),
+        };
+        client.devices = client.query_devices()?;
+        if client.devices.is_empty() {
+            return Err(PjrtError::Contract {
+                function: "PJRT_Client_AddressableDevices",
+                detail: "the client has no addressable device".into(),
+            });
+        }
+        client.platform = client.query_platform()?;
+        client.platform_version = client.query_platform_version().unwrap_or_default();
+        Ok(Client {
+            inner: Arc::new(client),
+        })
+    }
+}
+
+impl ClientInner {
+    fn query_devices(&self) -> Result<Vec<*mut ffi::PJRT_Device>, PjrtError> {
+        let f = api_fn!(self.api, PJRT_Client_AddressableDevices)?;
+        let mut args = ffi::PJRT_Client_AddressableDevices_Args::new();
+        args.client = self.raw;
+        // SAFETY: live client, valid args.
+        self.api
+            .check(unsafe { f(&mut args) }, "PJRT_Client_AddressableDevices")?;
+        if args.addressable_devices.is_null() {
+            return Ok(Vec::new());
+        }
+        // SAFETY: the plugin returns `num_addressable_devices` device pointers owned by the client.
+        Ok(unsafe {
+            std::slice::from_raw_parts(args.addressable_devices, args.num_addressable_devices)
+        }
+        .to_vec())
+    }
+
+    fn query_platform(&self) -> Result<String, PjrtError> {
+        let f = api_fn!(self.api, PJRT_Client_PlatformName)?;
+        let mut args = ffi::PJRT_Client_PlatformName_Args::new();
+        args.client = self.raw;
+        // SAFETY: live client, valid args; the name is owned by the client and copied now.
+        self.api
+            .check(unsafe { f(&mut args) }, "PJRT_Client_PlatformName")?;
+        // SAFETY: pointer and size from the plugin.
+        Ok(unsafe { lossy(args.platform_name, args.platform_name_size) })
+    }
+
+    fn query_platform_version(&self) -> Result<String, PjrtError> {
+        let f = api_fn!(self.api, PJRT_Client_PlatformVersion)?;
+        let mut args = ffi::PJRT_Client_PlatformVersion_Args::new();
+        args.client = self.raw;
+        // SAFETY: live client, valid args.
+        self.api
+            .check(unsafe { f(&mut args) }, "PJRT_Client_PlatformVersion")?;
+        // SAFETY: pointer and size from the plugin.
+        Ok(unsafe { lossy(args.platform_version, args.platform_version_size) })
+    }
+}
+
+impl Client {
+    /// The plugin this client runs on.
+    pub fn api(&self) -> &Arc<Api> {
+        &self.inner.api
+    }
+
+    /// Platform name as the plugin reports it (`cpu`, `cuda`, `tpu`, ...).
+    pub fn platform(&self) -> &str {
+        &self.inner.platform
+    }
+
+    /// Platform version string (e.g. the CUDA version), possibly empty.
+    pub fn platform_version(&self) -> &str {
+        &self.inner.platform_version
+    }
+
+    /// Number of addressable devices.
+    pub fn device_count(&self) -> usize {
+        self.inner.devices.len()
+    }
+
+    /// Compiles a program. `format` is `"mlir"` (StableHLO text or bytecode) or `"hlo"`
+    /// (a serialized `HloModuleProto`).
+    ///
+    /// # Errors
+    /// The plugin's compile error (parse failure, unsupported op, missing custom-call handler).
+    pub fn compile(
+        &self,
+        program: &[u8],
+        format: &'static str,
+        options: &CompileOptions,
+    ) -> Result<LoadedExecutable, PjrtError> {
+        let f = api_fn!(self.inner.api, PJRT_Client_Compile)?;
+        let prog = ffi::PJRT_Program::new(program, format);
+        let opts = options.encode();
+        let mut args = ffi::PJRT_Client_Compile_Args::new();
+        args.client = self.inner.raw;
+        args.program = &prog;
+        args.compile_options = opts.as_ptr().cast::<c_char>();
+        args.compile_options_size = opts.len();
+        // SAFETY: live client; `prog` borrows `program` and `opts`, alive for the call; the
+        // options always hold both counts (see options.rs), which the plugin requires.
+        self.inner
+            .api
+            .check(unsafe { f(&mut args) }, "PJRT_Client_Compile")?;
+        LoadedExecutable::from_raw(&self.inner, args.executable, "PJRT_Client_Compile")
+    }
+
+    /// Loads a serialized executable produced by [`LoadedExecutable::serialize`].
+    ///
+    /// # Safety
+    /// A serialized executable is machine code: loading it is as dangerous as running it. The
+    /// bytes must come from a trusted source (our own compile worker, or a cache entry whose
+    /// integrity was verified).
+    pub unsafe fn deserialize(&self, bytes: &[u8]) -> Result<LoadedExecutable, PjrtError> {
+        let f = api_fn!(self.inner.api, PJRT_Executable_DeserializeAndLoad)?;
+        let mut args = ffi::PJRT_Executable_DeserializeAndLoad_Args::new();
+        args.client = self.inner.raw;
+        args.serialized_executable = bytes.as_ptr().cast::<c_char>();
+        args.serialized_executable_size = bytes.len();
+        // SAFETY: live client; `bytes` alive for the call; trust established by the caller.
+        self.inner.api.check(
+            unsafe { f(&mut args) },
+            "PJRT_Executable_DeserializeAndLoad",
+        )?;
+        LoadedExecutable::from_raw(
+            &self.inner,
+            args.loaded_executable,
+            "PJRT_Executable_DeserializeAndLoad",
+        )
+    }
+
+    /// Copies a host array to device 0. `data` must hold exactly `product(dims) * dtype.size()`
+    /// bytes in row-major order; this is checked.
+    ///
+    /// # Errors
+    /// [`PjrtError::Contract`] on a size mismatch (checked before the call), or the plugin's
+    /// error.
+    pub fn buffer_from_host(
+        &self,
+        data: &[u8],
+        dtype: DType,
+        dims: &[i64],
+    ) -> Result<Buffer, PjrtError> {
+        let want = dims.iter().try_fold(dtype.size(), |acc, &d| {
+            usize::try_from(d).ok().and_then(|d| acc.checked_mul(d))
+        });
+        if want != Some(data.len()) {
+            return Err(PjrtError::Contract {
+                function: "PJRT_Client_BufferFromHostBuffer",
+                detail: format!(
+                    "{} bytes for {}{:?}, expected {:?}",
+                    data.len(),
+                    dtype,
+                    dims,
+                    want
+                ),
+            });
+        }
+        let f = api_fn!(self.inner.api, PJRT_Client_BufferFromHostBuffer)?;
+        let mut args = ffi::PJRT_Client_BufferFromHostBuffer_Args::new();
+        args.client = self.inner.raw;
+        args.data = data.as_ptr().cast();
+        args.type_ = buffer_type(dtype);
+        args.dims = dims.as_ptr();
+        args.num_dims = dims.len();
+        args.host_buffer_semantics = ffi::PJRT_HostBufferSemantics_kImmutableOnlyDuringCall;
+        args.device = self.inner.devices[0];
+        // SAFETY: live client and device; `data` holds exactly the bytes the dims describe
+        // (checked above) and outlives the call; with kImmutableOnlyDuringCall the plugin copies
+        // before returning.
+        self.inner
+            .api
+            .check(unsafe { f(&mut args) }, "PJRT_Client_BufferFromHostBuffer")?;
+        if !args.done_with_host_buffer.is_null() {
+            super::buffer::await_event(
+                &self.inner.api,
+                args.done_with_host_buffer,
+                "PJRT_Client_BufferFromHostBuffer",
+            )?;
+        }
+        Buffer::from_raw(
+            self.inner.clone(),
+            args.buffer,
+            "PJRT_Client_BufferFromHostBuffer",
+        )
+    }
+}
+
+impl Drop for ClientInner {
+    fn drop(&mut self) {
+        if let Ok(f) = api_fn!(self.api, PJRT_Client_Destroy) {
+            let mut args = ffi::PJRT_Client_Destroy_Args::new();
+            args.client = self.raw;
+            // SAFETY: we own the client; destroyed once. Executables and buffers hold an
+            // `Arc<Client>`, so none outlives it.
+            let err = unsafe { f(&mut args) };
+            let _ = self.api.check(err, "PJRT_Client_Destroy");
+        }
+    }
+}
