@@ -157,7 +157,7 @@ def main() -> int:
         print("  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths))))
         if k == 0:
             print("  ".join("-" * w for w in widths))
-    for p in problems:
+    for p in dict.fromkeys(problems):
         print(f"note: {p}", file=sys.stderr)
     return 0
 

@@ -1,5 +1,31 @@
 //! xlaguard: a native, validating host for models exported from JAX.
+//!
+//! Load a `jax.export` artifact (or StableHLO text/bytecode, or an HLO proto), compile it through
+//! a PJRT plugin, check every input against the module's signature before any device buffer
+//! exists, and run it.
+//!
+//! ```no_run
+//! use xlaguard::{Engine, Tensor};
+//! # fn main() -> Result<(), xlaguard::Error> {
+//! let engine = Engine::new(&xlaguard::EngineConfig::default())?;
+//! let model = engine.load_file("hlo/tiny/model.jaxexport".as_ref())?;
+//! let x = Tensor::from_slice(&[8, 16], &[1.0f32; 128]).unwrap();
+//! let outputs = model.run(&[x.view(), x.view()])?;
+//! assert_eq!(outputs[0].shape(), &[8, 16]);
+//! # Ok(()) }
+//! ```
 #![deny(missing_docs)]
 
+pub mod artifact;
+mod engine;
+mod error;
 pub mod pjrt;
+pub mod plugin;
 pub mod signature;
+pub mod tensor;
+pub mod validate;
+
+pub use engine::{Engine, EngineConfig, Model, ModelInfo};
+pub use error::Error;
+pub use signature::{DType, Dim, Signature, TensorSpec};
+pub use tensor::{Tensor, TensorRef};

@@ -1,2 +1,418 @@
-//! The `xlaguard` command line.
-fn main() {}
+//! The `xlaguard` command line: `inspect`, `run`, `compile`, `bench`, `plugin`.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Instant;
+
+use anyhow::{anyhow, bail, Context, Result};
+use clap::{Parser, Subcommand};
+use xlaguard::artifact::{self, Artifact};
+use xlaguard::plugin::{self, DeviceKind};
+use xlaguard::signature::{Dim, TensorSpec};
+use xlaguard::{Engine, EngineConfig, Model, Tensor, TensorRef};
+
+/// The embedded default model: the digits classifier exported by `hlo/export.py`.
+const DEFAULT_MODEL: &[u8] = include_bytes!("../hlo/digits/model.jaxexport");
+/// A real test digit (label 2) for the default model.
+const DEFAULT_INPUT: &[u8] = include_bytes!("../hlo/digits/in0.npy");
+
+#[derive(Parser)]
+#[command(
+    name = "xlaguard",
+    version,
+    about = "Run JAX-exported models natively, with every input checked"
+)]
+struct Cli {
+    /// PJRT plugin file (else $XLAGUARD_PLUGIN, third_party/, then pip locations).
+    #[arg(long, global = true)]
+    plugin: Option<PathBuf>,
+    /// Device kind to look for when discovering a plugin.
+    #[arg(long, global = true, value_parser = ["cpu", "cuda", "tpu", "auto"])]
+    device: Option<String>,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Print a model's signature, platforms, calling convention and plugin.
+    Inspect {
+        /// Model file, or `default` for the embedded digits classifier.
+        model: String,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Validate inputs, run, write outputs as .npy.
+    Run {
+        /// Model file, or `default` for the embedded digits classifier.
+        model: String,
+        /// Inputs as .npy files, in signature order.
+        inputs: Vec<PathBuf>,
+        /// An input by name: NAME=FILE.npy (repeatable).
+        #[arg(long = "input", value_name = "NAME=FILE")]
+        named: Vec<String>,
+        /// Folder for out0.npy, out1.npy, ... (created if missing).
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+    /// Compile a model and write the serialized executable.
+    Compile {
+        /// Model file, or `default`.
+        model: String,
+        /// Output file for the serialized executable.
+        #[arg(short, long)]
+        output: PathBuf,
+    },
+    /// Time raw and validated execution (used by benches/vs_jax.py).
+    Bench {
+        /// Model file, or `default`.
+        model: String,
+        /// Timed iterations.
+        #[arg(long, default_value_t = 2000)]
+        iters: usize,
+        /// Print one JSON object.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show which plugin would be used and its attributes.
+    Plugin,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match real_main(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            // One line: the chain of causes joined.
+            eprintln!("error: {:#}", e);
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn config(cli: &Cli) -> Result<EngineConfig> {
+    let mut c = EngineConfig::default();
+    c.plugin.clone_from(&cli.plugin);
+    c.device = match cli.device.as_deref() {
+        None | Some("auto") => None,
+        Some("cpu") => Some(DeviceKind::Cpu),
+        Some("cuda") => Some(DeviceKind::Cuda),
+        Some("tpu") => Some(DeviceKind::Tpu),
+        Some(other) => bail!("unknown device '{other}'"),
+    };
+    Ok(c)
+}
+
+fn read_artifact(model: &str) -> Result<Artifact> {
+    if model == "default" {
+        return artifact::load(DEFAULT_MODEL).context("embedded default model");
+    }
+    Ok(artifact::load_file(Path::new(model))?)
+}
+
+fn dims_json(spec: &TensorSpec) -> serde_json::Value {
+    spec.shape
+        .iter()
+        .map(|d| match d {
+            Dim::Static(n) => serde_json::json!(n),
+            Dim::Symbolic(s) => serde_json::json!(s),
+        })
+        .collect()
+}
+
+fn specs_json(v: &[TensorSpec]) -> serde_json::Value {
+    v.iter()
+        .map(
+            |s| serde_json::json!({"name": s.name, "dtype": s.dtype.name(), "shape": dims_json(s)}),
+        )
+        .collect()
+}
+
+fn real_main(cli: Cli) -> Result<()> {
+    let cfg = config(&cli)?;
+    match &cli.cmd {
+        Cmd::Inspect { model, json } => inspect(&cfg, model, *json),
+        Cmd::Run {
+            model,
+            inputs,
+            named,
+            out,
+        } => run(&cfg, model, inputs, named, out.as_deref()),
+        Cmd::Compile { model, output } => {
+            let engine = Engine::new(&cfg)?;
+            let t = Instant::now();
+            let m = engine.load_artifact(read_artifact(model)?)?;
+            let ser = m.executable().serialize()?;
+            std::fs::write(output, &ser.0).with_context(|| output.display().to_string())?;
+            println!(
+                "compiled in {:.1} ms; {} bytes written to {}",
+                t.elapsed().as_secs_f64() * 1e3,
+                ser.0.len(),
+                output.display()
+            );
+            Ok(())
+        }
+        Cmd::Bench { model, iters, json } => bench(&cfg, model, *iters, *json),
+        Cmd::Plugin => {
+            let found = plugin::discover(cfg.plugin.as_deref(), cfg.device)?;
+            let api = xlaguard::pjrt::Api::load(&found.path)?;
+            println!(
+                "plugin: {} ({:?}, {})",
+                found.path.display(),
+                found.source,
+                found.kind.name()
+            );
+            println!("PJRT API: {}.{}", api.version().0, api.version().1);
+            for (k, v) in api.attributes()? {
+                println!("  {k} = {v}");
+            }
+            Ok(())
+        }
+    }
+}
+
+fn inspect(cfg: &EngineConfig, model: &str, json: bool) -> Result<()> {
+    let a = read_artifact(model)?;
+    let found = plugin::discover(cfg.plugin.as_deref(), cfg.device);
+    let unsupported = a.check_supported().err().map(|e| e.to_string());
+    // Artifacts without metadata (HLO proto, bytecode) get their signature from a compile.
+    let mut sig = a.signature.clone();
+    let mut note = None;
+    if sig.is_none() && unsupported.is_none() {
+        match Engine::new(cfg).and_then(|e| e.load_artifact(a.clone())) {
+            Ok(m) => sig = Some(m.signature().clone()),
+            Err(e) => note = Some(format!("signature unavailable: {e}")),
+        }
+    }
+    let sig = sig.unwrap_or_default();
+    let plugin_desc = match &found {
+        Ok(f) => format!("{} ({:?}, {})", f.path.display(), f.source, f.kind.name()),
+        Err(e) => format!(
+            "none found: {}",
+            e.to_string().lines().next().unwrap_or_default()
+        ),
+    };
+    if json {
+        let v = serde_json::json!({
+            "kind": format!("{:?}", a.kind),
+            "inputs": specs_json(&sig.inputs),
+            "outputs": specs_json(&sig.outputs),
+            "platforms": a.platforms,
+            "calling_convention_version": a.calling_convention_version,
+            "serialization_version": a.serialization_version,
+            "kept_inputs": a.kept_inputs,
+            "ordered_effects": a.ordered_effects,
+            "nr_devices": a.nr_devices,
+            "plugin": found.as_ref().ok().map(|f| serde_json::json!({"path": f.path, "source": format!("{:?}", f.source), "kind": f.kind.name()})),
+            "unsupported": unsupported,
+            "note": note,
+        });
+        println!("{}", serde_json::to_string_pretty(&v)?);
+        return Ok(());
+    }
+    println!("kind: {:?}", a.kind);
+    println!("inputs:");
+    for (i, s) in sig.inputs.iter().enumerate() {
+        let dropped = a.kept_inputs.as_ref().is_some_and(|k| !k.contains(&i));
+        println!(
+            "  {i}: {} {}{}",
+            s.name,
+            s.type_string(),
+            if dropped {
+                "  (unused by the module; accepted and ignored)"
+            } else {
+                ""
+            }
+        );
+    }
+    println!("outputs:");
+    for (i, s) in sig.outputs.iter().enumerate() {
+        println!("  {i}: {} {}", s.name, s.type_string());
+    }
+    println!(
+        "platforms: {}",
+        if a.platforms.is_empty() {
+            "(not stated)".to_string()
+        } else {
+            a.platforms.join(", ")
+        }
+    );
+    if let Some(v) = a.calling_convention_version {
+        println!("calling convention: {v}");
+    }
+    println!("plugin: {plugin_desc}");
+    if let Some(u) = unsupported {
+        println!("NOT RUNNABLE: {u}");
+    }
+    if let Some(n) = note {
+        println!("{n}");
+    }
+    Ok(())
+}
+
+fn load_inputs(
+    m: &Model,
+    model: &str,
+    positional: &[PathBuf],
+    named: &[String],
+) -> Result<Vec<Tensor>> {
+    if positional.is_empty() && named.is_empty() && model == "default" {
+        return Ok(vec![Tensor::from_npy(DEFAULT_INPUT)?]);
+    }
+    if !positional.is_empty() && !named.is_empty() {
+        bail!("give inputs either positionally or with --input NAME=FILE, not both");
+    }
+    if !named.is_empty() {
+        let mut pairs = Vec::new();
+        for n in named {
+            let (name, file) = n
+                .split_once('=')
+                .ok_or_else(|| anyhow!("--input expects NAME=FILE.npy, got '{n}'"))?;
+            pairs.push((name.to_string(), Tensor::read_npy(Path::new(file))?));
+        }
+        return Ok(xlaguard::validate::order_named(m.signature(), pairs)?);
+    }
+    positional
+        .iter()
+        .map(|p| Ok(Tensor::read_npy(p)?))
+        .collect()
+}
+
+fn summary(t: &Tensor) -> String {
+    use xlaguard::DType;
+    let vals: Vec<f64> = match t.dtype() {
+        DType::F32 => t
+            .to_array::<f32>()
+            .map(|a| a.iter().map(|&x| f64::from(x)).collect())
+            .unwrap_or_default(),
+        DType::F64 => t
+            .to_array::<f64>()
+            .map(|a| a.iter().copied().collect())
+            .unwrap_or_default(),
+        DType::BF16 => t
+            .to_array::<half::bf16>()
+            .map(|a| a.iter().map(|x| x.to_f64()).collect())
+            .unwrap_or_default(),
+        DType::F16 => t
+            .to_array::<half::f16>()
+            .map(|a| a.iter().map(|x| x.to_f64()).collect())
+            .unwrap_or_default(),
+        DType::I32 => t
+            .to_array::<i32>()
+            .map(|a| a.iter().map(|&x| f64::from(x)).collect())
+            .unwrap_or_default(),
+        DType::I64 => t
+            .to_array::<i64>()
+            .map(|a| a.iter().map(|&x| x as f64).collect())
+            .unwrap_or_default(),
+        DType::Bool => t.bytes().iter().map(|&b| f64::from(b)).collect(),
+        DType::U8 => t.bytes().iter().map(|&b| f64::from(b)).collect(),
+        _ => Vec::new(),
+    };
+    if vals.is_empty() {
+        return String::new();
+    }
+    if vals.len() <= 8 {
+        let shown: Vec<String> = vals.iter().map(|v| format!("{v}")).collect();
+        return format!(" = [{}]", shown.join(", "));
+    }
+    let min = vals.iter().copied().fold(f64::INFINITY, f64::min);
+    let max = vals.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+    let mean = vals.iter().sum::<f64>() / vals.len() as f64;
+    format!("  min {min:.6} max {max:.6} mean {mean:.6}")
+}
+
+fn run(
+    cfg: &EngineConfig,
+    model: &str,
+    positional: &[PathBuf],
+    named: &[String],
+    out: Option<&Path>,
+) -> Result<()> {
+    let engine = Engine::new(cfg)?;
+    let m = engine.load_artifact(read_artifact(model)?)?;
+    let inputs = load_inputs(&m, model, positional, named)?;
+    let views: Vec<TensorRef<'_>> = inputs.iter().map(Tensor::view).collect();
+    let outputs = m.run(&views)?;
+    if let Some(dir) = out {
+        std::fs::create_dir_all(dir).with_context(|| dir.display().to_string())?;
+        for (i, t) in outputs.iter().enumerate() {
+            t.write_npy(&dir.join(format!("out{i}.npy")))?;
+        }
+    }
+    for (i, (t, spec)) in outputs.iter().zip(&m.signature().outputs).enumerate() {
+        let file = out
+            .map(|d| format!(" -> {}", d.join(format!("out{i}.npy")).display()))
+            .unwrap_or_default();
+        println!(
+            "out{i} '{}': {}{}{}",
+            spec.name,
+            t.type_string(),
+            summary(t),
+            file
+        );
+    }
+    Ok(())
+}
+
+fn median_us(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
+}
+
+fn bench(cfg: &EngineConfig, model: &str, iters: usize, json: bool) -> Result<()> {
+    let engine = Engine::new(cfg)?;
+    let path = Path::new(model);
+    let m = engine.load_artifact(read_artifact(model)?)?;
+    // Inputs: in0.npy, in1.npy ... beside the model file (or the embedded sample).
+    let inputs: Vec<Tensor> = if model == "default" {
+        vec![Tensor::from_npy(DEFAULT_INPUT)?]
+    } else {
+        let dir = path.parent().unwrap_or(Path::new("."));
+        (0..m.signature().inputs.len())
+            .map(|i| Tensor::read_npy(&dir.join(format!("in{i}.npy"))).map_err(anyhow::Error::from))
+            .collect::<Result<_>>()?
+    };
+    let views: Vec<TensorRef<'_>> = inputs.iter().map(Tensor::view).collect();
+    let resident = m.upload(&views)?;
+    let refs: Vec<_> = resident.iter().collect();
+    let warm = (iters / 10).max(10);
+    let time = |f: &mut dyn FnMut() -> Result<()>| -> Result<f64> {
+        for _ in 0..warm {
+            f()?;
+        }
+        let mut v = Vec::with_capacity(iters);
+        for _ in 0..iters {
+            let t = Instant::now();
+            f()?;
+            v.push(t.elapsed().as_secs_f64() * 1e6);
+        }
+        Ok(median_us(v))
+    };
+    let raw = time(&mut || {
+        m.execute_buffers(&refs)?;
+        Ok(())
+    })?;
+    let validated = time(&mut || {
+        let b = m.upload(&views)?;
+        let r: Vec<_> = b.iter().collect();
+        m.execute_buffers(&r)?;
+        Ok(())
+    })?;
+    let full = time(&mut || {
+        m.run(&views)?;
+        Ok(())
+    })?;
+    if json {
+        println!(
+            "{}",
+            serde_json::json!({"raw_us": raw, "validated_us": validated, "run_us": full, "iters": iters, "plugin": engine.plugin().path})
+        );
+    } else {
+        println!("raw execute (inputs resident):       {raw:9.2} µs");
+        println!("validated execute (check + upload):  {validated:9.2} µs");
+        println!("full run (+ outputs to host):        {full:9.2} µs");
+    }
+    Ok(())
+}

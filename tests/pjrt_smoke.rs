@@ -1,3 +1,6 @@
+//! The PJRT layer alone, end to end: load, client, compile, upload, execute, read back,
+//! serialize, deserialize, introspect.
+
 use xlaguard::pjrt::{Api, Client, ClientOptions, CompileOptions};
 use xlaguard::signature::DType;
 
@@ -46,6 +49,7 @@ fn add_two_vectors() {
     assert_eq!(vals, [11., 22., 33., 44.]);
     let ser = exe.serialize().unwrap();
     println!("serialized {} bytes", ser.0.len());
+    // SAFETY: the bytes come from our own compile above.
     let exe2 = unsafe { client.deserialize(&ser.0) }.unwrap();
     let out2 = exe2.execute(&[&ba, &bb]).unwrap();
     assert_eq!(out2[0].to_host().unwrap(), host);

@@ -182,7 +182,8 @@ impl Api {
         let f = api_fn!(self, PJRT_Plugin_Attributes)?;
         let mut args = ffi::PJRT_Plugin_Attributes_Args::new();
         // SAFETY: valid args; outputs have the lifetime of the process.
-        self.check(unsafe { f(&mut args) }, "PJRT_Plugin_Attributes")?;
+        let err = unsafe { f(&mut args) };
+        self.check(err, "PJRT_Plugin_Attributes")?;
         let mut out = Vec::new();
         if args.attributes.is_null() {
             return Ok(out);

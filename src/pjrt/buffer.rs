@@ -81,7 +81,8 @@ impl Buffer {
         let mut args = ffi::PJRT_Buffer_ElementType_Args::new();
         args.buffer = self.raw;
         // SAFETY: live buffer, valid args.
-        api.check(unsafe { f(&mut args) }, "PJRT_Buffer_ElementType")?;
+        let err = unsafe { f(&mut args) };
+        api.check(err, "PJRT_Buffer_ElementType")?;
         dtype_of(args.type_)
     }
 
@@ -95,7 +96,8 @@ impl Buffer {
         let mut args = ffi::PJRT_Buffer_Dimensions_Args::new();
         args.buffer = self.raw;
         // SAFETY: live buffer, valid args.
-        api.check(unsafe { f(&mut args) }, "PJRT_Buffer_Dimensions")?;
+        let err = unsafe { f(&mut args) };
+        api.check(err, "PJRT_Buffer_Dimensions")?;
         if args.num_dims == 0 {
             return Ok(Vec::new());
         }
@@ -120,7 +122,8 @@ impl Buffer {
         let mut q = ffi::PJRT_Buffer_ToHostBuffer_Args::new();
         q.src = self.raw;
         // SAFETY: live buffer; with dst null the plugin only writes `dst_size`.
-        api.check(unsafe { f(&mut q) }, "PJRT_Buffer_ToHostBuffer")?;
+        let err = unsafe { f(&mut q) };
+        api.check(err, "PJRT_Buffer_ToHostBuffer")?;
         if q.dst_size != dst.len() {
             return Err(PjrtError::Contract {
                 function: "PJRT_Buffer_ToHostBuffer",
@@ -137,7 +140,8 @@ impl Buffer {
         args.dst_size = dst.len();
         // SAFETY: `dst` is valid for `dst_size` bytes (checked equal to the buffer's size) and
         // stays borrowed until the event below has completed.
-        api.check(unsafe { f(&mut args) }, "PJRT_Buffer_ToHostBuffer")?;
+        let err = unsafe { f(&mut args) };
+        api.check(err, "PJRT_Buffer_ToHostBuffer")?;
         if !args.event.is_null() {
             await_event(api, args.event, "PJRT_Buffer_ToHostBuffer")?;
         }
@@ -154,7 +158,8 @@ impl Buffer {
         let mut q = ffi::PJRT_Buffer_ToHostBuffer_Args::new();
         q.src = self.raw;
         // SAFETY: live buffer; with dst null the plugin only writes `dst_size`.
-        api.check(unsafe { f(&mut q) }, "PJRT_Buffer_ToHostBuffer")?;
+        let err = unsafe { f(&mut q) };
+        api.check(err, "PJRT_Buffer_ToHostBuffer")?;
         Ok(q.dst_size)
     }
 

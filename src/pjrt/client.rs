@@ -147,7 +147,8 @@ impl Client {
         args.create_options = named.as_ptr();
         args.num_options = named.len();
         // SAFETY: args valid; every pointer in `named` borrows `options`, alive for the call.
-        api.check(unsafe { create(&mut args) }, "PJRT_Client_Create")?;
+        let err = unsafe { create(&mut args) };
+        api.check(err, "PJRT_Client_Create")?;
         if args.client.is_null() {
             return Err(PjrtError::Contract {
                 function: "PJRT_Client_Create",
@@ -182,8 +183,8 @@ impl ClientInner {
         let mut args = ffi::PJRT_Client_AddressableDevices_Args::new();
         args.client = self.raw;
         // SAFETY: live client, valid args.
-        self.api
-            .check(unsafe { f(&mut args) }, "PJRT_Client_AddressableDevices")?;
+        let err = unsafe { f(&mut args) };
+        self.api.check(err, "PJRT_Client_AddressableDevices")?;
         if args.addressable_devices.is_null() {
             return Ok(Vec::new());
         }
@@ -199,8 +200,8 @@ impl ClientInner {
         let mut args = ffi::PJRT_Client_PlatformName_Args::new();
         args.client = self.raw;
         // SAFETY: live client, valid args; the name is owned by the client and copied now.
-        self.api
-            .check(unsafe { f(&mut args) }, "PJRT_Client_PlatformName")?;
+        let err = unsafe { f(&mut args) };
+        self.api.check(err, "PJRT_Client_PlatformName")?;
         // SAFETY: pointer and size from the plugin.
         Ok(unsafe { lossy(args.platform_name, args.platform_name_size) })
     }
@@ -210,8 +211,8 @@ impl ClientInner {
         let mut args = ffi::PJRT_Client_PlatformVersion_Args::new();
         args.client = self.raw;
         // SAFETY: live client, valid args.
-        self.api
-            .check(unsafe { f(&mut args) }, "PJRT_Client_PlatformVersion")?;
+        let err = unsafe { f(&mut args) };
+        self.api.check(err, "PJRT_Client_PlatformVersion")?;
         // SAFETY: pointer and size from the plugin.
         Ok(unsafe { lossy(args.platform_version, args.platform_version_size) })
     }
@@ -259,9 +260,8 @@ impl Client {
         args.compile_options_size = opts.len();
         // SAFETY: live client; `prog` borrows `program` and `opts`, alive for the call; the
         // options always hold both counts (see options.rs), which the plugin requires.
-        self.inner
-            .api
-            .check(unsafe { f(&mut args) }, "PJRT_Client_Compile")?;
+        let err = unsafe { f(&mut args) };
+        self.inner.api.check(err, "PJRT_Client_Compile")?;
         LoadedExecutable::from_raw(&self.inner, args.executable, "PJRT_Client_Compile")
     }
 
@@ -278,10 +278,10 @@ impl Client {
         args.serialized_executable = bytes.as_ptr().cast::<c_char>();
         args.serialized_executable_size = bytes.len();
         // SAFETY: live client; `bytes` alive for the call; trust established by the caller.
-        self.inner.api.check(
-            unsafe { f(&mut args) },
-            "PJRT_Executable_DeserializeAndLoad",
-        )?;
+        let err = unsafe { f(&mut args) };
+        self.inner
+            .api
+            .check(err, "PJRT_Executable_DeserializeAndLoad")?;
         LoadedExecutable::from_raw(
             &self.inner,
             args.loaded_executable,
@@ -328,9 +328,10 @@ impl Client {
         // SAFETY: live client and device; `data` holds exactly the bytes the dims describe
         // (checked above) and outlives the call; with kImmutableOnlyDuringCall the plugin copies
         // before returning.
+        let err = unsafe { f(&mut args) };
         self.inner
             .api
-            .check(unsafe { f(&mut args) }, "PJRT_Client_BufferFromHostBuffer")?;
+            .check(err, "PJRT_Client_BufferFromHostBuffer")?;
         if !args.done_with_host_buffer.is_null() {
             super::buffer::await_event(
                 &self.inner.api,

@@ -76,10 +76,8 @@ impl LoadedExecutable {
         let mut args = ffi::PJRT_LoadedExecutable_GetExecutable_Args::new();
         args.loaded_executable = raw;
         // SAFETY: live loaded executable; the returned executable is ours to destroy.
-        api.check(
-            unsafe { f(&mut args) },
-            "PJRT_LoadedExecutable_GetExecutable",
-        )?;
+        let err = unsafe { f(&mut args) };
+        api.check(err, "PJRT_LoadedExecutable_GetExecutable")?;
         if args.executable.is_null() {
             return Err(PjrtError::Contract {
                 function: "PJRT_LoadedExecutable_GetExecutable",
@@ -108,7 +106,8 @@ impl LoadedExecutable {
         let mut args = ffi::PJRT_Executable_NumOutputs_Args::new();
         args.executable = self.exe;
         // SAFETY: live executable, valid args.
-        api.check(unsafe { f(&mut args) }, "PJRT_Executable_NumOutputs")?;
+        let err = unsafe { f(&mut args) };
+        api.check(err, "PJRT_Executable_NumOutputs")?;
         Ok(args.num_outputs)
     }
 
@@ -118,10 +117,8 @@ impl LoadedExecutable {
         let mut args = ffi::PJRT_Executable_OutputElementTypes_Args::new();
         args.executable = self.exe;
         // SAFETY: live executable, valid args.
-        api.check(
-            unsafe { f(&mut args) },
-            "PJRT_Executable_OutputElementTypes",
-        )?;
+        let err = unsafe { f(&mut args) };
+        api.check(err, "PJRT_Executable_OutputElementTypes")?;
         if args.num_output_types == 0 {
             return Ok(Vec::new());
         }
@@ -142,7 +139,8 @@ impl LoadedExecutable {
         let mut args = ffi::PJRT_Executable_OutputDimensions_Args::new();
         args.executable = self.exe;
         // SAFETY: live executable, valid args.
-        api.check(unsafe { f(&mut args) }, "PJRT_Executable_OutputDimensions")?;
+        let err = unsafe { f(&mut args) };
+        api.check(err, "PJRT_Executable_OutputDimensions")?;
         let n = args.num_outputs;
         if n == 0 {
             return Ok(Vec::new());
@@ -217,7 +215,8 @@ impl LoadedExecutable {
         a.device_complete_events = events.as_mut_ptr();
         // SAFETY: live executable and buffers; one device; `outs` has room for every output
         // (NumOutputs); all arrays outlive the call.
-        let r = api.check(unsafe { f(&mut a) }, "PJRT_LoadedExecutable_Execute");
+        let err = unsafe { f(&mut a) };
+        let r = api.check(err, "PJRT_LoadedExecutable_Execute");
         // Take ownership of whatever outputs were produced, so they are freed on any error.
         let mut buffers = Vec::with_capacity(n_out);
         for &p in outs.iter().take(n_out) {
@@ -256,7 +255,8 @@ impl LoadedExecutable {
         args.executable = self.exe;
         // SAFETY: live executable; the returned bytes are backed by `serialized_executable`,
         // which we free with the deleter after copying.
-        api.check(unsafe { f(&mut args) }, "PJRT_Executable_Serialize")?;
+        let err = unsafe { f(&mut args) };
+        api.check(err, "PJRT_Executable_Serialize")?;
         let bytes = if args.serialized_bytes.is_null() {
             Vec::new()
         } else {
@@ -301,11 +301,13 @@ impl LoadedExecutable {
         args.executable = self.exe;
         args.program = &mut prog;
         // SAFETY: first call with code null: the plugin writes the needed size.
-        api.check(unsafe { f(&mut args) }, "PJRT_Executable_OptimizedProgram")?;
+        let err = unsafe { f(&mut args) };
+        api.check(err, "PJRT_Executable_OptimizedProgram")?;
         let mut code = vec![0u8; prog.code_size];
         prog.code = code.as_mut_ptr().cast();
         // SAFETY: second call: `code` has exactly the size the plugin asked for.
-        api.check(unsafe { f(&mut args) }, "PJRT_Executable_OptimizedProgram")?;
+        let err = unsafe { f(&mut args) };
+        api.check(err, "PJRT_Executable_OptimizedProgram")?;
         // SAFETY: the format string is owned by the plugin (static).
         let format = unsafe { lossy(prog.format, prog.format_size) };
         Ok((format, code))
@@ -321,7 +323,8 @@ impl LoadedExecutable {
         let mut args = ffi::PJRT_Executable_Fingerprint_Args::new();
         args.executable = self.exe;
         // SAFETY: live executable, valid args.
-        api.check(unsafe { f(&mut args) }, "PJRT_Executable_Fingerprint")?;
+        let err = unsafe { f(&mut args) };
+        api.check(err, "PJRT_Executable_Fingerprint")?;
         // SAFETY: owned by the executable; copied now.
         Ok(unsafe {
             lossy(
@@ -341,10 +344,8 @@ impl LoadedExecutable {
         let mut args = ffi::PJRT_Executable_GetCompiledMemoryStats_Args::new();
         args.executable = self.exe;
         // SAFETY: live executable, valid args.
-        api.check(
-            unsafe { f(&mut args) },
-            "PJRT_Executable_GetCompiledMemoryStats",
-        )?;
+        let err = unsafe { f(&mut args) };
+        api.check(err, "PJRT_Executable_GetCompiledMemoryStats")?;
         Ok(CompiledMemoryStats {
             generated_code_bytes: args.generated_code_size_in_bytes,
             argument_bytes: args.argument_size_in_bytes,

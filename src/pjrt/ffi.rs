@@ -64,6 +64,11 @@ macro_rules! args {
                 s
             }
         }
+        impl Default for $name {
+            fn default() -> Self {
+                Self::new()
+            }
+        }
     )*};
 }
 

@@ -1,0 +1,8 @@
+#!/usr/bin/env bash
+# The whole test suite, from a fresh clone: fetch the pinned plugin (and the PJRT header for the
+# ABI test), then build and run every test. `.ci/run` calls exactly this.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export CARGO_BUILD_JOBS=${CARGO_BUILD_JOBS:-2}
+scripts/fetch-plugin.sh
+cargo test --locked "$@"

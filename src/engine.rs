@@ -1,0 +1,378 @@
+//! Engine (a plugin and its client, long-lived and shared) and Model (a compiled artifact).
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use crate::artifact::{self, Artifact, ArtifactKind, ProgramFormat};
+use crate::error::Error;
+use crate::pjrt::{
+    Api, Buffer, Client, ClientOptions, CompileOptions, ErrorCode, LoadedExecutable,
+};
+use crate::plugin::{self, DeviceKind, FoundPlugin};
+use crate::signature::{Dim, Signature, TensorSpec};
+use crate::tensor::{Tensor, TensorRef};
+use crate::validate;
+
+/// How to build an [`Engine`].
+#[derive(Clone, Debug, Default)]
+pub struct EngineConfig {
+    /// A plugin file; when `None`, [`plugin::discover`] finds one.
+    pub plugin: Option<PathBuf>,
+    /// The device kind wanted from discovery (`None`: the first plugin found).
+    pub device: Option<DeviceKind>,
+    /// Client create options; when `None`, [`ClientOptions::cpu`] on a CPU plugin (one
+    /// device, synchronous) and the plugin's defaults elsewhere.
+    pub client_options: Option<ClientOptions>,
+}
+
+impl EngineConfig {
+    /// Sets the plugin file.
+    pub fn plugin(&mut self, path: impl Into<PathBuf>) -> &mut Self {
+        self.plugin = Some(path.into());
+        self
+    }
+
+    /// Sets the device kind for discovery.
+    pub fn device(&mut self, kind: DeviceKind) -> &mut Self {
+        self.device = Some(kind);
+        self
+    }
+}
+
+/// A loaded plugin and its client. Long-lived, shared (cloning is cheap), thread-safe.
+#[derive(Clone, Debug)]
+pub struct Engine {
+    client: Client,
+    plugin: FoundPlugin,
+}
+
+impl Engine {
+    /// Finds and loads the plugin, and creates a client.
+    ///
+    /// # Errors
+    /// [`Error::PluginNotFound`], [`Error::PluginLoad`], or the plugin's client-creation error.
+    pub fn new(config: &EngineConfig) -> Result<Engine, Error> {
+        let found = plugin::discover(config.plugin.as_deref(), config.device)?;
+        let api = Api::load(&found.path)?;
+        let options = match &config.client_options {
+            Some(o) => o.clone(),
+            None if found.kind == DeviceKind::Cpu => ClientOptions::cpu(),
+            None => ClientOptions::new(),
+        };
+        let client = match Client::new(api.clone(), &options) {
+            // A CPU plugin that does not know our default options: fall back to its defaults.
+            Err(e)
+                if config.client_options.is_none()
+                    && e.code() == Some(ErrorCode::InvalidArgument)
+                    && !options.values().is_empty() =>
+            {
+                Client::new(api, &ClientOptions::new())?
+            }
+            r => r?,
+        };
+        Ok(Engine {
+            client,
+            plugin: found,
+        })
+    }
+
+    /// The PJRT client.
+    pub fn client(&self) -> &Client {
+        &self.client
+    }
+
+    /// The plugin in use and how it was found.
+    pub fn plugin(&self) -> &FoundPlugin {
+        &self.plugin
+    }
+
+    /// Loads and compiles a model file (`.jaxexport`, `.mlir`, `.mlirbc`, HLO proto).
+    ///
+    /// # Errors
+    /// [`Error::Artifact`] for a malformed or unsupported artifact, [`Error::CompileRejected`]
+    /// when the plugin refuses it.
+    pub fn load_file(&self, path: &Path) -> Result<Model, Error> {
+        let a = artifact::load_file(path)?;
+        self.load_artifact(a)
+    }
+
+    /// Loads and compiles a model from bytes.
+    ///
+    /// # Errors
+    /// As [`Engine::load_file`].
+    pub fn load_bytes(&self, bytes: &[u8]) -> Result<Model, Error> {
+        self.load_artifact(artifact::load(bytes)?)
+    }
+
+    /// Compiles a parsed artifact.
+    ///
+    /// # Errors
+    /// As [`Engine::load_file`].
+    pub fn load_artifact(&self, a: Artifact) -> Result<Model, Error> {
+        a.check_supported()?;
+        let platform_index = a.platform_index(self.client.platform())?;
+        let format = match a.format {
+            ProgramFormat::Mlir => "mlir",
+            ProgramFormat::Hlo => "hlo",
+        };
+        let started = std::time::Instant::now();
+        let exe = self
+            .client
+            .compile(&a.program, format, &CompileOptions::new())
+            .map_err(Error::CompileRejected)?;
+        let compile_time = started.elapsed();
+        Model::new(self.clone(), a, exe, platform_index, compile_time)
+    }
+}
+
+/// What is known about a loaded model besides its signature.
+#[derive(Clone, Debug)]
+pub struct ModelInfo {
+    /// The artifact's kind.
+    pub kind: ArtifactKind,
+    /// Platforms the export was lowered for (empty when the artifact does not say).
+    pub platforms: Vec<String>,
+    /// `jax.export` calling convention version.
+    pub calling_convention_version: Option<u32>,
+    /// Inputs the module actually takes (the others are accepted and ignored).
+    pub kept_inputs: Option<Vec<usize>>,
+    /// The platform index passed as the module's first argument, for multi-platform exports.
+    pub platform_index: Option<i32>,
+    /// Where the signature came from: the artifact's metadata or the compiled executable.
+    pub signature_source: &'static str,
+    /// Wall time of the compile.
+    pub compile_time: std::time::Duration,
+}
+
+/// A compiled model: signature, executable, and what the module needs besides user inputs.
+pub struct Model {
+    engine: Engine,
+    signature: Signature,
+    info: ModelInfo,
+    exe: LoadedExecutable,
+    /// Resident i32 scalar for the platform-index argument.
+    platform_buffer: Option<Buffer>,
+}
+
+impl std::fmt::Debug for Model {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Model")
+            .field("signature", &self.signature)
+            .field("info", &self.info)
+            .finish()
+    }
+}
+
+/// Decodes the `HloModuleProtoWithConfig` wrapper of `OptimizedProgram` (field 1: the module).
+#[derive(Clone, PartialEq, prost::Message)]
+struct HloWithConfig {
+    #[prost(bytes = "vec", tag = "1")]
+    hlo_module: Vec<u8>,
+}
+
+impl Model {
+    fn new(
+        engine: Engine,
+        a: Artifact,
+        exe: LoadedExecutable,
+        platform_index: Option<i32>,
+        compile_time: std::time::Duration,
+    ) -> Result<Model, Error> {
+        let compiled_outputs: Vec<TensorSpec> = exe
+            .output_types()
+            .iter()
+            .zip(exe.output_dims())
+            .enumerate()
+            .map(|(i, (&d, dims))| TensorSpec {
+                name: format!("out{i}"),
+                dtype: d,
+                shape: dims.iter().map(|&n| Dim::Static(n as u64)).collect(),
+            })
+            .collect();
+        let (signature, source) = match a.signature.clone() {
+            Some(sig) => {
+                // The compiled module must agree with the artifact's own metadata.
+                let same = sig.outputs.len() == compiled_outputs.len()
+                    && sig
+                        .outputs
+                        .iter()
+                        .zip(&compiled_outputs)
+                        .all(|(s, c)| s.dtype == c.dtype && s.shape == c.shape);
+                if !same {
+                    let show = |v: &[TensorSpec]| {
+                        v.iter()
+                            .map(TensorSpec::type_string)
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    };
+                    return Err(Error::Internal(format!(
+                        "the artifact declares outputs ({}) but the compiled module returns ({})",
+                        show(&sig.outputs),
+                        show(&compiled_outputs)
+                    )));
+                }
+                (sig, "artifact")
+            }
+            None => {
+                let (_, prog) = exe.optimized_program()?;
+                let module = <HloWithConfig as prost::Message>::decode(prog.as_slice())
+                    .map(|w| w.hlo_module)
+                    .unwrap_or(prog);
+                let shape = artifact::hlo::program_shape(&module)?;
+                let mut outputs = compiled_outputs;
+                for (o, s) in outputs.iter_mut().zip(&shape.outputs) {
+                    o.name.clone_from(&s.name);
+                }
+                (
+                    Signature {
+                        inputs: shape.inputs,
+                        outputs,
+                    },
+                    "executable",
+                )
+            }
+        };
+        let platform_buffer = match platform_index {
+            Some(i) => Some(engine.client.buffer_from_host(
+                &i.to_le_bytes(),
+                crate::DType::I32,
+                &[],
+            )?),
+            None => None,
+        };
+        Ok(Model {
+            engine,
+            signature,
+            info: ModelInfo {
+                kind: a.kind,
+                platforms: a.platforms,
+                calling_convention_version: a.calling_convention_version,
+                kept_inputs: a.kept_inputs,
+                platform_index,
+                signature_source: source,
+                compile_time,
+            },
+            exe,
+            platform_buffer,
+        })
+    }
+
+    /// The inputs and outputs.
+    pub fn signature(&self) -> &Signature {
+        &self.signature
+    }
+
+    /// Metadata.
+    pub fn info(&self) -> &ModelInfo {
+        &self.info
+    }
+
+    /// The engine this model runs on.
+    pub fn engine(&self) -> &Engine {
+        &self.engine
+    }
+
+    /// The compiled executable.
+    pub fn executable(&self) -> &LoadedExecutable {
+        &self.exe
+    }
+
+    /// Checks positional inputs against the signature (count, dtype, rank, dims, byte length).
+    ///
+    /// # Errors
+    /// [`Error::InvalidInput`] naming the input, expected and got.
+    pub fn validate(&self, inputs: &[TensorRef<'_>]) -> Result<(), Error> {
+        validate::check_inputs(&self.signature, inputs)?;
+        Ok(())
+    }
+
+    /// Validates and copies inputs to the device (only those the module keeps).
+    ///
+    /// # Errors
+    /// [`Error::InvalidInput`] before anything is copied; the plugin's error after.
+    pub fn upload(&self, inputs: &[TensorRef<'_>]) -> Result<Vec<Buffer>, Error> {
+        self.validate(inputs)?;
+        let mut out = Vec::with_capacity(inputs.len());
+        for (i, t) in inputs.iter().enumerate() {
+            if self
+                .info
+                .kept_inputs
+                .as_ref()
+                .is_some_and(|k| !k.contains(&i))
+            {
+                continue;
+            }
+            let dims: Vec<i64> = t.shape.iter().map(|&d| d as i64).collect();
+            out.push(
+                self.engine
+                    .client
+                    .buffer_from_host(t.data, t.dtype, &dims)?,
+            );
+        }
+        Ok(out)
+    }
+
+    /// Executes on device buffers that were produced by [`Model::upload`] (no value checks).
+    /// Adds the platform index argument where the module takes one.
+    ///
+    /// # Errors
+    /// The plugin's error.
+    pub fn execute_buffers(&self, args: &[&Buffer]) -> Result<Vec<Buffer>, Error> {
+        let out = match &self.platform_buffer {
+            Some(p) => {
+                let mut all = Vec::with_capacity(args.len() + 1);
+                all.push(p);
+                all.extend_from_slice(args);
+                self.exe.execute(&all)?
+            }
+            None => self.exe.execute(args)?,
+        };
+        Ok(out)
+    }
+
+    /// Copies outputs back to the host.
+    ///
+    /// # Errors
+    /// The plugin's error.
+    pub fn download(&self, outputs: &[Buffer]) -> Result<Vec<Tensor>, Error> {
+        outputs
+            .iter()
+            .zip(&self.signature.outputs)
+            .map(|(b, spec)| {
+                let shape = spec
+                    .static_shape()
+                    .ok_or_else(|| Error::Internal("symbolic output shape".into()))?;
+                let bytes = b.to_host()?;
+                Ok(Tensor::new(spec.dtype, shape, bytes)?)
+            })
+            .collect()
+    }
+
+    /// Validates, runs and returns the outputs in signature order.
+    ///
+    /// # Errors
+    /// [`Error::InvalidInput`] (nothing reaches the device), or the plugin's error.
+    pub fn run(&self, inputs: &[TensorRef<'_>]) -> Result<Vec<Tensor>, Error> {
+        let bufs = self.upload(inputs)?;
+        let refs: Vec<&Buffer> = bufs.iter().collect();
+        let outs = self.execute_buffers(&refs)?;
+        self.download(&outs)
+    }
+
+    /// Like [`Model::run`], with inputs given by name in any order.
+    ///
+    /// # Errors
+    /// Unknown, duplicate or missing names, then as [`Model::run`].
+    pub fn run_named(&self, inputs: Vec<(String, TensorRef<'_>)>) -> Result<Vec<Tensor>, Error> {
+        let ordered = validate::order_named(&self.signature, inputs)?;
+        self.run(&ordered)
+    }
+}
+
+#[allow(dead_code)]
+fn _assert_send_sync() {
+    fn is<T: Send + Sync>() {}
+    is::<Engine>();
+    is::<Model>();
+    let _ = Arc::new(0);
+}

@@ -1,0 +1,47 @@
+//! The library's error type.
+
+use crate::artifact::ArtifactError;
+use crate::pjrt::{LoadError, PjrtError};
+use crate::plugin::NotFound;
+use crate::tensor::TensorError;
+use crate::validate::InputError;
+
+/// Every error the library returns. One variant per kind a caller acts on; each maps to one
+/// HTTP status in the server.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// An input does not match the signature (400).
+    #[error(transparent)]
+    InvalidInput(#[from] InputError),
+    /// A tensor or `.npy` file is malformed (400).
+    #[error(transparent)]
+    Tensor(#[from] TensorError),
+    /// The artifact is malformed or uses something not supported (422).
+    #[error(transparent)]
+    Artifact(#[from] ArtifactError),
+    /// No plugin was found (503).
+    #[error(transparent)]
+    PluginNotFound(#[from] NotFound),
+    /// The plugin could not be loaded (503).
+    #[error(transparent)]
+    PluginLoad(#[from] LoadError),
+    /// The plugin rejected the module at compile time (422).
+    #[error("compile rejected: {0}")]
+    CompileRejected(PjrtError),
+    /// A PJRT call failed at run time (500).
+    #[error(transparent)]
+    Plugin(#[from] PjrtError),
+    /// An I/O error on a named file.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file.
+        path: String,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// The compiled module disagrees with the artifact's own signature (a broken artifact, or a
+    /// bug): refused rather than run.
+    #[error("internal: {0}")]
+    Internal(String),
+}

@@ -1,0 +1,51 @@
+//! Helpers shared by the integration tests.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+
+use xlaguard::{Engine, EngineConfig, Tensor};
+
+/// The repository root.
+pub fn root() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// A fixture folder under `hlo/`.
+pub fn fixture(name: &str) -> PathBuf {
+    root().join("hlo").join(name)
+}
+
+/// The pinned CPU plugin (fetched by scripts/fetch-plugin.sh).
+pub fn plugin() -> PathBuf {
+    let p = root().join("third_party/pjrt-cpu/pjrt_c_api_cpu_plugin.so");
+    assert!(
+        p.is_file(),
+        "missing {}: run scripts/fetch-plugin.sh",
+        p.display()
+    );
+    p
+}
+
+/// One engine on the pinned CPU plugin, shared by the tests of a binary.
+pub fn engine() -> &'static Engine {
+    static E: OnceLock<Engine> = OnceLock::new();
+    E.get_or_init(|| {
+        let mut c = EngineConfig::default();
+        c.plugin(plugin());
+        Engine::new(&c).expect("engine on the pinned CPU plugin")
+    })
+}
+
+/// `prefix0.npy`, `prefix1.npy`, ... in a folder, in order.
+pub fn numbered(dir: &Path, prefix: &str) -> Vec<Tensor> {
+    let mut v = Vec::new();
+    for i in 0.. {
+        let p = dir.join(format!("{prefix}{i}.npy"));
+        if !p.is_file() {
+            break;
+        }
+        v.push(Tensor::read_npy(&p).unwrap());
+    }
+    v
+}
