@@ -1,7 +1,6 @@
 //! Engine (a plugin and its client, long-lived and shared) and Model (a compiled artifact).
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 
 use crate::artifact::{self, Artifact, ArtifactKind, ProgramFormat};
 use crate::error::Error;
@@ -211,6 +210,13 @@ impl Model {
                         show(&compiled_outputs)
                     )));
                 }
+                let mut sig = sig;
+                adopt_parameter_names(
+                    &mut sig,
+                    &exe,
+                    a.kept_inputs.as_deref(),
+                    usize::from(platform_index.is_some()),
+                );
                 (sig, "artifact")
             }
             None => {
@@ -369,10 +375,45 @@ impl Model {
     }
 }
 
-#[allow(dead_code)]
-fn _assert_send_sync() {
-    fn is<T: Send + Sync>() {}
-    is::<Engine>();
-    is::<Model>();
-    let _ = Arc::new(0);
+/// Gives positional inputs that only have a default name (`arg0`, ...) the name of their
+/// `@main` argument location, which XLA keeps as the entry parameter's instruction name.
+/// Names that are not plain identifiers, or that would clash, are left alone.
+fn adopt_parameter_names(
+    sig: &mut Signature,
+    exe: &LoadedExecutable,
+    kept: Option<&[usize]>,
+    skip: usize,
+) {
+    let Ok((_, prog)) = exe.optimized_program() else {
+        return;
+    };
+    let names = artifact::hlo::entry_parameter_names(&prog);
+    let user_inputs: Vec<usize> = match kept {
+        Some(k) => k.to_vec(),
+        None => (0..sig.inputs.len()).collect(),
+    };
+    for (param, &input) in user_inputs.iter().enumerate() {
+        let Some(Some(name)) = names.get(param + skip) else {
+            continue;
+        };
+        let Some(spec) = sig.inputs.get(input) else {
+            continue;
+        };
+        let is_default = spec
+            .name
+            .strip_prefix("arg")
+            .is_some_and(|n| n == input.to_string());
+        let ident = name
+            .chars()
+            .next()
+            .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+            && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+        let generic = name.starts_with("Arg_")
+            || name.starts_with("param")
+            || name == "p"
+            || name.starts_with("arg");
+        if is_default && ident && !generic && sig.input_index(name).is_none() {
+            sig.inputs[input].name.clone_from(name);
+        }
+    }
 }

@@ -176,13 +176,14 @@ fn inspect(cfg: &EngineConfig, model: &str, json: bool) -> Result<()> {
     let a = read_artifact(model)?;
     let found = plugin::discover(cfg.plugin.as_deref(), cfg.device);
     let unsupported = a.check_supported().err().map(|e| e.to_string());
-    // Artifacts without metadata (HLO proto, bytecode) get their signature from a compile.
+    // The compiled module completes the signature: names of positional arguments (kept only in
+    // the MLIR bytecode, surfaced by XLA) and, for HLO protos or bytecode, the shapes.
     let mut sig = a.signature.clone();
     let mut note = None;
-    if sig.is_none() && unsupported.is_none() {
+    if unsupported.is_none() {
         match Engine::new(cfg).and_then(|e| e.load_artifact(a.clone())) {
             Ok(m) => sig = Some(m.signature().clone()),
-            Err(e) => note = Some(format!("signature unavailable: {e}")),
+            Err(e) => note = Some(format!("not compiled: {e}")),
         }
     }
     let sig = sig.unwrap_or_default();

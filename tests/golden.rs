@@ -143,3 +143,39 @@ fn serialized_executable_round_trip_gives_same_outputs() {
     let expected = numbered(&dir, "out");
     assert_eq!(out[1].to_host().unwrap(), expected[1].bytes());
 }
+
+#[test]
+fn names_come_from_the_export() {
+    let names = |model: &str| -> (Vec<String>, Vec<String>) {
+        let m = engine()
+            .load_file(&fixture(model).join("model.jaxexport"))
+            .unwrap();
+        let s = m.signature();
+        (
+            s.inputs.iter().map(|t| t.name.clone()).collect(),
+            s.outputs.iter().map(|t| t.name.clone()).collect(),
+        )
+    };
+    // Positional arguments: their @main loc, carried through XLA's parameter names.
+    assert_eq!(names("tiny").0, ["x", "y"]);
+    assert_eq!(
+        names("digits"),
+        (
+            vec!["pixels".to_string()],
+            vec!["label".to_string(), "logits".to_string()]
+        )
+    );
+    assert_eq!(names("embedding").0, ["ids"]);
+    // Dict inputs and outputs: their keys.
+    assert_eq!(
+        names("dict_io"),
+        (
+            vec!["a".into(), "b".into()],
+            vec!["count".into(), "scaled".into(), "sum".into()]
+        )
+    );
+    // The platform-index argument is not a user input.
+    assert_eq!(names("multi_platform").0, ["x", "y"]);
+    // An argument the module dropped keeps its positional name.
+    assert_eq!(names("kept_var").0, ["x", "arg1"]);
+}

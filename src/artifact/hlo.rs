@@ -32,10 +32,23 @@ struct HloModuleProto {
 struct HloComputationProto {
     #[prost(string, tag = "1")]
     name: String,
+    #[prost(message, repeated, tag = "2")]
+    instructions: Vec<HloInstructionProto>,
     #[prost(message, optional, tag = "4")]
     program_shape: Option<ProgramShapeProto>,
     #[prost(int64, tag = "5")]
     id: i64,
+}
+
+/// `xla.HloInstructionProto`: `name` (1), `opcode` (2), `parameter_number` (9).
+#[derive(Clone, PartialEq, Message)]
+struct HloInstructionProto {
+    #[prost(string, tag = "1")]
+    name: String,
+    #[prost(string, tag = "2")]
+    opcode: String,
+    #[prost(int64, tag = "9")]
+    parameter_number: i64,
 }
 
 #[derive(Clone, PartialEq, Message)]
@@ -249,6 +262,58 @@ pub fn program_shape(hlo_module_proto: &[u8]) -> Result<Signature, ArtifactError
              neither",
         )),
     }
+}
+
+/// The names of the entry computation's parameter instructions, by parameter number, with
+/// XLA's uniquifying `.N` suffix removed (`x.1` → `x`). XLA names them after the `loc("x")`
+/// of the StableHLO `@main` arguments, which is how a `jax.export` artifact's positional
+/// argument names (kept only in its MLIR bytecode) reach us. Accepts a plain `HloModuleProto`
+/// or the `hlo_with_config` wrapper. Empty when the module has no such names.
+pub fn entry_parameter_names(hlo_module_proto: &[u8]) -> Vec<Option<String>> {
+    let module = match HloModuleProto::decode(hlo_module_proto) {
+        Ok(m) if !m.computations.is_empty() => Some(m),
+        _ => HloModuleProtoWithConfig::decode(hlo_module_proto)
+            .ok()
+            .and_then(|w| w.hlo_module),
+    };
+    let Some(m) = module else {
+        return Vec::new();
+    };
+    let Some(entry) = m
+        .computations
+        .iter()
+        .find(|c| c.id == m.entry_computation_id)
+    else {
+        return Vec::new();
+    };
+    let mut names: Vec<Option<String>> = Vec::new();
+    for ins in entry
+        .instructions
+        .iter()
+        .filter(|i| i.opcode == "parameter")
+    {
+        let Ok(n) = usize::try_from(ins.parameter_number) else {
+            continue;
+        };
+        if n >= MAX_LEAVES {
+            continue;
+        }
+        if names.len() <= n {
+            names.resize(n.saturating_add(1), None);
+        }
+        let base = match ins.name.rsplit_once('.') {
+            Some((b, suffix))
+                if !suffix.is_empty() && suffix.bytes().all(|c| c.is_ascii_digit()) =>
+            {
+                b
+            }
+            _ => ins.name.as_str(),
+        };
+        if let Some(slot) = names.get_mut(n) {
+            *slot = Some(base.to_string());
+        }
+    }
+    names
 }
 
 /// Tries to read `bytes` as an `HloModuleProto`.
