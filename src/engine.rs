@@ -318,6 +318,34 @@ impl Model {
         Ok(out)
     }
 
+    /// Validates inputs and runs them, leaving the outputs on the device. Inputs are handed to
+    /// the plugin without a copy where it can alias host memory (the CPU plugin does).
+    ///
+    /// # Errors
+    /// [`Error::InvalidInput`] (nothing reaches the device), or the plugin's error.
+    pub fn execute(&self, inputs: &[TensorRef<'_>]) -> Result<Vec<Buffer>, Error> {
+        self.validate(inputs)?;
+        let mut bufs = Vec::with_capacity(inputs.len());
+        for (i, t) in inputs.iter().enumerate() {
+            if self
+                .info
+                .kept_inputs
+                .as_ref()
+                .is_some_and(|k| !k.contains(&i))
+            {
+                continue;
+            }
+            let dims = dims_i64(t.shape)?;
+            bufs.push(
+                self.engine
+                    .client
+                    .buffer_from_host_borrowed(t.data, t.dtype, &dims)?,
+            );
+        }
+        let refs: Vec<&Buffer> = bufs.iter().map(|b| &**b).collect();
+        self.execute_buffers(&refs)
+    }
+
     /// Executes on device buffers that were produced by [`Model::upload`] (no value checks).
     /// Adds the platform index argument where the module takes one.
     ///
@@ -359,9 +387,7 @@ impl Model {
     /// # Errors
     /// [`Error::InvalidInput`] (nothing reaches the device), or the plugin's error.
     pub fn run(&self, inputs: &[TensorRef<'_>]) -> Result<Vec<Tensor>, Error> {
-        let bufs = self.upload(inputs)?;
-        let refs: Vec<&Buffer> = bufs.iter().collect();
-        let outs = self.execute_buffers(&refs)?;
+        let outs = self.execute(inputs)?;
         self.download(&outs)
     }
 
@@ -373,6 +399,16 @@ impl Model {
         let ordered = validate::order_named(&self.signature, inputs)?;
         self.run(&ordered)
     }
+}
+
+/// Shape as PJRT's signed dims (validated shapes always fit; this only guards the cast).
+fn dims_i64(shape: &[u64]) -> Result<Vec<i64>, Error> {
+    shape
+        .iter()
+        .map(|&d| {
+            i64::try_from(d).map_err(|_| Error::Internal(format!("dimension {d} exceeds i64")))
+        })
+        .collect()
 }
 
 /// Gives positional inputs that only have a default name (`arg0`, ...) the name of their

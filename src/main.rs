@@ -396,9 +396,7 @@ fn bench(cfg: &EngineConfig, model: &str, iters: usize, json: bool) -> Result<()
         Ok(())
     })?;
     let validated = time(&mut || {
-        let b = m.upload(&views)?;
-        let r: Vec<_> = b.iter().collect();
-        m.execute_buffers(&r)?;
+        m.execute(&views)?;
         Ok(())
     })?;
     let full = time(&mut || {

@@ -32,6 +32,74 @@ pub(crate) fn await_event(
     awaited
 }
 
+/// A PJRT event we own: destroyed in `Drop` (after waiting, if nobody waited).
+pub(crate) struct Event {
+    api: Arc<Api>,
+    raw: *mut ffi::PJRT_Event,
+}
+
+// SAFETY: PJRT events may be awaited and destroyed from any thread.
+unsafe impl Send for Event {}
+// SAFETY: as above; `&Event` is never used to call anything.
+unsafe impl Sync for Event {}
+
+impl Event {
+    pub(crate) fn from_raw(api: Arc<Api>, raw: *mut ffi::PJRT_Event) -> Option<Event> {
+        (!raw.is_null()).then_some(Event { api, raw })
+    }
+
+    /// Waits for the event; its error becomes the result.
+    pub(crate) fn wait(self) -> Result<(), PjrtError> {
+        let this = std::mem::ManuallyDrop::new(self);
+        // SAFETY: reading the fields out of a ManuallyDrop that is never used again, so the
+        // event is destroyed exactly once, by `await_event`.
+        let api = unsafe { std::ptr::read(&this.api) };
+        await_event(&api, this.raw, "PJRT_Event_Await")
+    }
+}
+
+impl Drop for Event {
+    fn drop(&mut self) {
+        let _ = await_event(&self.api, self.raw, "PJRT_Event_Await");
+    }
+}
+
+/// A device buffer that may alias borrowed host memory (see
+/// [`super::Client::buffer_from_host_borrowed`]). Dropping it frees the buffer, then waits until
+/// the plugin is done with the host memory, so the borrow cannot end early.
+pub struct BorrowedBuffer<'a> {
+    buffer: std::mem::ManuallyDrop<Buffer>,
+    done: Option<Event>,
+    _data: std::marker::PhantomData<&'a [u8]>,
+}
+
+impl BorrowedBuffer<'_> {
+    pub(crate) fn new(buffer: Buffer, done: Option<Event>) -> Self {
+        BorrowedBuffer {
+            buffer: std::mem::ManuallyDrop::new(buffer),
+            done,
+            _data: std::marker::PhantomData,
+        }
+    }
+}
+
+impl std::ops::Deref for BorrowedBuffer<'_> {
+    type Target = Buffer;
+    fn deref(&self) -> &Buffer {
+        &self.buffer
+    }
+}
+
+impl Drop for BorrowedBuffer<'_> {
+    fn drop(&mut self) {
+        // SAFETY: `buffer` is dropped exactly once, here, and never used afterwards.
+        unsafe { std::mem::ManuallyDrop::drop(&mut self.buffer) };
+        if let Some(done) = self.done.take() {
+            let _ = done.wait();
+        }
+    }
+}
+
 /// An array on a device. Dropping it frees the device memory.
 pub struct Buffer {
     client: Arc<ClientInner>,

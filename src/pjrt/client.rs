@@ -4,7 +4,7 @@ use std::ffi::c_char;
 use std::sync::Arc;
 
 use super::api::{api_fn, lossy, Api};
-use super::buffer::Buffer;
+use super::buffer::{BorrowedBuffer, Buffer, Event};
 use super::executable::LoadedExecutable;
 use super::ffi;
 use super::options::CompileOptions;
@@ -301,6 +301,46 @@ impl Client {
         dtype: DType,
         dims: &[i64],
     ) -> Result<Buffer, PjrtError> {
+        let (buffer, done) = self.host_to_device(
+            data,
+            dtype,
+            dims,
+            ffi::PJRT_HostBufferSemantics_kImmutableOnlyDuringCall,
+        )?;
+        if let Some(done) = done {
+            done.wait()?;
+        }
+        Ok(buffer)
+    }
+
+    /// Makes a device buffer that may alias `data` instead of copying it (PJRT's zero-copy
+    /// semantics; the CPU plugin aliases suitably aligned host memory, other plugins copy).
+    /// The borrow keeps `data` alive and unchanged for as long as the buffer exists.
+    ///
+    /// # Errors
+    /// As [`Client::buffer_from_host`].
+    pub fn buffer_from_host_borrowed<'a>(
+        &self,
+        data: &'a [u8],
+        dtype: DType,
+        dims: &[i64],
+    ) -> Result<BorrowedBuffer<'a>, PjrtError> {
+        let (buffer, done) = self.host_to_device(
+            data,
+            dtype,
+            dims,
+            ffi::PJRT_HostBufferSemantics_kImmutableZeroCopy,
+        )?;
+        Ok(BorrowedBuffer::new(buffer, done))
+    }
+
+    fn host_to_device(
+        &self,
+        data: &[u8],
+        dtype: DType,
+        dims: &[i64],
+        semantics: ffi::PJRT_HostBufferSemantics,
+    ) -> Result<(Buffer, Option<Event>), PjrtError> {
         let want = dims.iter().try_fold(dtype.size(), |acc, &d| {
             usize::try_from(d).ok().and_then(|d| acc.checked_mul(d))
         });
@@ -323,27 +363,23 @@ impl Client {
         args.type_ = buffer_type(dtype);
         args.dims = dims.as_ptr();
         args.num_dims = dims.len();
-        args.host_buffer_semantics = ffi::PJRT_HostBufferSemantics_kImmutableOnlyDuringCall;
+        args.host_buffer_semantics = semantics;
         args.device = self.inner.devices[0];
         // SAFETY: live client and device; `data` holds exactly the bytes the dims describe
-        // (checked above) and outlives the call; with kImmutableOnlyDuringCall the plugin copies
-        // before returning.
+        // (checked above) and outlives the call. Whether the plugin may keep using it after the
+        // call depends on `semantics`: the callers either wait for `done_with_host_buffer`
+        // before returning, or tie the buffer to `data`'s borrow (BorrowedBuffer).
         let err = unsafe { f(&mut args) };
+        let done = Event::from_raw(self.inner.api.clone(), args.done_with_host_buffer);
         self.inner
             .api
             .check(err, "PJRT_Client_BufferFromHostBuffer")?;
-        if !args.done_with_host_buffer.is_null() {
-            super::buffer::await_event(
-                &self.inner.api,
-                args.done_with_host_buffer,
-                "PJRT_Client_BufferFromHostBuffer",
-            )?;
-        }
-        Buffer::from_raw(
+        let buffer = Buffer::from_raw(
             self.inner.clone(),
             args.buffer,
             "PJRT_Client_BufferFromHostBuffer",
-        )
+        )?;
+        Ok((buffer, done))
     }
 }
 

@@ -13,7 +13,7 @@ pub mod options;
 use std::path::PathBuf;
 
 pub use api::Api;
-pub use buffer::Buffer;
+pub use buffer::{BorrowedBuffer, Buffer};
 pub use client::{Client, ClientOptions, OptionValue};
 pub use executable::{CompiledMemoryStats, LoadedExecutable, SerializedExecutable};
 pub use options::CompileOptions;
