@@ -32,6 +32,50 @@ fn layouts_match_pjrt_c_api_h() {
         "missing third_party/pjrt-header/pjrt_c_api.h: run scripts/fetch-plugin.sh"
     );
     let fields = fields!(
+        (PJRT_Buffer_IsOnCpu_Args, buffer, "buffer"),
+        (PJRT_Buffer_IsOnCpu_Args, is_on_cpu, "is_on_cpu"),
+        (
+            PJRT_Buffer_UnsafePointer_Args,
+            buffer_pointer,
+            "buffer_pointer"
+        ),
+        (PJRT_Buffer_ReadyEvent_Args, event, "event"),
+        (
+            PJRT_Buffer_OnDeviceSizeInBytes_Args,
+            on_device_size_in_bytes,
+            "on_device_size_in_bytes"
+        ),
+        (PJRT_Buffer_GetMemoryLayout_Args, layout, "layout"),
+        (PJRT_Event_IsReady_Args, is_ready, "is_ready"),
+        (PJRT_Buffer_MemoryLayout, layout, "tiled"),
+        (PJRT_Buffer_MemoryLayout, type_, "type"),
+        (
+            PJRT_Buffer_MemoryLayout_Tiled,
+            minor_to_major,
+            "minor_to_major"
+        ),
+        (
+            PJRT_Buffer_MemoryLayout_Tiled,
+            minor_to_major_size,
+            "minor_to_major_size"
+        ),
+        (PJRT_Buffer_MemoryLayout_Tiled, tile_dims, "tile_dims"),
+        (
+            PJRT_Buffer_MemoryLayout_Tiled,
+            tile_dim_sizes,
+            "tile_dim_sizes"
+        ),
+        (PJRT_Buffer_MemoryLayout_Tiled, num_tiles, "num_tiles"),
+        (
+            PJRT_Buffer_MemoryLayout_Strides,
+            byte_strides,
+            "byte_strides"
+        ),
+        (
+            PJRT_Buffer_MemoryLayout_Strides,
+            num_byte_strides,
+            "num_byte_strides"
+        ),
         (PJRT_Error_Destroy_Args, struct_size, "struct_size"),
         (PJRT_Error_Destroy_Args, extension_start, "extension_start"),
         (PJRT_Error_Destroy_Args, error, "error"),
@@ -1071,6 +1115,15 @@ fn layouts_match_pjrt_c_api_h() {
         ),
     );
     let sizes = sizes!(
+        PJRT_Buffer_IsOnCpu_Args,
+        PJRT_Buffer_UnsafePointer_Args,
+        PJRT_Buffer_ReadyEvent_Args,
+        PJRT_Buffer_OnDeviceSizeInBytes_Args,
+        PJRT_Buffer_GetMemoryLayout_Args,
+        PJRT_Event_IsReady_Args,
+        PJRT_Buffer_MemoryLayout,
+        PJRT_Buffer_MemoryLayout_Tiled,
+        PJRT_Buffer_MemoryLayout_Strides,
         PJRT_Api_Version,
         PJRT_Buffer_Destroy_Args,
         PJRT_Buffer_Dimensions_Args,

@@ -181,9 +181,18 @@ impl Buffer {
 
     /// Copies the buffer to `dst`, which must be exactly the buffer's size in bytes.
     ///
+    /// On a CPU plugin a ready buffer with the default dense row-major layout is copied straight
+    /// from its memory (~0.1 µs for small arrays, against ~20 µs for `PJRT_Buffer_ToHostBuffer`,
+    /// whose completion hops through the plugin's thread pool); anything else goes through
+    /// `PJRT_Buffer_ToHostBuffer`.
+    ///
     /// # Errors
     /// [`PjrtError::Contract`] if `dst` has another size; the plugin's error otherwise.
     pub fn copy_to_host(&self, dst: &mut [u8]) -> Result<(), PjrtError> {
+        if let Some(src) = self.cpu_dense_bytes(dst.len())? {
+            dst.copy_from_slice(src);
+            return Ok(());
+        }
         let api = &self.client.api;
         let f = api_fn!(api, PJRT_Buffer_ToHostBuffer)?;
         // First call with a null destination asks for the size.
@@ -214,6 +223,91 @@ impl Buffer {
             await_event(api, args.event, "PJRT_Buffer_ToHostBuffer")?;
         }
         Ok(())
+    }
+
+    /// On a CPU plugin: the buffer's own memory, when it is ready, `len` bytes long and laid out
+    /// dense row-major (major-to-minor, untiled). `None` when any of that does not hold or the
+    /// plugin lacks a function needed to tell.
+    fn cpu_dense_bytes(&self, len: usize) -> Result<Option<&[u8]>, PjrtError> {
+        let api = &self.client.api;
+        let (Ok(on_cpu), Ok(size), Ok(layout), Ok(ready_event), Ok(pointer)) = (
+            api_fn!(api, PJRT_Buffer_IsOnCpu),
+            api_fn!(api, PJRT_Buffer_OnDeviceSizeInBytes),
+            api_fn!(api, PJRT_Buffer_GetMemoryLayout),
+            api_fn!(api, PJRT_Buffer_ReadyEvent),
+            api_fn!(api, PJRT_Buffer_UnsafePointer),
+        ) else {
+            return Ok(None);
+        };
+        let mut a = ffi::PJRT_Buffer_IsOnCpu_Args::new();
+        a.buffer = self.raw;
+        // SAFETY: live buffer, valid args.
+        let err = unsafe { on_cpu(&mut a) };
+        api.check(err, "PJRT_Buffer_IsOnCpu")?;
+        if !a.is_on_cpu {
+            return Ok(None);
+        }
+        let mut a = ffi::PJRT_Buffer_OnDeviceSizeInBytes_Args::new();
+        a.buffer = self.raw;
+        // SAFETY: live buffer, valid args.
+        let err = unsafe { size(&mut a) };
+        api.check(err, "PJRT_Buffer_OnDeviceSizeInBytes")?;
+        if a.on_device_size_in_bytes != len {
+            return Ok(None);
+        }
+        let mut a = ffi::PJRT_Buffer_GetMemoryLayout_Args::new();
+        a.buffer = self.raw;
+        // SAFETY: live buffer, valid args; the layout's arrays are owned by the buffer.
+        let err = unsafe { layout(&mut a) };
+        api.check(err, "PJRT_Buffer_GetMemoryLayout")?;
+        if a.layout.type_ != ffi::PJRT_Buffer_MemoryLayout_Type_Tiled {
+            return Ok(None);
+        }
+        // SAFETY: `type_` says the union holds the tiled layout.
+        let tiled = unsafe { a.layout.layout.tiled };
+        if tiled.num_tiles != 0 {
+            return Ok(None);
+        }
+        let m2m: &[i64] = if tiled.minor_to_major_size == 0 {
+            &[]
+        } else if tiled.minor_to_major.is_null() {
+            return Ok(None);
+        } else {
+            // SAFETY: `minor_to_major_size` entries owned by the buffer, read now.
+            unsafe { std::slice::from_raw_parts(tiled.minor_to_major, tiled.minor_to_major_size) }
+        };
+        // Dense row-major is minor_to_major = [rank-1, ..., 1, 0].
+        let rank = m2m.len();
+        if !m2m
+            .iter()
+            .enumerate()
+            .all(|(i, &d)| usize::try_from(d).ok() == Some(rank - 1 - i))
+        {
+            return Ok(None);
+        }
+        let mut a = ffi::PJRT_Buffer_ReadyEvent_Args::new();
+        a.buffer = self.raw;
+        // SAFETY: live buffer, valid args; the event is ours (wrapped below).
+        let err = unsafe { ready_event(&mut a) };
+        api.check(err, "PJRT_Buffer_ReadyEvent")?;
+        if let Some(ev) = Event::from_raw(api.clone(), a.event) {
+            // Waiting also surfaces an execution error instead of reading undefined data.
+            ev.wait()?;
+        }
+        let mut a = ffi::PJRT_Buffer_UnsafePointer_Args::new();
+        a.buffer = self.raw;
+        // SAFETY: live buffer, valid args.
+        let err = unsafe { pointer(&mut a) };
+        api.check(err, "PJRT_Buffer_UnsafePointer")?;
+        if a.buffer_pointer == 0 {
+            return Ok(if len == 0 { Some(&[]) } else { None });
+        }
+        // SAFETY: the buffer is on the host, ready (waited above), `len` bytes long (checked
+        // against the plugin's own size), dense row-major (checked layout); it is immutable once
+        // ready and lives as long as `self`, which the returned borrow is tied to.
+        Ok(Some(unsafe {
+            std::slice::from_raw_parts(a.buffer_pointer as *const u8, len)
+        }))
     }
 
     /// Size in bytes of the host copy.

@@ -144,6 +144,53 @@ pub struct PJRT_Program {
     pub format_size: usize,
 }
 
+pub type PJRT_Buffer_MemoryLayout_Type = c_int;
+pub const PJRT_Buffer_MemoryLayout_Type_Tiled: PJRT_Buffer_MemoryLayout_Type = 0;
+pub const PJRT_Buffer_MemoryLayout_Type_Strides: PJRT_Buffer_MemoryLayout_Type = 1;
+
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+pub struct PJRT_Buffer_MemoryLayout_Tiled {
+    pub struct_size: usize,
+    pub extension_start: *mut PJRT_Extension_Base,
+    pub minor_to_major: *const i64,
+    pub minor_to_major_size: usize,
+    pub tile_dims: *const i64,
+    pub tile_dim_sizes: *const usize,
+    pub num_tiles: usize,
+}
+
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+pub struct PJRT_Buffer_MemoryLayout_Strides {
+    pub struct_size: usize,
+    pub extension_start: *mut PJRT_Extension_Base,
+    pub byte_strides: *const i64,
+    pub num_byte_strides: usize,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub union PJRT_Buffer_MemoryLayout_Union {
+    pub tiled: PJRT_Buffer_MemoryLayout_Tiled,
+    pub strides: PJRT_Buffer_MemoryLayout_Strides,
+}
+
+impl std::fmt::Debug for PJRT_Buffer_MemoryLayout_Union {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("PJRT_Buffer_MemoryLayout_Union")
+    }
+}
+
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+pub struct PJRT_Buffer_MemoryLayout {
+    pub struct_size: usize,
+    pub extension_start: *mut PJRT_Extension_Base,
+    pub layout: PJRT_Buffer_MemoryLayout_Union,
+    pub type_: PJRT_Buffer_MemoryLayout_Type,
+}
+
 pub type PJRT_KeyValueCallback = Option<unsafe extern "C" fn(args: *mut c_void) -> *mut PJRT_Error>;
 
 args! {
@@ -286,6 +333,12 @@ args! {
     PJRT_Buffer_Destroy_Args { buffer: *mut PJRT_Buffer }
     PJRT_Buffer_ElementType_Args { buffer: *mut PJRT_Buffer, type_: PJRT_Buffer_Type }
     PJRT_Buffer_Dimensions_Args { buffer: *mut PJRT_Buffer, dims: *const i64, num_dims: usize }
+    PJRT_Buffer_IsOnCpu_Args { buffer: *mut PJRT_Buffer, is_on_cpu: bool }
+    PJRT_Buffer_UnsafePointer_Args { buffer: *mut PJRT_Buffer, buffer_pointer: usize }
+    PJRT_Buffer_ReadyEvent_Args { buffer: *mut PJRT_Buffer, event: *mut PJRT_Event }
+    PJRT_Buffer_OnDeviceSizeInBytes_Args { buffer: *mut PJRT_Buffer, on_device_size_in_bytes: usize }
+    PJRT_Buffer_GetMemoryLayout_Args { buffer: *mut PJRT_Buffer, layout: PJRT_Buffer_MemoryLayout }
+    PJRT_Event_IsReady_Args { event: *mut PJRT_Event, is_ready: bool }
     PJRT_Buffer_ToHostBuffer_Args {
         src: *mut PJRT_Buffer,
         host_layout: *mut c_void,
@@ -325,7 +378,8 @@ pub struct PJRT_Api {
         Option<unsafe extern "C" fn(args: *mut PJRT_Plugin_Attributes_Args) -> *mut PJRT_Error>,
     pub PJRT_Event_Destroy:
         Option<unsafe extern "C" fn(args: *mut PJRT_Event_Destroy_Args) -> *mut PJRT_Error>,
-    pub PJRT_Event_IsReady: Option<unsafe extern "C" fn()>,
+    pub PJRT_Event_IsReady:
+        Option<unsafe extern "C" fn(args: *mut PJRT_Event_IsReady_Args) -> *mut PJRT_Error>,
     pub PJRT_Event_Error: Option<unsafe extern "C" fn()>,
     pub PJRT_Event_Await:
         Option<unsafe extern "C" fn(args: *mut PJRT_Event_Await_Args) -> *mut PJRT_Error>,
@@ -411,8 +465,12 @@ pub struct PJRT_Api {
         Option<unsafe extern "C" fn(args: *mut PJRT_Buffer_Dimensions_Args) -> *mut PJRT_Error>,
     pub PJRT_Buffer_UnpaddedDimensions: Option<unsafe extern "C" fn()>,
     pub PJRT_Buffer_DynamicDimensionIndices: Option<unsafe extern "C" fn()>,
-    pub PJRT_Buffer_GetMemoryLayout: Option<unsafe extern "C" fn()>,
-    pub PJRT_Buffer_OnDeviceSizeInBytes: Option<unsafe extern "C" fn()>,
+    pub PJRT_Buffer_GetMemoryLayout: Option<
+        unsafe extern "C" fn(args: *mut PJRT_Buffer_GetMemoryLayout_Args) -> *mut PJRT_Error,
+    >,
+    pub PJRT_Buffer_OnDeviceSizeInBytes: Option<
+        unsafe extern "C" fn(args: *mut PJRT_Buffer_OnDeviceSizeInBytes_Args) -> *mut PJRT_Error,
+    >,
     pub PJRT_Buffer_Device: Option<unsafe extern "C" fn()>,
     pub PJRT_Buffer_Memory: Option<unsafe extern "C" fn()>,
     pub PJRT_Buffer_Delete: Option<unsafe extern "C" fn()>,
@@ -420,9 +478,12 @@ pub struct PJRT_Api {
     pub PJRT_Buffer_CopyToDevice: Option<unsafe extern "C" fn()>,
     pub PJRT_Buffer_ToHostBuffer:
         Option<unsafe extern "C" fn(args: *mut PJRT_Buffer_ToHostBuffer_Args) -> *mut PJRT_Error>,
-    pub PJRT_Buffer_IsOnCpu: Option<unsafe extern "C" fn()>,
-    pub PJRT_Buffer_ReadyEvent: Option<unsafe extern "C" fn()>,
-    pub PJRT_Buffer_UnsafePointer: Option<unsafe extern "C" fn()>,
+    pub PJRT_Buffer_IsOnCpu:
+        Option<unsafe extern "C" fn(args: *mut PJRT_Buffer_IsOnCpu_Args) -> *mut PJRT_Error>,
+    pub PJRT_Buffer_ReadyEvent:
+        Option<unsafe extern "C" fn(args: *mut PJRT_Buffer_ReadyEvent_Args) -> *mut PJRT_Error>,
+    pub PJRT_Buffer_UnsafePointer:
+        Option<unsafe extern "C" fn(args: *mut PJRT_Buffer_UnsafePointer_Args) -> *mut PJRT_Error>,
     pub PJRT_Buffer_IncreaseExternalReferenceCount: Option<unsafe extern "C" fn()>,
     pub PJRT_Buffer_DecreaseExternalReferenceCount: Option<unsafe extern "C" fn()>,
     pub PJRT_Buffer_OpaqueDeviceMemoryDataPointer: Option<unsafe extern "C" fn()>,
