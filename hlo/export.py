@@ -437,6 +437,14 @@ def model_multi_platform(tiny, tiny_args):
     assert exp.platforms == ("cpu", "cuda")
 
 
+def model_cuda_only(tiny, tiny_args):
+    _, exp = write_model(
+        "cuda_only", tiny, tiny_args, platforms=("cuda",),
+        negative="exported for cuda only: a CPU plugin must refuse it (JAX does too)",
+        notes="tiny exported for platforms (cuda,) only.")
+    assert exp.platforms == ("cuda",)
+
+
 def model_dtypes():
     # x64 only here, in a context manager, after every other runnable model.
     with jax.enable_x64(True):
@@ -668,6 +676,7 @@ def main() -> None:
     model_fori()
     model_kept_var()
     model_multi_platform(tiny, tiny_args)
+    model_cuda_only(tiny, tiny_args)
     model_poly()
     model_qr()
     refused = model_ordered_effect()

@@ -2,10 +2,11 @@
 
 use std::path::{Path, PathBuf};
 
-use crate::artifact::{self, Artifact, ArtifactKind, ProgramFormat};
+use crate::artifact::{self, Artifact, ArtifactError, ArtifactKind, ProgramFormat};
 use crate::error::Error;
+use crate::pjrt::deps::preload_nvidia_libraries;
 use crate::pjrt::{
-    Api, Buffer, Client, ClientOptions, CompileOptions, ErrorCode, LoadedExecutable,
+    Api, Buffer, Client, ClientOptions, CompileOptions, ErrorCode, LoadError, LoadedExecutable,
 };
 use crate::plugin::{self, DeviceKind, FoundPlugin};
 use crate::signature::{Dim, Signature, TensorSpec};
@@ -19,6 +20,10 @@ pub struct EngineConfig {
     pub plugin: Option<PathBuf>,
     /// The device kind wanted from discovery (`None`: the first plugin found).
     pub device: Option<DeviceKind>,
+    /// Run artifacts exported for another platform (e.g. a `cpu` export on a CUDA plugin).
+    /// JAX refuses this; the StableHLO of simple models is platform-neutral, so it can be
+    /// useful for comparisons, but platform-specific lowerings may fail or differ.
+    pub allow_platform_mismatch: bool,
     /// Client create options; when `None`, [`ClientOptions::cpu`] on a CPU plugin (one
     /// device, synchronous) and the plugin's defaults elsewhere.
     pub client_options: Option<ClientOptions>,
@@ -43,6 +48,7 @@ impl EngineConfig {
 pub struct Engine {
     client: Client,
     plugin: FoundPlugin,
+    allow_platform_mismatch: bool,
 }
 
 impl Engine {
@@ -52,7 +58,16 @@ impl Engine {
     /// [`Error::PluginNotFound`], [`Error::PluginLoad`], or the plugin's client-creation error.
     pub fn new(config: &EngineConfig) -> Result<Engine, Error> {
         let found = plugin::discover(config.plugin.as_deref(), config.device)?;
-        let api = Api::load(&found.path)?;
+        // A CUDA plugin from pip needs the NVIDIA wheels beside it loaded first (as JAX does).
+        let libraries =
+            (found.kind == DeviceKind::Cuda).then(|| preload_nvidia_libraries(&found.path));
+        let api = Api::load(&found.path).map_err(|e| match (&libraries, e) {
+            (Some(l), LoadError::Dlopen { path, detail }) => Error::PluginLoad(LoadError::Dlopen {
+                path,
+                detail: format!("{detail}; NVIDIA libraries: {}", l.describe()),
+            }),
+            (_, e) => Error::PluginLoad(e),
+        })?;
         let options = match &config.client_options {
             Some(o) => o.clone(),
             None if found.kind == DeviceKind::Cpu => ClientOptions::cpu(),
@@ -67,11 +82,16 @@ impl Engine {
             {
                 Client::new(api, &ClientOptions::new())?
             }
-            r => r?,
+            r => r.map_err(|source| Error::ClientCreate {
+                plugin: found.path.clone(),
+                source,
+                libraries: libraries.as_ref().map(|l| l.describe()).unwrap_or_default(),
+            })?,
         };
         Ok(Engine {
             client,
             plugin: found,
+            allow_platform_mismatch: config.allow_platform_mismatch,
         })
     }
 
@@ -109,6 +129,13 @@ impl Engine {
     /// As [`Engine::load_file`].
     pub fn load_artifact(&self, a: Artifact) -> Result<Model, Error> {
         a.check_supported()?;
+        if !self.allow_platform_mismatch && !a.supports_platform(self.client.platform()) {
+            return Err(ArtifactError::PlatformNotInArtifact {
+                requested: self.client.platform().to_string(),
+                available: a.platforms.clone(),
+            }
+            .into());
+        }
         let platform_index = a.platform_index(self.client.platform())?;
         let format = match a.format {
             ProgramFormat::Mlir => "mlir",
@@ -380,6 +407,64 @@ impl Model {
                 Ok(Tensor::new(spec.dtype, shape, bytes)?)
             })
             .collect()
+    }
+
+    /// Runs inputs that already live on the GPU (feature `cuda`): checks dtype and shape
+    /// against the signature, scans every input's values on the device (NaN and ±Inf rejected
+    /// for float inputs, `bounds[i]` where given), then hands the memory to PJRT without a copy.
+    ///
+    /// # Errors
+    /// [`Error::InvalidInput`] for a signature mismatch, [`Error::DeviceValueRejected`] for a
+    /// failed value check, [`Error::Cuda`] for a CUDA failure, or the plugin's error.
+    #[cfg(feature = "cuda")]
+    pub fn run_device<'a>(
+        &self,
+        scanner: &crate::pjrt::cuda::DeviceScanner,
+        inputs: &[&dyn crate::pjrt::cuda::DeviceInput<'a>],
+        bounds: &[crate::pjrt::cuda::Bounds],
+    ) -> Result<Vec<Tensor>, Error> {
+        use crate::pjrt::cuda::{judge, Bounds};
+        if inputs.len() != self.signature.inputs.len() {
+            return Err(validate::InputError::Count {
+                expected: self.signature.inputs.len(),
+                names: self
+                    .signature
+                    .inputs
+                    .iter()
+                    .map(|s| format!("'{}'", s.name))
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                got: inputs.len(),
+            }
+            .into());
+        }
+        for (i, (spec, t)) in self.signature.inputs.iter().zip(inputs).enumerate() {
+            // The byte length was checked when the DeviceTensor was made.
+            validate::check_type(spec, i, t.dtype(), t.shape())?;
+        }
+        for (i, (spec, t)) in self.signature.inputs.iter().zip(inputs).enumerate() {
+            let b = bounds.get(i).copied().unwrap_or(Bounds::default());
+            let stats = t.scan(scanner, b).map_err(Error::Cuda)?;
+            if let Some(rej) = judge(&spec.name, *t, scanner, &stats, b).map_err(Error::Cuda)? {
+                return Err(Error::DeviceValueRejected(rej));
+            }
+        }
+        let client = &self.engine.client;
+        let mut views = Vec::with_capacity(inputs.len());
+        for (i, t) in inputs.iter().enumerate() {
+            if self
+                .info
+                .kept_inputs
+                .as_ref()
+                .is_some_and(|k| !k.contains(&i))
+            {
+                continue;
+            }
+            views.push(t.view(client, scanner)?);
+        }
+        let refs: Vec<&Buffer> = views.iter().map(|b| &**b).collect();
+        let outs = self.execute_buffers(&refs)?;
+        self.download(&outs)
     }
 
     /// Validates, runs and returns the outputs in signature order.

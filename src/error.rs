@@ -26,12 +26,31 @@ pub enum Error {
     /// The plugin could not be loaded (503).
     #[error(transparent)]
     PluginLoad(#[from] LoadError),
+    /// The plugin loaded but could not create a client (no device, a missing CUDA library,
+    /// a rejected option) (503).
+    #[error("{plugin}: cannot create a client: {source}{}", if libraries.is_empty() { String::new() } else { format!("; NVIDIA libraries: {libraries}") })]
+    ClientCreate {
+        /// The plugin file.
+        plugin: std::path::PathBuf,
+        /// The plugin's error.
+        source: PjrtError,
+        /// Where NVIDIA libraries were looked for and what failed (CUDA plugins only).
+        libraries: String,
+    },
     /// The plugin rejected the module at compile time (422).
     #[error("compile rejected: {0}")]
     CompileRejected(PjrtError),
     /// A PJRT call failed at run time (500).
     #[error(transparent)]
     Plugin(#[from] PjrtError),
+    /// A value check on the GPU rejected an input (400).
+    #[cfg(feature = "cuda")]
+    #[error(transparent)]
+    DeviceValueRejected(crate::pjrt::cuda::DeviceRejection),
+    /// A CUDA call failed (500).
+    #[cfg(feature = "cuda")]
+    #[error(transparent)]
+    Cuda(crate::pjrt::cuda::CudaError),
     /// An I/O error on a named file.
     #[error("{path}: {source}")]
     Io {

@@ -29,6 +29,18 @@ struct Cli {
     /// Device kind to look for when discovering a plugin.
     #[arg(long, global = true, value_parser = ["cpu", "cuda", "tpu", "auto"])]
     device: Option<String>,
+    /// Run artifacts exported for another platform (JAX refuses; see EngineConfig).
+    #[arg(long, global = true)]
+    any_platform: bool,
+    /// CUDA: fraction of GPU memory the client may preallocate (plugin default 0.75).
+    #[arg(long, global = true)]
+    gpu_memory_fraction: Option<f32>,
+    /// CUDA: allocate on demand instead of preallocating.
+    #[arg(long, global = true)]
+    gpu_no_preallocate: bool,
+    /// CUDA: the GPUs the client may use, e.g. `0` or `0,1`.
+    #[arg(long, global = true, value_delimiter = ',')]
+    gpu_visible_devices: Option<Vec<i64>>,
     #[command(subcommand)]
     cmd: Cmd,
 }
@@ -94,6 +106,7 @@ fn main() -> ExitCode {
 fn config(cli: &Cli) -> Result<EngineConfig> {
     let mut c = EngineConfig::default();
     c.plugin.clone_from(&cli.plugin);
+    c.allow_platform_mismatch = cli.any_platform;
     c.device = match cli.device.as_deref() {
         None | Some("auto") => None,
         Some("cpu") => Some(DeviceKind::Cpu),
@@ -101,6 +114,21 @@ fn config(cli: &Cli) -> Result<EngineConfig> {
         Some("tpu") => Some(DeviceKind::Tpu),
         Some(other) => bail!("unknown device '{other}'"),
     };
+    if cli.gpu_memory_fraction.is_some()
+        || cli.gpu_no_preallocate
+        || cli.gpu_visible_devices.is_some()
+    {
+        if let Some(f) = cli.gpu_memory_fraction {
+            if !(f > 0.0 && f <= 1.0) {
+                bail!("--gpu-memory-fraction must be in (0, 1], got {f}");
+            }
+        }
+        c.client_options = Some(xlaguard::pjrt::ClientOptions::gpu(
+            cli.gpu_memory_fraction,
+            cli.gpu_no_preallocate.then_some(false),
+            cli.gpu_visible_devices.as_deref(),
+        ));
+    }
     Ok(c)
 }
 

@@ -337,6 +337,13 @@ impl Artifact {
         Ok(())
     }
 
+    /// True when the artifact names no platforms, or names `platform` (`cuda` and `gpu` are the
+    /// same, as are `cpu` and `host`).
+    pub fn supports_platform(&self, platform: &str) -> bool {
+        let want = canonical_platform(platform);
+        self.platforms.is_empty() || self.platforms.iter().any(|p| canonical_platform(p) == want)
+    }
+
     /// The value of the leading platform-index argument for `platform`.
     ///
     /// When the module was lowered for more than one platform its first argument is the index
@@ -352,7 +359,7 @@ impl Artifact {
             if self.platforms.is_empty() && self.platform_index_dtype.is_some() {
                 return Err(ArtifactError::unsupported(
                     "multi-platform StableHLO without its platform list",
-                    "@main takes a platform index but the text does not say which platforms                      the indices stand for; load the jax.export artifact instead",
+                    "@main takes a platform index but the text does not say which platforms the indices stand for; load the jax.export artifact instead",
                 ));
             }
             return Ok(None);

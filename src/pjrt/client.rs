@@ -47,6 +47,27 @@ impl ClientOptions {
         o
     }
 
+    /// Options for the CUDA plugin. `memory_fraction` caps what the client preallocates
+    /// (the plugin's default is 75% of GPU memory), `preallocate = false` allocates on demand,
+    /// `visible_devices` restricts the GPUs used.
+    pub fn gpu(
+        memory_fraction: Option<f32>,
+        preallocate: Option<bool>,
+        visible_devices: Option<&[i64]>,
+    ) -> ClientOptions {
+        let mut o = ClientOptions::new();
+        if let Some(f) = memory_fraction {
+            o.set("memory_fraction", OptionValue::Float(f));
+        }
+        if let Some(p) = preallocate {
+            o.set("preallocate", OptionValue::Bool(p));
+        }
+        if let Some(v) = visible_devices {
+            o.set("visible_devices", OptionValue::IntList(v.to_vec()));
+        }
+        o
+    }
+
     /// Sets (or replaces) an option.
     pub fn set(&mut self, name: &str, value: OptionValue) -> &mut Self {
         self.values.retain(|(n, _)| n != name);
@@ -332,6 +353,43 @@ impl Client {
             ffi::PJRT_HostBufferSemantics_kImmutableZeroCopy,
         )?;
         Ok(BorrowedBuffer::new(buffer, done))
+    }
+
+    /// Wraps memory that already lives on device 0 (e.g. a CUDA allocation) as a PJRT buffer,
+    /// without a copy (`PJRT_Client_CreateViewOfDeviceBuffer`).
+    ///
+    /// # Safety
+    /// `ptr` must point to device memory of device 0 holding exactly the bytes `dtype` and
+    /// `dims` describe, dense row-major, and stay valid and unmodified until the returned
+    /// buffer and everything computed from it have been dropped or waited on.
+    ///
+    /// # Errors
+    /// The plugin's error (e.g. UNIMPLEMENTED on a plugin without device views).
+    pub unsafe fn buffer_from_device_ptr(
+        &self,
+        ptr: *mut std::ffi::c_void,
+        dtype: DType,
+        dims: &[i64],
+    ) -> Result<Buffer, PjrtError> {
+        let f = api_fn!(self.inner.api, PJRT_Client_CreateViewOfDeviceBuffer)?;
+        let mut args = ffi::PJRT_Client_CreateViewOfDeviceBuffer_Args::new();
+        args.client = self.inner.raw;
+        args.device_buffer_ptr = ptr;
+        args.dims = dims.as_ptr();
+        args.num_dims = dims.len();
+        args.element_type = buffer_type(dtype);
+        args.device = self.inner.devices[0];
+        // SAFETY: live client and device; the pointer's validity for the buffer's lifetime is
+        // the caller's contract; `dims` outlives the call.
+        let err = unsafe { f(&mut args) };
+        self.inner
+            .api
+            .check(err, "PJRT_Client_CreateViewOfDeviceBuffer")?;
+        Buffer::from_raw(
+            self.inner.clone(),
+            args.buffer,
+            "PJRT_Client_CreateViewOfDeviceBuffer",
+        )
     }
 
     fn host_to_device(

@@ -6,6 +6,9 @@
 pub mod api;
 mod buffer;
 mod client;
+#[cfg(feature = "cuda")]
+pub mod cuda;
+pub mod deps;
 mod executable;
 pub mod ffi;
 pub mod options;

@@ -1,6 +1,6 @@
 //! Checks of inputs against a signature, before any device buffer exists.
 
-use crate::signature::{format_type, Dim, Signature, TensorSpec};
+use crate::signature::{format_type, DType, Dim, Signature, TensorSpec};
 use crate::tensor::{byte_len, TensorRef};
 
 /// An input that does not match the signature. Messages follow Triton's style:
@@ -90,22 +90,27 @@ fn names(sig: &Signature) -> String {
         .join(", ")
 }
 
-/// Checks one input against its spec: dtype, rank, each dimension, byte length.
+/// Checks one input's dtype, rank and each dimension against its spec (no data needed: also
+/// used for device-resident inputs).
 ///
 /// # Errors
-/// The first mismatch, as an [`InputError`].
-pub fn check_input(spec: &TensorSpec, index: usize, t: &TensorRef<'_>) -> Result<(), InputError> {
-    let got_type = format_type(t.dtype, t.shape.iter());
-    if t.dtype != spec.dtype {
+/// [`InputError::DType`] or [`InputError::Shape`].
+pub fn check_type(
+    spec: &TensorSpec,
+    index: usize,
+    dtype: DType,
+    shape: &[u64],
+) -> Result<(), InputError> {
+    if dtype != spec.dtype {
         return Err(InputError::DType {
             name: spec.name.clone(),
             index,
             expected: spec.type_string(),
-            got: got_type,
+            got: format_type(dtype, shape.iter()),
         });
     }
-    let dims_ok = spec.shape.len() == t.shape.len()
-        && spec.shape.iter().zip(t.shape).all(|(d, &g)| match d {
+    let dims_ok = spec.shape.len() == shape.len()
+        && spec.shape.iter().zip(shape).all(|(d, &g)| match d {
             Dim::Static(n) => *n == g,
             Dim::Symbolic(_) => true,
         });
@@ -114,15 +119,24 @@ pub fn check_input(spec: &TensorSpec, index: usize, t: &TensorRef<'_>) -> Result
             name: spec.name.clone(),
             index,
             expected: spec.type_string(),
-            got: got_type,
+            got: format_type(dtype, shape.iter()),
         });
     }
+    Ok(())
+}
+
+/// Checks one input against its spec: dtype, rank, each dimension, byte length.
+///
+/// # Errors
+/// The first mismatch, as an [`InputError`].
+pub fn check_input(spec: &TensorSpec, index: usize, t: &TensorRef<'_>) -> Result<(), InputError> {
+    check_type(spec, index, t.dtype, t.shape)?;
     match byte_len(t.dtype, t.shape) {
         Some(n) if n == t.data.len() => Ok(()),
         n => Err(InputError::ByteLength {
             name: spec.name.clone(),
             index,
-            got_type,
+            got_type: format_type(t.dtype, t.shape.iter()),
             expected: n.map_or_else(|| "more than usize::MAX".into(), |n| n.to_string()),
             got: t.data.len(),
         }),
@@ -182,7 +196,6 @@ pub fn order_named<T>(sig: &Signature, named: Vec<(String, T)>) -> Result<Vec<T>
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::signature::DType;
 
     fn sig() -> Signature {
         Signature {
