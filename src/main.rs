@@ -184,6 +184,8 @@ fn real_main(cli: Cli) -> Result<()> {
         Cmd::Bench { model, iters, json } => bench(&cfg, model, *iters, *json),
         Cmd::Plugin => {
             let found = plugin::discover(cfg.plugin.as_deref(), cfg.device)?;
+            let libs = (found.kind == DeviceKind::Cuda)
+                .then(|| xlaguard::pjrt::deps::preload_nvidia_libraries(&found.path));
             let api = xlaguard::pjrt::Api::load(&found.path)?;
             println!(
                 "plugin: {} ({:?}, {})",
@@ -192,6 +194,9 @@ fn real_main(cli: Cli) -> Result<()> {
                 found.kind.name()
             );
             println!("PJRT API: {}.{}", api.version().0, api.version().1);
+            if let Some(l) = libs {
+                println!("NVIDIA libraries: {}", l.describe());
+            }
             for (k, v) in api.attributes()? {
                 println!("  {k} = {v}");
             }

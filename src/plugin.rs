@@ -135,7 +135,10 @@ pub fn site_packages_dirs() -> Vec<PathBuf> {
             }
         }
     }
-    out.push(PathBuf::from("/usr/lib/python3/dist-packages"));
+    let debian = PathBuf::from("/usr/lib/python3/dist-packages");
+    if !out.contains(&debian) {
+        out.push(debian);
+    }
     out
 }
 

@@ -204,15 +204,22 @@ fn every_dtype_reaches_the_device_and_back() {
 
 #[test]
 fn an_export_for_another_platform_is_refused_unless_allowed() {
-    let e = engine().load_file(&fixture("cuda_only").join("model.jaxexport")).unwrap_err();
+    let e = engine()
+        .load_file(&fixture("cuda_only").join("model.jaxexport"))
+        .unwrap_err();
     assert!(matches!(e, Error::Artifact(_)), "{e}");
-    assert!(e.to_string().contains("cuda") && e.to_string().contains("cpu"), "{e}");
+    assert!(
+        e.to_string().contains("cuda") && e.to_string().contains("cpu"),
+        "{e}"
+    );
     // Explicitly allowed: the tiny module's StableHLO is platform-neutral and runs on the CPU.
     let mut c = EngineConfig::default();
     c.plugin(common::plugin());
     c.allow_platform_mismatch = true;
     let lenient = Engine::new(&c).unwrap();
-    let m = lenient.load_file(&fixture("cuda_only").join("model.jaxexport")).unwrap();
+    let m = lenient
+        .load_file(&fixture("cuda_only").join("model.jaxexport"))
+        .unwrap();
     let ins = numbered(&fixture("tiny"), "in");
     let out = m.run(&[ins[0].view(), ins[1].view()]).unwrap();
     assert_eq!(out[0].bytes(), numbered(&fixture("tiny"), "out")[0].bytes());
