@@ -12,8 +12,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut cfg = xlaguard::EngineConfig::default();
     cfg.device(xlaguard::plugin::DeviceKind::Cuda);
     cfg.client_options = Some(xlaguard::pjrt::ClientOptions::gpu(None, Some(false), None));
-    let _engine = xlaguard::Engine::new(&cfg)?;
+    let mut engine = Some(xlaguard::Engine::new(&cfg)?);
     let s = DeviceScanner::new(0)?;
+    let order = std::env::var("XLAGUARD_DROP_ORDER").unwrap_or_default();
     let sizes: Vec<usize> = std::env::args()
         .skip(1)
         .filter_map(|a| a.parse().ok())
@@ -25,6 +26,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     };
     let stream = s.stream().clone();
     let ctx = s.context().clone();
+    // cudarc's default event flags disable timing.
+    let timing = cudarc::driver::sys::CUevent_flags::CU_EVENT_DEFAULT;
     println!(
         "{:<9} {:>8} {:>11} {:>11} {:>7}",
         "dtype", "MiB", "scan GB/s", "copy GB/s", "ratio"
@@ -46,8 +49,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 }
                 let mut v = Vec::new();
                 for _ in 0..20 {
-                    let a = ctx.new_event(None)?;
-                    let b = ctx.new_event(None)?;
+                    let a = ctx.new_event(Some(timing))?;
+                    let b = ctx.new_event(Some(timing))?;
                     a.record(&stream)?;
                     f()?;
                     b.record(&stream)?;
@@ -77,6 +80,24 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             );
         }
     }
+    // Teardown in a chosen order, with markers (diagnostics for a segfault at exit seen on an
+    // H200; XLAGUARD_DROP_ORDER = leak-engine | engine-first | default).
+    eprintln!("drop: start ({order})");
+    match order.as_str() {
+        "leak-engine" => std::mem::forget(engine.take()),
+        "engine-first" => {
+            drop(engine.take());
+            eprintln!("drop: engine done");
+        }
+        _ => {}
+    }
+    drop(stream);
+    drop(ctx);
+    eprintln!("drop: ctx/stream done");
+    drop(s);
+    eprintln!("drop: scanner done");
+    drop(engine.take());
+    eprintln!("drop: all done");
     Ok(())
 }
 

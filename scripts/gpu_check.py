@@ -227,7 +227,7 @@ def main() -> int:
         say("## On-device validation tests (tests/gpu.rs)")
         say("")
         say("```")
-        say("\n".join(l for l in (r.stdout + r.stderr).splitlines() if l.startswith(("test ", "test result", "thread", "  left", " right", "error"))))
+        say("\n".join(l for l in (r.stdout + r.stderr).splitlines() if l.startswith(("test ", "test result", "thread", "  left", " right", "error", "called", "assertion"))))
         say("```")
         say("")
         ok &= r.returncode == 0

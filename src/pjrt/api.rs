@@ -9,6 +9,9 @@ use std::sync::Arc;
 use super::ffi::{self, PJRT_Api};
 use super::{LoadError, PjrtError};
 
+/// `RTLD_NODELETE` (glibc and musl, Linux): keep the object mapped after `dlclose`.
+const RTLD_NODELETE: std::ffi::c_int = 0x1000;
+
 /// Calls a function of the table, or returns `PjrtError::Missing` if the plugin's table is too
 /// short to hold it or the slot is null. Evaluates to the function pointer.
 macro_rules! api_fn {
@@ -62,13 +65,22 @@ impl Api {
                 path: path.to_path_buf(),
             });
         }
+        // RTLD_NODELETE: a plugin is never unmapped, even after its last `Api` is dropped. XLA
+        // plugins register process-exit handlers and thread-local destructors that point into
+        // their code (JAX never unloads one either); unmapping it made a process that had also
+        // used CUDA through cudarc crash after `main` returned (measured on an H200).
+        let flags =
+            libloading::os::unix::RTLD_NOW | libloading::os::unix::RTLD_LOCAL | RTLD_NODELETE;
         // SAFETY: loading a shared library runs its initializers. The caller chose this file as
         // a PJRT plugin; that trust is the premise of the whole host (and the compile sandbox
         // exists because of it).
-        let lib = unsafe { libloading::Library::new(path) }.map_err(|e| LoadError::Dlopen {
-            path: path.to_path_buf(),
-            detail: e.to_string(),
-        })?;
+        let lib: libloading::Library =
+            unsafe { libloading::os::unix::Library::open(Some(path), flags) }
+                .map_err(|e| LoadError::Dlopen {
+                    path: path.to_path_buf(),
+                    detail: e.to_string(),
+                })?
+                .into();
         // SAFETY: `GetPjrtApi` has this signature in every PJRT plugin (pjrt_c_api.h).
         let get: libloading::Symbol<ffi::GetPjrtApiFn> = unsafe { lib.get(b"GetPjrtApi\0") }
             .map_err(|e| LoadError::MissingSymbol {

@@ -379,6 +379,9 @@ impl Client {
         args.num_dims = dims.len();
         args.element_type = buffer_type(dtype);
         args.device = self.inner.devices[0];
+        // The GPU plugin calls the deleter unconditionally when the view is freed (a null one
+        // aborts the process with std::bad_function_call); the memory is the caller's to free.
+        args.on_delete_callback = Some(keep_device_memory);
         // SAFETY: live client and device; the pointer's validity for the buffer's lifetime is
         // the caller's contract; `dims` outlives the call.
         let err = unsafe { f(&mut args) };
@@ -440,6 +443,9 @@ impl Client {
         Ok((buffer, done))
     }
 }
+
+/// `on_delete_callback` for device views: the memory belongs to the caller, nothing to do.
+unsafe extern "C" fn keep_device_memory(_ptr: *mut std::ffi::c_void, _arg: *mut std::ffi::c_void) {}
 
 impl Drop for ClientInner {
     fn drop(&mut self) {

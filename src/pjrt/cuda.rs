@@ -17,6 +17,7 @@ use crate::signature::DType;
 const KERNEL: &str = r#"
 typedef unsigned long long u64;
 typedef unsigned int u32;
+typedef unsigned short u16;
 struct Stats {
   u64 nan, posinf, neginf, below, above;
   u64 first_nan, first_inf, first_below, first_above;
@@ -28,55 +29,52 @@ __device__ __forceinline__ u32 fkey(float f) {
   return (u & 0x80000000u) ? ~u : (u | 0x80000000u);
 }
 __device__ __forceinline__ u32 ikey(int v) { return ((u32)v) ^ 0x80000000u; }
+// Per-thread accumulator. The common case (a vector of finite, in-range values) only updates
+// fmin/fmax (or imin/imax) and `finite`; everything else takes the per-element slow path.
 struct Acc {
   u64 nan, posinf, neginf, below, above, finite;
   u64 first_nan, first_inf, first_below, first_above;
-  u32 min_key, max_key;
+  float fmin, fmax;
+  int imin, imax;
 };
 __device__ __forceinline__ void acc_init(Acc& a) {
   a.nan = a.posinf = a.neginf = a.below = a.above = a.finite = 0;
   a.first_nan = a.first_inf = a.first_below = a.first_above = ~0ull;
-  a.min_key = 0xffffffffu; a.max_key = 0;
+  a.fmin = __int_as_float(0x7f800000); a.fmax = -__int_as_float(0x7f800000);
+  a.imin = 0x7fffffff; a.imax = -0x7fffffff - 1;
 }
-// kind: 0 finite, 1 nan, 2 +inf, 3 -inf
-__device__ __forceinline__ void acc_float(Acc& a, float v, int kind, u64 i, float lo, float hi, int has_lo, int has_hi) {
-  if (kind == 1) { a.nan++; if (i < a.first_nan) a.first_nan = i; return; }
-  if (kind == 2) { a.posinf++; if (i < a.first_inf) a.first_inf = i; if (has_hi) { a.above++; if (i < a.first_above) a.first_above = i; } return; }
-  if (kind == 3) { a.neginf++; if (i < a.first_inf) a.first_inf = i; if (has_lo) { a.below++; if (i < a.first_below) a.first_below = i; } return; }
-  a.finite++;
-  u32 k = fkey(v);
-  a.min_key = min(a.min_key, k); a.max_key = max(a.max_key, k);
+__device__ __forceinline__ void range_f(Acc& a, float v, u64 i, float lo, float hi, int has_lo, int has_hi) {
   if (has_lo && v < lo) { a.below++; if (i < a.first_below) a.first_below = i; }
   if (has_hi && v > hi) { a.above++; if (i < a.first_above) a.first_above = i; }
 }
-__device__ __forceinline__ void f32_item(Acc& a, u32 bits, u64 i, float lo, float hi, int has_lo, int has_hi) {
-  u32 mag = bits & 0x7fffffffu;
-  int kind = mag > 0x7f800000u ? 1 : (mag == 0x7f800000u ? ((bits >> 31) ? 3 : 2) : 0);
-  acc_float(a, __uint_as_float(bits), kind, i, lo, hi, has_lo, has_hi);
+// One float element by class: 0 finite, 1 NaN, 2 +Inf, 3 -Inf. `stats`: also count it as
+// finite and fold it into min/max (false when the fast path already did).
+__device__ __forceinline__ void slow_f(Acc& a, float v, int kind, u64 i, float lo, float hi, int has_lo, int has_hi, bool stats) {
+  if (kind == 1) { a.nan++; if (i < a.first_nan) a.first_nan = i; return; }
+  if (kind == 2) { a.posinf++; if (i < a.first_inf) a.first_inf = i; if (has_hi) { a.above++; if (i < a.first_above) a.first_above = i; } return; }
+  if (kind == 3) { a.neginf++; if (i < a.first_inf) a.first_inf = i; if (has_lo) { a.below++; if (i < a.first_below) a.first_below = i; } return; }
+  if (stats) { a.finite++; a.fmin = fminf(a.fmin, v); a.fmax = fmaxf(a.fmax, v); }
+  range_f(a, v, i, lo, hi, has_lo, has_hi);
 }
-__device__ __forceinline__ void bf16_item(Acc& a, unsigned short bits, u64 i, float lo, float hi, int has_lo, int has_hi) {
-  unsigned short mag = bits & 0x7fffu;
-  int kind = mag > 0x7f80u ? 1 : (mag == 0x7f80u ? ((bits >> 15) ? 3 : 2) : 0);
-  acc_float(a, __uint_as_float(((u32)bits) << 16), kind, i, lo, hi, has_lo, has_hi);
+__device__ __forceinline__ int kind32(u32 b) {
+  u32 m = b & 0x7fffffffu;
+  return m > 0x7f800000u ? 1 : (m == 0x7f800000u ? ((b >> 31) ? 3 : 2) : 0);
 }
-__device__ __forceinline__ float half_bits_to_float(unsigned short h) {
-  u32 sign = ((u32)(h >> 15)) << 31, exp = (h >> 10) & 0x1fu, man = h & 0x3ffu;
-  if (exp == 0) { float f = (float)man * 5.9604644775390625e-8f; return sign ? -f : f; }
-  return __uint_as_float(sign | ((exp + 112u) << 23) | (man << 13));
+__device__ __forceinline__ int kind_bf16(u32 h) {
+  u32 m = h & 0x7fffu;
+  return m > 0x7f80u ? 1 : (m == 0x7f80u ? ((h >> 15) ? 3 : 2) : 0);
 }
-__device__ __forceinline__ void f16_item(Acc& a, unsigned short bits, u64 i, float lo, float hi, int has_lo, int has_hi) {
-  unsigned short mag = bits & 0x7fffu;
-  int kind = mag > 0x7c00u ? 1 : (mag == 0x7c00u ? ((bits >> 15) ? 3 : 2) : 0);
-  acc_float(a, kind ? 0.0f : half_bits_to_float(bits), kind, i, lo, hi, has_lo, has_hi);
+__device__ __forceinline__ int kind_f16(u32 h) {
+  u32 m = h & 0x7fffu;
+  return m > 0x7c00u ? 1 : (m == 0x7c00u ? ((h >> 15) ? 3 : 2) : 0);
 }
-__device__ __forceinline__ void i32_item(Acc& a, int v, u64 i, long long lo, long long hi, int has_lo, int has_hi) {
-  a.finite++;
-  u32 k = ikey(v);
-  a.min_key = min(a.min_key, k); a.max_key = max(a.max_key, k);
-  if (has_lo && (long long)v < lo) { a.below++; if (i < a.first_below) a.first_below = i; }
-  if (has_hi && (long long)v > hi) { a.above++; if (i < a.first_above) a.first_above = i; }
+__device__ __forceinline__ float bf16f(u32 h) { return __uint_as_float(h << 16); }
+__device__ __forceinline__ float f16f(u32 h) {
+  float f; unsigned short x = (unsigned short)h;
+  asm("cvt.f32.f16 %0, %1;" : "=f"(f) : "h"(x));
+  return f;
 }
-__device__ void acc_flush(Acc& a, Stats* s) {
+__device__ void acc_flush(Acc& a, Stats* s, bool is_int) {
   for (int o = 16; o > 0; o >>= 1) {
     a.nan += __shfl_down_sync(0xffffffffu, a.nan, o);
     a.posinf += __shfl_down_sync(0xffffffffu, a.posinf, o);
@@ -88,8 +86,10 @@ __device__ void acc_flush(Acc& a, Stats* s) {
     a.first_inf = min(a.first_inf, __shfl_down_sync(0xffffffffu, a.first_inf, o));
     a.first_below = min(a.first_below, __shfl_down_sync(0xffffffffu, a.first_below, o));
     a.first_above = min(a.first_above, __shfl_down_sync(0xffffffffu, a.first_above, o));
-    a.min_key = min(a.min_key, __shfl_down_sync(0xffffffffu, a.min_key, o));
-    a.max_key = max(a.max_key, __shfl_down_sync(0xffffffffu, a.max_key, o));
+    a.fmin = fminf(a.fmin, __shfl_down_sync(0xffffffffu, a.fmin, o));
+    a.fmax = fmaxf(a.fmax, __shfl_down_sync(0xffffffffu, a.fmax, o));
+    a.imin = min(a.imin, __shfl_down_sync(0xffffffffu, a.imin, o));
+    a.imax = max(a.imax, __shfl_down_sync(0xffffffffu, a.imax, o));
   }
   if ((threadIdx.x & 31) == 0) {
     if (a.nan) atomicAdd(&s->nan, a.nan);
@@ -97,13 +97,21 @@ __device__ void acc_flush(Acc& a, Stats* s) {
     if (a.neginf) atomicAdd(&s->neginf, a.neginf);
     if (a.below) atomicAdd(&s->below, a.below);
     if (a.above) atomicAdd(&s->above, a.above);
-    if (a.finite) atomicAdd(&s->finite, a.finite);
     if (a.first_nan != ~0ull) atomicMin(&s->first_nan, a.first_nan);
     if (a.first_inf != ~0ull) atomicMin(&s->first_inf, a.first_inf);
     if (a.first_below != ~0ull) atomicMin(&s->first_below, a.first_below);
     if (a.first_above != ~0ull) atomicMin(&s->first_above, a.first_above);
-    if (a.finite) { atomicMin(&s->min_key, a.min_key); atomicMax(&s->max_key, a.max_key); }
+    if (a.finite) {
+      atomicAdd(&s->finite, a.finite);
+      atomicMin(&s->min_key, is_int ? ikey(a.imin) : fkey(a.fmin));
+      atomicMax(&s->max_key, is_int ? ikey(a.imax) : fkey(a.fmax));
+    }
   }
+}
+extern "C" __global__ void init_stats(Stats* s) {
+  s->nan = s->posinf = s->neginf = s->below = s->above = s->finite = 0;
+  s->first_nan = s->first_inf = s->first_below = s->first_above = ~0ull;
+  s->min_key = 0xffffffffu; s->max_key = 0;
 }
 extern "C" __global__ void scan_f32(const u32* x, u64 n, float lo, float hi, int has_lo, int has_hi, Stats* s) {
   Acc a; acc_init(a);
@@ -112,30 +120,68 @@ extern "C" __global__ void scan_f32(const u32* x, u64 n, float lo, float hi, int
   const uint4* xv = (const uint4*)x;
   for (u64 j = tid; j < nv; j += stride) {
     uint4 v = __ldg(xv + j);
-    f32_item(a, v.x, 4*j, lo, hi, has_lo, has_hi); f32_item(a, v.y, 4*j+1, lo, hi, has_lo, has_hi);
-    f32_item(a, v.z, 4*j+2, lo, hi, has_lo, has_hi); f32_item(a, v.w, 4*j+3, lo, hi, has_lo, has_hi);
+    u32 w[4] = {v.x, v.y, v.z, v.w};
+    bool special = false;
+    for (int k = 0; k < 4; k++) special |= (w[k] & 0x7f800000u) == 0x7f800000u;
+    if (!special) {
+      float f[4];
+      bool out = false;
+      for (int k = 0; k < 4; k++) {
+        f[k] = __uint_as_float(w[k]);
+        a.fmin = fminf(a.fmin, f[k]); a.fmax = fmaxf(a.fmax, f[k]);
+        out |= (has_lo && f[k] < lo) | (has_hi && f[k] > hi);
+      }
+      a.finite += 4;
+      if (out) for (int k = 0; k < 4; k++) range_f(a, f[k], 4*j + k, lo, hi, has_lo, has_hi);
+    } else {
+      for (int k = 0; k < 4; k++) slow_f(a, __uint_as_float(w[k]), kind32(w[k]), 4*j + k, lo, hi, has_lo, has_hi, true);
+    }
   }
-  for (u64 i = 4*nv + tid; i < n; i += stride) f32_item(a, __ldg(x + i), i, lo, hi, has_lo, has_hi);
-  acc_flush(a, s);
+  for (u64 i = 4*nv + tid; i < n; i += stride) { u32 b = __ldg(x + i); slow_f(a, __uint_as_float(b), kind32(b), i, lo, hi, has_lo, has_hi, true); }
+  acc_flush(a, s, false);
 }
-#define HALF_KERNEL(NAME, ITEM) \
-extern "C" __global__ void NAME(const unsigned short* x, u64 n, float lo, float hi, int has_lo, int has_hi, Stats* s) { \
+// 8 halves per 16-byte load. EXP: the exponent mask of one half (0x7f80 bf16, 0x7c00 f16).
+#define HALF_KERNEL(NAME, EXP, TOF, KIND) \
+extern "C" __global__ void NAME(const u16* x, u64 n, float lo, float hi, int has_lo, int has_hi, Stats* s) { \
   Acc a; acc_init(a); \
   u64 tid = (u64)blockIdx.x * blockDim.x + threadIdx.x, stride = (u64)gridDim.x * blockDim.x; \
   u64 nv = ((((u64)x) & 15) == 0) ? n / 8 : 0; \
   const uint4* xv = (const uint4*)x; \
+  const u32 e2 = (EXP) | ((u32)(EXP) << 16); \
   for (u64 j = tid; j < nv; j += stride) { \
-    uint4 v = __ldg(xv + j); u32 w[4] = {v.x, v.y, v.z, v.w}; \
-    for (int k = 0; k < 4; k++) { \
-      ITEM(a, (unsigned short)(w[k] & 0xffffu), 8*j + 2*k, lo, hi, has_lo, has_hi); \
-      ITEM(a, (unsigned short)(w[k] >> 16), 8*j + 2*k + 1, lo, hi, has_lo, has_hi); \
+    uint4 v = __ldg(xv + j); \
+    u32 w[4] = {v.x, v.y, v.z, v.w}; \
+    bool special = false; \
+    for (int k = 0; k < 4; k++) { u32 t = w[k] & e2; special |= ((t & 0xffffu) == (EXP)) | ((t >> 16) == (EXP)); } \
+    if (!special) { \
+      float f[8]; bool out = false; \
+      for (int k = 0; k < 4; k++) { f[2*k] = TOF(w[k] & 0xffffu); f[2*k+1] = TOF(w[k] >> 16); } \
+      for (int k = 0; k < 8; k++) { \
+        a.fmin = fminf(a.fmin, f[k]); a.fmax = fmaxf(a.fmax, f[k]); \
+        out |= (has_lo && f[k] < lo) | (has_hi && f[k] > hi); \
+      } \
+      a.finite += 8; \
+      if (out) for (int k = 0; k < 8; k++) range_f(a, f[k], 8*j + k, lo, hi, has_lo, has_hi); \
+    } else { \
+      for (int k = 0; k < 8; k++) { \
+        u32 h = (k & 1) ? (w[k/2] >> 16) : (w[k/2] & 0xffffu); \
+        int kind = KIND(h); \
+        slow_f(a, kind ? 0.0f : TOF(h), kind, 8*j + k, lo, hi, has_lo, has_hi, true); \
+      } \
     } \
   } \
-  for (u64 i = 8*nv + tid; i < n; i += stride) ITEM(a, __ldg(x + i), i, lo, hi, has_lo, has_hi); \
-  acc_flush(a, s); \
+  for (u64 i = 8*nv + tid; i < n; i += stride) { \
+    u32 h = __ldg(x + i); int kind = KIND(h); \
+    slow_f(a, kind ? 0.0f : TOF(h), kind, i, lo, hi, has_lo, has_hi, true); \
+  } \
+  acc_flush(a, s, false); \
 }
-HALF_KERNEL(scan_bf16, bf16_item)
-HALF_KERNEL(scan_f16, f16_item)
+HALF_KERNEL(scan_bf16, 0x7f80u, bf16f, kind_bf16)
+HALF_KERNEL(scan_f16, 0x7c00u, f16f, kind_f16)
+__device__ __forceinline__ void range_i(Acc& a, int v, u64 i, long long lo, long long hi, int has_lo, int has_hi) {
+  if (has_lo && (long long)v < lo) { a.below++; if (i < a.first_below) a.first_below = i; }
+  if (has_hi && (long long)v > hi) { a.above++; if (i < a.first_above) a.first_above = i; }
+}
 extern "C" __global__ void scan_i32(const int* x, u64 n, long long lo, long long hi, int has_lo, int has_hi, Stats* s) {
   Acc a; acc_init(a);
   u64 tid = (u64)blockIdx.x * blockDim.x + threadIdx.x, stride = (u64)gridDim.x * blockDim.x;
@@ -143,11 +189,21 @@ extern "C" __global__ void scan_i32(const int* x, u64 n, long long lo, long long
   const int4* xv = (const int4*)x;
   for (u64 j = tid; j < nv; j += stride) {
     int4 v = __ldg(xv + j);
-    i32_item(a, v.x, 4*j, lo, hi, has_lo, has_hi); i32_item(a, v.y, 4*j+1, lo, hi, has_lo, has_hi);
-    i32_item(a, v.z, 4*j+2, lo, hi, has_lo, has_hi); i32_item(a, v.w, 4*j+3, lo, hi, has_lo, has_hi);
+    int w[4] = {v.x, v.y, v.z, v.w};
+    bool out = false;
+    for (int k = 0; k < 4; k++) {
+      a.imin = min(a.imin, w[k]); a.imax = max(a.imax, w[k]);
+      out |= (has_lo && (long long)w[k] < lo) | (has_hi && (long long)w[k] > hi);
+    }
+    a.finite += 4;
+    if (out) for (int k = 0; k < 4; k++) range_i(a, w[k], 4*j + k, lo, hi, has_lo, has_hi);
   }
-  for (u64 i = 4*nv + tid; i < n; i += stride) i32_item(a, __ldg(x + i), i, lo, hi, has_lo, has_hi);
-  acc_flush(a, s);
+  for (u64 i = 4*nv + tid; i < n; i += stride) {
+    int v = __ldg(x + i);
+    a.finite++; a.imin = min(a.imin, v); a.imax = max(a.imax, v);
+    range_i(a, v, i, lo, hi, has_lo, has_hi);
+  }
+  acc_flush(a, s, true);
 }
 "#;
 
@@ -252,6 +308,7 @@ pub struct DeviceScanner {
     bf16: CudaFunction,
     f16: CudaFunction,
     i32: CudaFunction,
+    init: CudaFunction,
     blocks: u32,
 }
 
@@ -295,6 +352,11 @@ impl DeviceScanner {
     pub fn new(ordinal: usize) -> Result<DeviceScanner, CudaError> {
         check_libraries()?;
         let ctx = CudaContext::new(ordinal).map_err(err)?;
+        // The CUDA plugin runs in the same primary context. cudarc releases its reference when
+        // the last Arc drops; if that happened before the plugin's client is destroyed, the
+        // context would be torn down under it (seen: a segfault at exit). Keep one reference
+        // for the life of the process.
+        std::mem::forget(Arc::clone(&ctx));
         let stream = ctx.new_stream().map_err(err)?;
         let module = ctx.load_module(ptx()?).map_err(err)?;
         let load = |n: &str| module.load_function(n).map_err(err);
@@ -308,6 +370,7 @@ impl DeviceScanner {
             bf16: load("scan_bf16")?,
             f16: load("scan_f16")?,
             i32: load("scan_i32")?,
+            init: load("init_stats")?,
             blocks: u32::try_from(sms.max(1)).unwrap_or(1).saturating_mul(8),
             ctx,
             stream,
@@ -346,15 +409,20 @@ impl DeviceScanner {
                 "device slice holds {have} bytes, {need} needed"
             )));
         }
-        let init = RawStats {
-            first_nan: u64::MAX,
-            first_inf: u64::MAX,
-            first_below: u64::MAX,
-            first_above: u64::MAX,
-            min_key: u32::MAX,
-            ..RawStats::default()
-        };
-        let mut stats = self.stream.clone_htod(&[init]).map_err(err)?;
+        let mut stats = self.stream.alloc_zeros::<RawStats>(1).map_err(err)?;
+        {
+            let mut b = self.stream.launch_builder(&self.init);
+            b.arg(&mut stats);
+            // SAFETY: `init_stats(Stats*)` writes the one RawStats `stats` holds.
+            unsafe {
+                b.launch(LaunchConfig {
+                    grid_dim: (1, 1, 1),
+                    block_dim: (1, 1, 1),
+                    shared_mem_bytes: 0,
+                })
+            }
+            .map_err(err)?;
+        }
         let cfg = LaunchConfig {
             grid_dim: (self.blocks, 1, 1),
             block_dim: (256, 1, 1),
