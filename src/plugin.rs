@@ -139,7 +139,33 @@ pub fn site_packages_dirs() -> Vec<PathBuf> {
     if !out.contains(&debian) {
         out.push(debian);
     }
+    // Last: whatever the `python3` on PATH uses (an active or preinstalled venv elsewhere, such
+    // as /opt/<tool>/.venv, which JAX users often have).
+    for d in python_site_packages() {
+        if !out.contains(&d) {
+            out.push(d);
+        }
+    }
     out
+}
+
+/// The `site-packages` / `dist-packages` folders on the `sys.path` of `python3` (from PATH),
+/// or nothing if there is no python3. Runs `python3 -I` once (isolated: no environment
+/// variables, no user site); it only prints paths.
+fn python_site_packages() -> Vec<PathBuf> {
+    let out = std::process::Command::new("python3")
+        .args(["-I", "-c", "import sys; print('\\n'.join(p for p in sys.path if p.endswith(('site-packages', 'dist-packages'))))"])
+        .stdin(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .output();
+    match out {
+        Ok(o) if o.status.success() => String::from_utf8_lossy(&o.stdout)
+            .lines()
+            .map(PathBuf::from)
+            .filter(|p| p.is_dir())
+            .collect(),
+        _ => Vec::new(),
+    }
 }
 
 /// Folders that may hold `third_party/`: the current directory and the executable's ancestors,
