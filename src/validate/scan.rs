@@ -1300,7 +1300,7 @@ mod tests {
             l.min_value().unwrap().as_f64(),
             l.max_value().unwrap().as_f64(),
         );
-        assert!(lo >= 0.1 && lo < 0.1 + 0.001, "{lo}");
+        assert!((0.1..0.1 + 0.001).contains(&lo), "{lo}");
         assert!(hi <= 0.2 && hi > 0.2 - 0.002, "{hi}");
         let l = Limits::new(DType::F32, Some(Bound::Float(0.1)), None).unwrap();
         assert!(l.min_value().unwrap().as_f64() >= 0.1);
