@@ -699,3 +699,68 @@ fn limits_resolve_bounds_into_the_dtype() {
     );
     assert!(matches!(l, Err(LimitError::DoesNotFit { .. })));
 }
+
+// ---- suggest -----------------------------------------------------------------------------
+
+#[test]
+fn suggest_widens_the_observed_range() {
+    use xlaguard::validate::suggest::suggest;
+    let digits = model("digits");
+    let batch = Tensor::read_npy(&fixture("digits").join("batch.npy")).unwrap();
+    let s = suggest(digits.signature(), &[(0, batch.view())], 0.05).unwrap();
+    let mut want = Policy::new();
+    want.input("pixels")
+        .range(-0.8, 16.8)
+        .nan(NonFinite::Reject)
+        .inf(NonFinite::Reject);
+    assert_eq!(s.policy, want);
+    assert_eq!(s.observed[0].elements, 32 * 64);
+    // The suggestion binds and its own samples pass.
+    let m = model_with("digits", s.policy.clone());
+    let x = Tensor::read_npy(&fixture("digits").join("in0.npy")).unwrap();
+    run(&m, &[x]).unwrap();
+
+    // Integers widen outwards to whole numbers, clamped to the dtype.
+    let emb = model("embedding");
+    let ids = Tensor::read_npy(&fixture("embedding").join("in0.npy")).unwrap();
+    let a = ids.to_array::<i32>().unwrap();
+    let (lo, hi) = (*a.iter().min().unwrap(), *a.iter().max().unwrap());
+    let s = suggest(emb.signature(), &[(0, ids.view())], 0.1).unwrap();
+    let pad = (hi - lo + 9) / 10; // ceil(width * 0.1)
+    let mut want = Policy::new();
+    want.input("ids").range(lo - pad, hi + pad);
+    assert_eq!(s.policy, want);
+    let s = suggest(
+        model("dtypes").signature(),
+        &[(
+            5,
+            Tensor::read_npy(&fixture("dtypes").join("in5.npy"))
+                .unwrap()
+                .view(),
+        )],
+        1.0,
+    )
+    .unwrap();
+    assert_eq!(
+        s.policy.inputs["xs_5_"].min,
+        Some(xlaguard::validate::scan::Bound::Int(0))
+    );
+    assert_eq!(
+        s.policy.inputs["xs_5_"].max,
+        Some(xlaguard::validate::scan::Bound::Int(255))
+    );
+
+    // NaN in the samples: allowed, not silently rejected later.
+    let s = suggest(
+        digits.signature(),
+        &[(0, npy("digits_nonfinite.npy").view())],
+        0.0,
+    )
+    .unwrap();
+    assert_eq!(s.policy.inputs["pixels"].nan, Some(NonFinite::Allow));
+    assert_eq!(s.observed[0].nan, 2);
+    assert_eq!(s.observed[0].inf, 2);
+    // Wrong dtype.
+    let e = suggest(digits.signature(), &[(0, ids.view())], 0.0).unwrap_err();
+    assert!(matches!(e, Error::InvalidInput(_)), "{e}");
+}

@@ -8,6 +8,7 @@ pub mod enforce;
 pub mod policy;
 mod sanitize;
 pub mod scan;
+pub mod suggest;
 
 pub use enforce::{
     BoundPolicy, Change, InputReport, InputRules, Offender, PolicyAction, PolicyEvent,
