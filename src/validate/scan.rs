@@ -160,10 +160,15 @@ pub(crate) trait Elem: Copy + fmt::Debug + 'static {
     const SIZE: usize;
     /// Orders non-NaN values (infinities included); `-0.0` and `0.0` have equal keys.
     type Key: Copy + PartialOrd + fmt::Debug;
+    /// Smallest and largest finite values.
+    const LOWEST: Self;
+    const HIGHEST: Self;
     fn load(b: &[u8]) -> Self;
     fn store(self, b: &mut [u8]);
     fn class(self) -> Class;
     fn key(self) -> Self::Key;
+    /// The value with this key (`+0.0` for a zero key).
+    fn from_key(k: Self::Key) -> Self;
     fn value(self) -> Value;
 }
 
@@ -172,6 +177,8 @@ macro_rules! int_elem {
         impl Elem for $t {
             const SIZE: usize = std::mem::size_of::<$t>();
             type Key = $t;
+            const LOWEST: $t = <$t>::MIN;
+            const HIGHEST: $t = <$t>::MAX;
             #[inline(always)]
             fn load(b: &[u8]) -> Self {
                 let mut a = [0u8; std::mem::size_of::<$t>()];
@@ -190,6 +197,10 @@ macro_rules! int_elem {
             fn key(self) -> $t {
                 self
             }
+            #[inline(always)]
+            fn from_key(k: $t) -> $t {
+                k
+            }
             fn value(self) -> Value {
                 Value::$v(<$w>::from(self))
             }
@@ -204,6 +215,8 @@ macro_rules! float_elem {
         impl Elem for $t {
             const SIZE: usize = std::mem::size_of::<$t>();
             type Key = $t;
+            const LOWEST: $t = <$t>::MIN;
+            const HIGHEST: $t = <$t>::MAX;
             #[inline(always)]
             fn load(b: &[u8]) -> Self {
                 let mut a = [0u8; std::mem::size_of::<$t>()];
@@ -213,6 +226,10 @@ macro_rules! float_elem {
             #[inline(always)]
             fn store(self, b: &mut [u8]) {
                 b.copy_from_slice(&self.to_le_bytes());
+            }
+            #[inline(always)]
+            fn from_key(k: $t) -> $t {
+                k
             }
             #[inline(always)]
             fn class(self) -> Class {
@@ -266,6 +283,12 @@ macro_rules! half_elem {
         impl Elem for $t {
             const SIZE: usize = 2;
             type Key = i16;
+            const LOWEST: $t = <$t>::MIN;
+            const HIGHEST: $t = <$t>::MAX;
+            #[inline(always)]
+            fn from_key(k: i16) -> $t {
+                <$t>::from_bits(half_from_key(k))
+            }
             #[inline(always)]
             fn load(b: &[u8]) -> Self {
                 <$t>::from_bits(u16::from_le_bytes([b[0], b[1]]))
@@ -837,23 +860,98 @@ fn scan_scalar_typed(data: &[u8], typed: &Typed) -> ScanSummary {
             elements: data.len() as u64,
             ..ScanSummary::default()
         },
-        Typed::I8(lo, hi) => scan_scalar::<i8>(data, lo, hi),
-        Typed::I16(lo, hi) => scan_scalar::<i16>(data, lo, hi),
-        Typed::I32(lo, hi) => scan_scalar::<i32>(data, lo, hi),
-        Typed::I64(lo, hi) => scan_scalar::<i64>(data, lo, hi),
-        Typed::U8(lo, hi) => scan_scalar::<u8>(data, lo, hi),
-        Typed::U16(lo, hi) => scan_scalar::<u16>(data, lo, hi),
-        Typed::U32(lo, hi) => scan_scalar::<u32>(data, lo, hi),
-        Typed::U64(lo, hi) => scan_scalar::<u64>(data, lo, hi),
-        Typed::F16(lo, hi) => scan_scalar::<f16>(data, lo, hi),
-        Typed::BF16(lo, hi) => scan_scalar::<bf16>(data, lo, hi),
-        Typed::F32(lo, hi) => scan_scalar::<f32>(data, lo, hi),
-        Typed::F64(lo, hi) => scan_scalar::<f64>(data, lo, hi),
+        Typed::I8(lo, hi) => scalar::<i8>(data, lo, hi),
+        Typed::I16(lo, hi) => scalar::<i16>(data, lo, hi),
+        Typed::I32(lo, hi) => scalar::<i32>(data, lo, hi),
+        Typed::I64(lo, hi) => scalar::<i64>(data, lo, hi),
+        Typed::U8(lo, hi) => scalar::<u8>(data, lo, hi),
+        Typed::U16(lo, hi) => scalar::<u16>(data, lo, hi),
+        Typed::U32(lo, hi) => scalar::<u32>(data, lo, hi),
+        Typed::U64(lo, hi) => scalar::<u64>(data, lo, hi),
+        Typed::F16(lo, hi) => scalar::<f16>(data, lo, hi),
+        Typed::BF16(lo, hi) => scalar::<bf16>(data, lo, hi),
+        Typed::F32(lo, hi) => scalar::<f32>(data, lo, hi),
+        Typed::F64(lo, hi) => scalar::<f64>(data, lo, hi),
     }
 }
 
-/// The scalar scan of whole elements of `data`, flat indices starting at 0.
+/// Elements per block of the scalar backend.
+const SCALAR_BLOCK: usize = 16384;
+
+/// The scalar backend: the fast check per block, the exact pass on blocks that fail it.
+fn scalar<T: Elem>(data: &[u8], lo: T, hi: T) -> ScanSummary {
+    let (flo, fhi) = fast_bounds(lo, hi);
+    drive::<T>(
+        data,
+        lo,
+        hi,
+        SCALAR_BLOCK,
+        |b| fast_scalar::<T>(b, flo, fhi),
+        |b| exact_scalar::<T>(b, lo, hi),
+    )
+}
+
+/// Bounds for the fast check: an open side becomes the dtype's finite extreme, so that every
+/// NaN and infinity falls outside `[lo, hi]` (a float NaN compares false with everything; a
+/// 16-bit float NaN's key lies beyond the infinities').
+#[inline]
+fn fast_bounds<T: Elem>(lo: T, hi: T) -> (T::Key, T::Key) {
+    let lo = if lo.class() == Class::NegInf {
+        T::LOWEST
+    } else {
+        lo
+    };
+    let hi = if hi.class() == Class::PosInf {
+        T::HIGHEST
+    } else {
+        hi
+    };
+    (lo.key(), hi.key())
+}
+
+/// The min and max of a non-empty `data` when every element is finite and within `[flo, fhi]`;
+/// `None` otherwise. Branch-free, so the compiler can vectorize it.
+fn fast_scalar<T: Elem>(data: &[u8], flo: T::Key, fhi: T::Key) -> Option<(T, T)> {
+    let mut mn = T::HIGHEST.key();
+    let mut mx = T::LOWEST.key();
+    let mut ok = true;
+    for b in data.chunks_exact(T::SIZE) {
+        let k = T::load(b).key();
+        ok &= (k >= flo) & (k <= fhi);
+        mn = if k < mn { k } else { mn };
+        mx = if k > mx { k } else { mx };
+    }
+    (ok && data.len() >= T::SIZE).then(|| (T::from_key(mn), T::from_key(mx)))
+}
+
+/// Counts `[nan, +inf, -inf, below, above]` and the finite min/max of a block.
+type KernelOut<T> = ([u64; 5], Option<T>, Option<T>);
+
+fn exact_scalar<T: Elem>(data: &[u8], lo: T, hi: T) -> KernelOut<T> {
+    let (s, mn, mx) = scan_scalar_t::<T>(data, lo, hi);
+    (
+        [
+            s.nan.count,
+            s.pos_inf.count,
+            s.neg_inf.count,
+            s.below.count,
+            s.above.count,
+        ],
+        mn,
+        mx,
+    )
+}
+
+/// The plain scalar scan of whole elements of `data`, flat indices from 0 (the pass that finds
+/// first offenders).
 pub(crate) fn scan_scalar<T: Elem>(data: &[u8], lo: T, hi: T) -> ScanSummary {
+    let (mut s, mn, mx) = scan_scalar_t::<T>(data, lo, hi);
+    s.min = mn.map(Elem::value);
+    s.max = mx.map(Elem::value);
+    s
+}
+
+fn scan_scalar_t<T: Elem>(data: &[u8], lo: T, hi: T) -> (ScanSummary, Option<T>, Option<T>) {
     let mut s = ScanSummary::default();
     let (lo, hi) = (lo.key(), hi.key());
     let mut min: Option<T> = None;
@@ -883,21 +981,44 @@ pub(crate) fn scan_scalar<T: Elem>(data: &[u8], lo: T, hi: T) -> ScanSummary {
         i += 1;
     }
     s.elements = i;
-    s.min = min.map(Elem::value);
-    s.max = max.map(Elem::value);
-    s
+    (s, min, max)
 }
 
-/// Combines the per-block results of a SIMD kernel, rescanning a block with the scalar code when
-/// it holds the first element of some category.
-#[cfg(target_arch = "x86_64")]
+/// Runs a scan block by block: `fast` proves a block clean (every element finite and in
+/// bounds) and gives its min/max, which is all a clean block needs; a block it cannot prove
+/// clean gets the `full` counting pass, and, if it holds the first offender of some kind, the
+/// scalar pass that finds its index.
+fn drive<T: Elem>(
+    data: &[u8],
+    lo: T,
+    hi: T,
+    block: usize,
+    fast: impl Fn(&[u8]) -> Option<(T, T)>,
+    full: impl Fn(&[u8]) -> KernelOut<T>,
+) -> ScanSummary {
+    let mut m = Merge::<T>::new();
+    let mut base = 0u64;
+    for blk in data.chunks(block * T::SIZE) {
+        let n = (blk.len() / T::SIZE) as u64;
+        if let Some((mn, mx)) = fast(blk) {
+            m.add(base, n, [0; 5], Some(mn), Some(mx), ScanSummary::default);
+        } else {
+            let (counts, mn, mx) = full(blk);
+            m.add(base, n, counts, mn, mx, || scan_scalar::<T>(blk, lo, hi));
+        }
+        base += n;
+    }
+    m.finish()
+}
+
+/// Combines per-block results, taking each category's first offender from the first block
+/// that has one.
 struct Merge<T: Elem> {
     s: ScanSummary,
     min: Option<T>,
     max: Option<T>,
 }
 
-#[cfg(target_arch = "x86_64")]
 impl<T: Elem> Merge<T> {
     fn new() -> Merge<T> {
         Merge {
@@ -907,7 +1028,7 @@ impl<T: Elem> Merge<T> {
         }
     }
 
-    /// Adds one block that starts at element `base`: `counts` are the kernel's
+    /// Adds one block that starts at element `base`: `counts` are
     /// `[nan, +inf, -inf, below, above]`; `rescan` gives the block's exact scalar summary.
     fn add(
         &mut self,
@@ -965,121 +1086,178 @@ impl<T: Elem> Merge<T> {
 
 #[cfg(target_arch = "x86_64")]
 mod avx2 {
-    //! AVX2 kernels. Each processes whole 32-byte vectors of one block; the caller scans the
-    //! remaining tail with the scalar code.
+    //! AVX2 kernels. Per block, a lean pass (min/max, and a NaN flag for f32) proves the block
+    //! clean; only blocks that hold offenders get the counting kernel. Kernels process whole
+    //! 32-byte vectors; the tail under 32 bytes goes to the scalar code.
 
     use std::arch::x86_64::*;
 
     use half::{bf16, f16};
 
-    use super::{half_from_key, scan_scalar, Elem, Merge, ScanSummary, Typed};
+    use super::{
+        drive, exact_scalar, fast_bounds, fast_scalar, Elem, KernelOut, ScanSummary, Typed,
+    };
     use super::{BF16_INF, F16_INF};
 
-    /// Elements per block for 32- and 16-bit lanes: per-lane counters stay far below their
-    /// maximum (8192 per i32 lane, 4096 per i16 lane).
-    const BLOCK_WIDE: usize = 1 << 16;
-    /// Elements per block for 8-bit lanes: 128 per u8 lane.
-    const BLOCK_BYTE: usize = 4096;
+    /// Elements per block for 32-bit lanes (64 KiB): the counting kernel's i32 lane counters
+    /// reach at most 2048.
+    const BLOCK_32: usize = 1 << 14;
+    /// Elements per block for 16-bit lanes (64 KiB): i16 lane counters reach at most 2048.
+    const BLOCK_16: usize = 1 << 15;
+    /// Elements per block for 8-bit lanes: u8 lane counters reach at most 128.
+    const BLOCK_8: usize = 4096;
 
-    /// Runs the AVX2 kernel for the dtype; `None` for dtypes without one.
+    /// Runs the AVX2 kernels for the dtype; `None` for dtypes without any.
     pub(super) fn scan(data: &[u8], typed: &Typed) -> Option<ScanSummary> {
         Some(match *typed {
-            Typed::F32(lo, hi) => drive::<f32>(data, lo, hi, BLOCK_WIDE, |v| {
-                // SAFETY: `scan_with` only picks this backend after detecting AVX2.
-                unsafe { f32_kernel(v, lo, hi) }
-            }),
-            Typed::BF16(lo, hi) => drive::<bf16>(data, lo, hi, BLOCK_WIDE, |v| {
-                // SAFETY: AVX2 was detected (see above).
-                let (c, mn, mx) = unsafe { half_kernel(v, BF16_INF, lo.key(), hi.key()) };
-                (
-                    c,
-                    mn.map(|k| bf16::from_bits(half_from_key(k))),
-                    mx.map(|k| bf16::from_bits(half_from_key(k))),
+            Typed::F32(lo, hi) => {
+                let (flo, fhi) = fast_bounds(lo, hi);
+                drive::<f32>(
+                    data,
+                    lo,
+                    hi,
+                    BLOCK_32,
+                    |b| {
+                        split(b, flo, fhi, |v| {
+                            // SAFETY: `scan_with` picks this backend only after detecting AVX2.
+                            let (mn, mx, nan) = unsafe { f32_fast(v) };
+                            (!nan && mn >= flo && mx <= fhi).then_some((mn, mx))
+                        })
+                    },
+                    |b| {
+                        full(b, lo, hi, |v| {
+                            // SAFETY: AVX2 was detected (see above).
+                            unsafe { f32_kernel(v, lo, hi) }
+                        })
+                    },
                 )
-            }),
-            Typed::F16(lo, hi) => drive::<f16>(data, lo, hi, BLOCK_WIDE, |v| {
-                // SAFETY: AVX2 was detected (see above).
-                let (c, mn, mx) = unsafe { half_kernel(v, F16_INF, lo.key(), hi.key()) };
-                (
-                    c,
-                    mn.map(|k| f16::from_bits(half_from_key(k))),
-                    mx.map(|k| f16::from_bits(half_from_key(k))),
-                )
-            }),
-            Typed::I32(lo, hi) => drive::<i32>(data, lo, hi, BLOCK_WIDE, |v| {
-                // SAFETY: AVX2 was detected (see above).
-                unsafe { i32_kernel(v, lo, hi) }
-            }),
-            Typed::U8(lo, hi) => drive::<u8>(data, lo, hi, BLOCK_BYTE, |v| {
-                // SAFETY: AVX2 was detected (see above).
-                unsafe { u8_kernel(v, lo, hi) }
-            }),
+            }
+            Typed::BF16(lo, hi) => half::<bf16>(data, lo, hi, BF16_INF),
+            Typed::F16(lo, hi) => half::<f16>(data, lo, hi, F16_INF),
+            Typed::I32(lo, hi) => drive::<i32>(
+                data,
+                lo,
+                hi,
+                BLOCK_32,
+                |b| {
+                    split(b, lo, hi, |v| {
+                        // SAFETY: AVX2 was detected (see above).
+                        let (mn, mx) = unsafe { i32_fast(v) };
+                        (mn >= lo && mx <= hi).then_some((mn, mx))
+                    })
+                },
+                |b| {
+                    full(b, lo, hi, |v| {
+                        // SAFETY: AVX2 was detected (see above).
+                        unsafe { i32_kernel(v, lo, hi) }
+                    })
+                },
+            ),
+            Typed::U8(lo, hi) => drive::<u8>(
+                data,
+                lo,
+                hi,
+                BLOCK_8,
+                |b| {
+                    split(b, lo, hi, |v| {
+                        // SAFETY: AVX2 was detected (see above).
+                        let (mn, mx) = unsafe { u8_fast(v) };
+                        (mn >= lo && mx <= hi).then_some((mn, mx))
+                    })
+                },
+                |b| {
+                    full(b, lo, hi, |v| {
+                        // SAFETY: AVX2 was detected (see above).
+                        unsafe { u8_kernel(v, lo, hi) }
+                    })
+                },
+            ),
             _ => return None,
         })
     }
 
-    type KernelOut<T> = ([u64; 5], Option<T>, Option<T>);
-
-    fn drive<T: Elem>(
-        data: &[u8],
-        lo: T,
-        hi: T,
-        block: usize,
-        kernel: impl Fn(&[u8]) -> KernelOut<T>,
-    ) -> ScanSummary {
-        let mut m = Merge::<T>::new();
-        let mut base = 0u64;
-        for blk in data.chunks(block * T::SIZE) {
-            let vec_len = blk.len() - blk.len() % 32;
-            let (mut counts, mut mn, mut mx) = if vec_len > 0 {
-                kernel(&blk[..vec_len])
-            } else {
-                ([0; 5], None, None)
-            };
-            if vec_len < blk.len() {
-                let t = scan_scalar::<T>(&blk[vec_len..], lo, hi);
-                for (c, x) in counts
-                    .iter_mut()
-                    .zip([t.nan, t.pos_inf, t.neg_inf, t.below, t.above])
-                {
-                    *c += x.count;
-                }
-                // The tail's min/max in T: rescan is cheap (under 32 bytes).
-                let (tmn, tmx) = tail_min_max::<T>(&blk[vec_len..]);
-                if let Some(v) = tmn {
-                    if mn.map_or(true, |x| v.key() < x.key()) {
-                        mn = Some(v);
-                    }
-                }
-                if let Some(v) = tmx {
-                    if mx.map_or(true, |x| v.key() > x.key()) {
-                        mx = Some(v);
-                    }
-                }
-            }
-            let n = (blk.len() / T::SIZE) as u64;
-            m.add(base, n, counts, mn, mx, || scan_scalar::<T>(blk, lo, hi));
-            base += n;
-        }
-        m.finish()
+    fn half<T: Elem<Key = i16>>(data: &[u8], lo: T, hi: T, inf: u16) -> ScanSummary {
+        let (flo, fhi) = fast_bounds(lo, hi);
+        drive::<T>(
+            data,
+            lo,
+            hi,
+            BLOCK_16,
+            |b| {
+                split(b, flo, fhi, |v| {
+                    // SAFETY: AVX2 was detected (see `scan`).
+                    let (mn, mx) = unsafe { half_fast(v) };
+                    // NaN and infinity keys lie outside every finite [flo, fhi].
+                    (mn >= flo && mx <= fhi).then(|| (T::from_key(mn), T::from_key(mx)))
+                })
+            },
+            |b| {
+                full(b, lo, hi, |v| {
+                    // SAFETY: AVX2 was detected (see `scan`).
+                    let (c, mn, mx) = unsafe { half_kernel(v, inf, lo.key(), hi.key()) };
+                    (c, mn.map(T::from_key), mx.map(T::from_key))
+                })
+            },
+        )
     }
 
-    fn tail_min_max<T: Elem>(data: &[u8]) -> (Option<T>, Option<T>) {
-        let mut mn: Option<T> = None;
-        let mut mx: Option<T> = None;
-        for b in data.chunks_exact(T::SIZE) {
-            let x = T::load(b);
-            if x.class() != super::Class::Finite {
-                continue;
+    /// The fast check of a block: whole vectors by the kernel, the tail by the scalar code.
+    fn split<T: Elem>(
+        blk: &[u8],
+        flo: T::Key,
+        fhi: T::Key,
+        kernel: impl Fn(&[u8]) -> Option<(T, T)>,
+    ) -> Option<(T, T)> {
+        let v = blk.len() - blk.len() % 32;
+        let head = if v > 0 {
+            Some(kernel(&blk[..v])?)
+        } else {
+            None
+        };
+        let tail = if v < blk.len() {
+            Some(fast_scalar::<T>(&blk[v..], flo, fhi)?)
+        } else {
+            None
+        };
+        match (head, tail) {
+            (Some((a, b)), Some((c, d))) => Some((
+                if c.key() < a.key() { c } else { a },
+                if d.key() > b.key() { d } else { b },
+            )),
+            (h, t) => h.or(t),
+        }
+    }
+
+    /// The counting pass of a block: whole vectors by the kernel, the tail by the scalar code.
+    fn full<T: Elem>(
+        blk: &[u8],
+        lo: T,
+        hi: T,
+        kernel: impl Fn(&[u8]) -> KernelOut<T>,
+    ) -> KernelOut<T> {
+        let v = blk.len() - blk.len() % 32;
+        let (mut counts, mut mn, mut mx) = if v > 0 {
+            kernel(&blk[..v])
+        } else {
+            ([0; 5], None, None)
+        };
+        if v < blk.len() {
+            let (c, tmn, tmx) = exact_scalar::<T>(&blk[v..], lo, hi);
+            for (a, b) in counts.iter_mut().zip(c) {
+                *a += b;
             }
-            if mn.map_or(true, |m| x.key() < m.key()) {
-                mn = Some(x);
+            if let Some(t) = tmn {
+                if mn.map_or(true, |x| t.key() < x.key()) {
+                    mn = Some(t);
+                }
             }
-            if mx.map_or(true, |m| x.key() > m.key()) {
-                mx = Some(x);
+            if let Some(t) = tmx {
+                if mx.map_or(true, |x| t.key() > x.key()) {
+                    mx = Some(t);
+                }
             }
         }
-        (mn, mx)
+        (counts, mn, mx)
     }
 
     /// Sum of the eight i32 lanes (each a non-negative count).
@@ -1089,6 +1267,173 @@ mod avx2 {
         // SAFETY: `a` is 32 writable bytes; storeu has no alignment requirement.
         unsafe { _mm256_storeu_si256(a.as_mut_ptr().cast(), v) };
         a.iter().map(|&x| u64::from(x.unsigned_abs())).sum()
+    }
+
+    /// f32 fast pass over whole vectors: min and max of the non-NaN values, and whether any
+    /// NaN was seen. Four independent accumulators hide the min/max latency.
+    #[target_feature(enable = "avx2")]
+    unsafe fn f32_fast(data: &[u8]) -> (f32, f32, bool) {
+        let n = data.len() / 32;
+        let p = data.as_ptr();
+        // SAFETY: every load reads the 32 bytes at j * 32 with j < n = len / 32, inside `data`;
+        // `_mm256_loadu_ps` has no alignment requirement. The rest is register arithmetic.
+        unsafe {
+            let ld = |j: usize| _mm256_loadu_ps(p.add(j * 32).cast::<f32>());
+            let pinf = _mm256_set1_ps(f32::INFINITY);
+            let ninf = _mm256_set1_ps(f32::NEG_INFINITY);
+            let (mut a0, mut a1, mut a2, mut a3) = (pinf, pinf, pinf, pinf);
+            let (mut b0, mut b1, mut b2, mut b3) = (ninf, ninf, ninf, ninf);
+            let mut nan = _mm256_setzero_ps();
+            let mut j = 0;
+            while j + 4 <= n {
+                let (x0, x1, x2, x3) = (ld(j), ld(j + 1), ld(j + 2), ld(j + 3));
+                // A NaN in the first operand returns the second: NaNs leave the accumulators.
+                a0 = _mm256_min_ps(x0, a0);
+                a1 = _mm256_min_ps(x1, a1);
+                a2 = _mm256_min_ps(x2, a2);
+                a3 = _mm256_min_ps(x3, a3);
+                b0 = _mm256_max_ps(x0, b0);
+                b1 = _mm256_max_ps(x1, b1);
+                b2 = _mm256_max_ps(x2, b2);
+                b3 = _mm256_max_ps(x3, b3);
+                // UNORD(a, b) is set where a or b is NaN.
+                let u = _mm256_or_ps(
+                    _mm256_cmp_ps::<_CMP_UNORD_Q>(x0, x1),
+                    _mm256_cmp_ps::<_CMP_UNORD_Q>(x2, x3),
+                );
+                nan = _mm256_or_ps(nan, u);
+                j += 4;
+            }
+            while j < n {
+                let x = ld(j);
+                a0 = _mm256_min_ps(x, a0);
+                b0 = _mm256_max_ps(x, b0);
+                nan = _mm256_or_ps(nan, _mm256_cmp_ps::<_CMP_UNORD_Q>(x, x));
+                j += 1;
+            }
+            let a = _mm256_min_ps(_mm256_min_ps(a0, a1), _mm256_min_ps(a2, a3));
+            let b = _mm256_max_ps(_mm256_max_ps(b0, b1), _mm256_max_ps(b2, b3));
+            let mut sa = [0f32; 8];
+            let mut sb = [0f32; 8];
+            _mm256_storeu_ps(sa.as_mut_ptr(), a);
+            _mm256_storeu_ps(sb.as_mut_ptr(), b);
+            (
+                sa.iter().copied().fold(f32::INFINITY, f32::min),
+                sb.iter().copied().fold(f32::NEG_INFINITY, f32::max),
+                _mm256_movemask_ps(nan) != 0,
+            )
+        }
+    }
+
+    /// bf16/f16 fast pass: min and max key over whole vectors (NaN keys included: they lie
+    /// beyond the infinities', so the caller's bound check catches them).
+    #[target_feature(enable = "avx2")]
+    unsafe fn half_fast(data: &[u8]) -> (i16, i16) {
+        let n = data.len() / 32;
+        let p = data.as_ptr();
+        // SAFETY: as in `f32_fast`: loads stay within `data`, unaligned loads are allowed.
+        unsafe {
+            let mask = _mm256_set1_epi16(0x7fff);
+            let key = |j: usize| {
+                let x = _mm256_loadu_si256(p.add(j * 32).cast::<__m256i>());
+                let neg = _mm256_srai_epi16::<15>(x);
+                _mm256_sub_epi16(_mm256_xor_si256(_mm256_and_si256(x, mask), neg), neg)
+            };
+            let (mut a0, mut a1) = (_mm256_set1_epi16(i16::MAX), _mm256_set1_epi16(i16::MAX));
+            let (mut b0, mut b1) = (_mm256_set1_epi16(i16::MIN), _mm256_set1_epi16(i16::MIN));
+            let mut j = 0;
+            while j + 2 <= n {
+                let (k0, k1) = (key(j), key(j + 1));
+                a0 = _mm256_min_epi16(a0, k0);
+                a1 = _mm256_min_epi16(a1, k1);
+                b0 = _mm256_max_epi16(b0, k0);
+                b1 = _mm256_max_epi16(b1, k1);
+                j += 2;
+            }
+            if j < n {
+                let k = key(j);
+                a0 = _mm256_min_epi16(a0, k);
+                b0 = _mm256_max_epi16(b0, k);
+            }
+            let mut sa = [0i16; 16];
+            let mut sb = [0i16; 16];
+            _mm256_storeu_si256(sa.as_mut_ptr().cast(), _mm256_min_epi16(a0, a1));
+            _mm256_storeu_si256(sb.as_mut_ptr().cast(), _mm256_max_epi16(b0, b1));
+            (
+                sa.iter().copied().min().unwrap_or(i16::MAX),
+                sb.iter().copied().max().unwrap_or(i16::MIN),
+            )
+        }
+    }
+
+    /// i32 fast pass: min and max over whole vectors.
+    #[target_feature(enable = "avx2")]
+    unsafe fn i32_fast(data: &[u8]) -> (i32, i32) {
+        let n = data.len() / 32;
+        let p = data.as_ptr();
+        // SAFETY: as in `f32_fast`: loads stay within `data`, unaligned loads are allowed.
+        unsafe {
+            let ld = |j: usize| _mm256_loadu_si256(p.add(j * 32).cast::<__m256i>());
+            let (mut a0, mut a1) = (_mm256_set1_epi32(i32::MAX), _mm256_set1_epi32(i32::MAX));
+            let (mut b0, mut b1) = (_mm256_set1_epi32(i32::MIN), _mm256_set1_epi32(i32::MIN));
+            let mut j = 0;
+            while j + 2 <= n {
+                let (x0, x1) = (ld(j), ld(j + 1));
+                a0 = _mm256_min_epi32(a0, x0);
+                a1 = _mm256_min_epi32(a1, x1);
+                b0 = _mm256_max_epi32(b0, x0);
+                b1 = _mm256_max_epi32(b1, x1);
+                j += 2;
+            }
+            if j < n {
+                let x = ld(j);
+                a0 = _mm256_min_epi32(a0, x);
+                b0 = _mm256_max_epi32(b0, x);
+            }
+            let mut sa = [0i32; 8];
+            let mut sb = [0i32; 8];
+            _mm256_storeu_si256(sa.as_mut_ptr().cast(), _mm256_min_epi32(a0, a1));
+            _mm256_storeu_si256(sb.as_mut_ptr().cast(), _mm256_max_epi32(b0, b1));
+            (
+                sa.iter().copied().min().unwrap_or(i32::MAX),
+                sb.iter().copied().max().unwrap_or(i32::MIN),
+            )
+        }
+    }
+
+    /// u8 fast pass: min and max over whole vectors.
+    #[target_feature(enable = "avx2")]
+    unsafe fn u8_fast(data: &[u8]) -> (u8, u8) {
+        let n = data.len() / 32;
+        let p = data.as_ptr();
+        // SAFETY: as in `f32_fast`: loads stay within `data`, unaligned loads are allowed.
+        unsafe {
+            let ld = |j: usize| _mm256_loadu_si256(p.add(j * 32).cast::<__m256i>());
+            let (mut a0, mut a1) = (_mm256_set1_epi8(-1), _mm256_set1_epi8(-1));
+            let (mut b0, mut b1) = (_mm256_setzero_si256(), _mm256_setzero_si256());
+            let mut j = 0;
+            while j + 2 <= n {
+                let (x0, x1) = (ld(j), ld(j + 1));
+                a0 = _mm256_min_epu8(a0, x0);
+                a1 = _mm256_min_epu8(a1, x1);
+                b0 = _mm256_max_epu8(b0, x0);
+                b1 = _mm256_max_epu8(b1, x1);
+                j += 2;
+            }
+            if j < n {
+                let x = ld(j);
+                a0 = _mm256_min_epu8(a0, x);
+                b0 = _mm256_max_epu8(b0, x);
+            }
+            let mut sa = [0u8; 32];
+            let mut sb = [0u8; 32];
+            _mm256_storeu_si256(sa.as_mut_ptr().cast(), _mm256_min_epu8(a0, a1));
+            _mm256_storeu_si256(sb.as_mut_ptr().cast(), _mm256_max_epu8(b0, b1));
+            (
+                sa.iter().copied().min().unwrap_or(u8::MAX),
+                sb.iter().copied().max().unwrap_or(0),
+            )
+        }
     }
 
     /// f32: NaN, +inf, -inf, finite < lo, finite > hi; finite min and max.
