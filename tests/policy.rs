@@ -346,6 +346,10 @@ fn normalize_is_checked_against_the_signature() {
         "policy: inputs.pixels.normalize.mean: expected 1 or 64 values (the last dimension of float32[1,64]), got 63"
     );
     let mut p = Policy::new();
+    p.input("pixels").normalize(vec![], vec![1.0]);
+    let err = BoundPolicy::new(p, &e).unwrap_err();
+    assert!(err.to_string().ends_with("got 0"), "{err}");
+    let mut p = Policy::new();
     p.input("pixels").normalize(vec![0.0], vec![0.0]);
     let err = BoundPolicy::new(p, &e).unwrap_err();
     assert!(
@@ -763,4 +767,50 @@ fn suggest_widens_the_observed_range() {
     // Wrong dtype.
     let e = suggest(digits.signature(), &[(0, ids.view())], 0.0).unwrap_err();
     assert!(matches!(e, Error::InvalidInput(_)), "{e}");
+}
+
+#[test]
+fn malformed_policy_text_is_an_error_not_a_panic() {
+    let sigs = [
+        model("digits").signature().clone(),
+        model("embedding").signature().clone(),
+        model("dtypes").signature().clone(),
+        model("attention").signature().clone(),
+    ];
+    let mut files = Vec::new();
+    for e in std::fs::read_dir(policy_dir()).unwrap() {
+        let p = e.unwrap().path();
+        if p.to_string_lossy().ends_with(".policy.toml") {
+            files.push(std::fs::read_to_string(&p).unwrap());
+        }
+    }
+    files.push("strict = true\nmax_total_bytes = 9\n[dims]\nb = 3\n[inputs.ids]\nmax_elements = 0\nnormalize = { mean = [], std = 1 }\n".into());
+    let mut tried = 0;
+    for text in &files {
+        let bytes = text.as_bytes();
+        let step = (bytes.len() / 200).max(1);
+        let mut variants: Vec<Vec<u8>> = (0..bytes.len())
+            .step_by(step)
+            .map(|i| bytes[..i].to_vec())
+            .collect();
+        for i in (0..bytes.len()).step_by(step) {
+            for c in [b'"', b'[', b'=', b'\n', b'-', b'9', b'.', b'x', b'{', 0xff] {
+                let mut b = bytes.to_vec();
+                b[i] = c;
+                variants.push(b);
+            }
+        }
+        for v in variants {
+            tried += 1;
+            let Ok(text) = String::from_utf8(v) else {
+                continue;
+            };
+            if let Ok(p) = Policy::from_toml(&text, Some("fuzz.toml")) {
+                for sig in &sigs {
+                    let _ = BoundPolicy::new(p.clone(), sig);
+                }
+            }
+        }
+    }
+    assert!(tried > 1000, "{tried}");
 }

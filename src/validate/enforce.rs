@@ -1031,7 +1031,7 @@ fn check_normalize(
         _ => None,
     };
     for (k, v) in [("mean", &n.mean), ("std", &n.std)] {
-        let ok = v.len() == 1 || last.is_some_and(|d| v.len() as u64 == d);
+        let ok = v.len() == 1 || (!v.is_empty() && last.is_some_and(|d| v.len() as u64 == d));
         if !ok {
             return Err(policy.error(
                 format!("{key}.{k}"),
@@ -1067,7 +1067,8 @@ fn check_normalize(
         if v.len() == len {
             v.to_vec()
         } else {
-            vec![v[0]; len]
+            // Non-empty (checked above).
+            vec![v.first().copied().unwrap_or(1.0); len]
         }
     };
     Ok(Normalize {
