@@ -767,6 +767,11 @@ fn suggest_widens_the_observed_range() {
     // Wrong dtype.
     let e = suggest(digits.signature(), &[(0, ids.view())], 0.0).unwrap_err();
     assert!(matches!(e, Error::InvalidInput(_)), "{e}");
+    let e = suggest(digits.signature(), &[], -1.0).unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        "policy: margin: expected a non-negative finite number, got -1.0"
+    );
 }
 
 #[test]

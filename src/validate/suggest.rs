@@ -3,7 +3,7 @@
 
 use std::fmt::Write as _;
 
-use super::policy::{NonFinite, Policy};
+use super::policy::{NonFinite, Policy, PolicyError, PolicyErrorKind};
 use super::scan::{self, Bound, Limits, Value};
 use super::InputError;
 use crate::error::Error;
@@ -116,16 +116,23 @@ fn as_int(v: Value) -> Option<i128> {
 ///
 /// # Errors
 /// [`Error::InvalidInput`] for a sample of the wrong dtype or an unknown input index;
-/// [`Error::Internal`] for a negative or non-finite margin.
+/// [`Error::Policy`] for a negative or non-finite margin.
 pub fn suggest(
     sig: &Signature,
     samples: &[(usize, TensorRef<'_>)],
     margin: f64,
 ) -> Result<Suggestion, Error> {
     if !(margin.is_finite() && margin >= 0.0) {
-        return Err(Error::Internal(format!(
-            "the margin must be a non-negative number, got {margin}"
-        )));
+        return Err(PolicyError {
+            file: None,
+            line: None,
+            key: "margin".into(),
+            kind: PolicyErrorKind::BadValue {
+                expected: "a non-negative finite number".into(),
+                got: format!("{margin:?}"),
+            },
+        }
+        .into());
     }
     let mut observed: Vec<Observed> = sig
         .inputs
