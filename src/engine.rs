@@ -373,7 +373,7 @@ impl Model {
             let data = prepared.staged(i).unwrap_or(t.data);
             out.push(self.engine.client.buffer_from_host(data, t.dtype, &dims)?);
         }
-        Ok((out, prepared.into_report()))
+        Ok((out, self.policy.recycle(prepared)))
     }
 
     /// Executes on device buffers that were produced by [`Model::upload`] (no value checks).

@@ -258,6 +258,21 @@ fn allowed_infinities_are_clipped_like_any_out_of_range_value() {
 }
 
 #[test]
+fn reused_staging_buffers_carry_nothing_over() {
+    // The same model sanitizes different inputs in turn; staging buffers are recycled.
+    let m = model_with("digits", case("digits_inf_clip"));
+    for _ in 0..2 {
+        let (out, _) = run(&m, &[npy("digits_nonfinite.npy")]).unwrap();
+        assert_outputs(&out, "digits_inf_clipped_out");
+        let (out, _) = run(&m, &[npy("digits_dirty.npy")]).unwrap();
+        assert_outputs(&out, "digits_clipped_out");
+        let (out, report) = run(&m, &[npy("digits_clipped.npy")]).unwrap();
+        assert!(report.is_empty());
+        assert_outputs(&out, "digits_clipped_out");
+    }
+}
+
+#[test]
 fn bf16_is_checked_and_sanitized_in_its_own_width() {
     let dirty = npy("attention_dirty.npy");
     let v = violation(run(&model("attention"), std::slice::from_ref(&dirty)));

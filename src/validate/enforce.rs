@@ -11,6 +11,7 @@
 #![allow(clippy::result_large_err)]
 
 use std::fmt;
+use std::sync::{Arc, Mutex, PoisonError};
 
 use super::policy::{
     input_key, InputPolicy, NonFinite, Normalize, OutOfRange, Policy, PolicyError, PolicyErrorKind,
@@ -456,6 +457,56 @@ pub struct BoundPolicy {
     signature: Signature,
     inputs: Vec<InputRules>,
     dims: Vec<(String, u64)>,
+    pool: StagingPool,
+}
+
+/// Staging buffers handed back after upload, reused so that sanitizing a large input does not
+/// map (and fault in) fresh pages on every call. Shared by clones of the policy.
+#[derive(Clone, Default)]
+struct StagingPool(Arc<Mutex<Vec<Vec<u8>>>>);
+
+/// At most this many idle buffers, and this many idle bytes in all, are kept.
+const POOL_BUFFERS: usize = 4;
+const POOL_BYTES: usize = 128 << 20;
+
+impl fmt::Debug for StagingPool {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let n = self.0.lock().map(|p| p.len()).unwrap_or(0);
+        write!(f, "StagingPool({n} idle)")
+    }
+}
+
+impl StagingPool {
+    /// A buffer of exactly `len` bytes, contents unspecified (the sanitizer writes every byte).
+    fn take(&self, len: usize) -> Vec<u8> {
+        let reused = {
+            let mut pool = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+            pool.iter()
+                .position(|b| b.capacity() >= len)
+                .map(|i| pool.swap_remove(i))
+        };
+        match reused {
+            Some(mut b) => {
+                if b.len() >= len {
+                    b.truncate(len);
+                } else {
+                    b.resize(len, 0);
+                }
+                b
+            }
+            None => vec![0u8; len],
+        }
+    }
+
+    fn give(&self, bufs: impl Iterator<Item = Vec<u8>>) {
+        let mut pool = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        for b in bufs {
+            let held: usize = pool.iter().map(Vec::capacity).sum();
+            if pool.len() < POOL_BUFFERS && held + b.capacity() <= POOL_BYTES {
+                pool.push(b);
+            }
+        }
+    }
 }
 
 fn product(shape: &[u64]) -> Option<u64> {
@@ -583,6 +634,7 @@ impl BoundPolicy {
             policy,
             signature: signature.clone(),
             inputs,
+            pool: StagingPool::default(),
         })
     }
 
@@ -617,6 +669,7 @@ impl BoundPolicy {
             signature: signature.clone(),
             inputs,
             dims: Vec::new(),
+            pool: StagingPool::default(),
         }
     }
 
@@ -633,6 +686,13 @@ impl BoundPolicy {
     /// The resolved rules of each input, in signature order.
     pub fn inputs(&self) -> &[InputRules] {
         &self.inputs
+    }
+
+    /// Hands the staging buffers of an uploaded call back for reuse, and returns its report.
+    /// (Dropping a [`Prepared`] instead is fine; its buffers are then freed.)
+    pub fn recycle(&self, prepared: Prepared) -> RunReport {
+        self.pool.give(prepared.staged.into_iter().flatten());
+        prepared.report
     }
 
     /// The effective policy as JSON: source file, model-wide limits, and rules per input.
@@ -710,7 +770,8 @@ impl BoundPolicy {
         };
         for (index, (r, t)) in self.inputs.iter().zip(inputs).enumerate() {
             self.check_sizes(r, t).map_err(reject)?;
-            let (staged, changes) = evaluate(r, t, sanitize).map_err(|e| match e {
+            let pool = sanitize.then_some(&self.pool);
+            let (staged, changes) = evaluate(r, t, pool).map_err(|e| match e {
                 Eval::Violation(v) => reject(*v),
                 Eval::Internal(s) => Error::Internal(s),
             })?;
@@ -780,8 +841,13 @@ enum Eval {
 
 type Evaluated = (Option<Vec<u8>>, Vec<Change>);
 
-/// Scans one input and decides: reject, pass unchanged, or sanitize into a staging copy.
-fn evaluate(r: &InputRules, t: &TensorRef<'_>, sanitize: bool) -> Result<Evaluated, Eval> {
+/// Scans one input and decides: reject, pass unchanged, or sanitize into a staging copy (taken
+/// from `pool`; no copy is made without one).
+fn evaluate(
+    r: &InputRules,
+    t: &TensorRef<'_>,
+    pool: Option<&StagingPool>,
+) -> Result<Evaluated, Eval> {
     if !r.scans() {
         return Ok((None, Vec::new()));
     }
@@ -871,8 +937,14 @@ fn evaluate(r: &InputRules, t: &TensorRef<'_>, sanitize: bool) -> Result<Evaluat
             to: None,
         });
     }
-    let staged =
-        (sanitize && !changes.is_empty()).then(|| sanitize::sanitize(&r.limits, t.data, &ops));
+    let staged = match pool {
+        Some(pool) if !changes.is_empty() => {
+            let mut buf = pool.take(t.data.len());
+            sanitize::sanitize_into(&r.limits, t.data, &ops, &mut buf);
+            Some(buf)
+        }
+        _ => None,
+    };
     Ok((staged, changes))
 }
 
