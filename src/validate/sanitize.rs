@@ -128,8 +128,8 @@ macro_rules! ieee_pass {
                 let mut a = [0u8; N];
                 a.copy_from_slice(s);
                 let x = <$t>::from_le_bytes(a);
-                let x = if dn && x.is_nan() { nr } else { x };
-                let x = if di && x.is_infinite() { ir } else { x };
+                let x = if dn & x.is_nan() { nr } else { x };
+                let x = if di & x.is_infinite() { ir } else { x };
                 // NaN compares false both ways and passes through.
                 let x = if x < lo {
                     lo
