@@ -694,5 +694,170 @@ def main() -> None:
     print(f"ordered effects refused by jax.export: {json.dumps(refused)}")
 
 
-if __name__ == "__main__":
+if __name__ == "__main__" and sys.argv[1:] != ["--only", "policy"]:
     main()
+
+# ---- value-policy fixtures (xlaguard issue 3) ------------------------------------------------
+# JAX's outputs on inputs sanitized the way a policy says (clip / replace / normalize), computed
+# by calling the committed artifacts. Defined after the main() call so that it shifts no line named by the
+# exported modules' locations (they include main's call lines and the main() call itself); a
+# full run executes it after main() returns. Regenerate only these with
+# `python hlo/export.py --only policy`.
+
+def policy_fixtures() -> None:
+    d = HLO_DIR / "policy"
+    if d.exists():
+        shutil.rmtree(d)
+    d.mkdir()
+    index = {}
+
+    def load(name):
+        return export.deserialize(bytearray((HLO_DIR / name / "model.jaxexport").read_bytes()))
+
+    def read(name, f="in0.npy"):
+        a = np.load(HLO_DIR / name / f, allow_pickle=False)
+        return a.view(ml_dtypes.bfloat16) if a.dtype == np.dtype("V2") else a  # bf16 is '<V2'
+
+    def outs(exp, *args):
+        return [np.asarray(r) for r in jax.tree.leaves(exp.call(*args))]
+
+    def case(name, policy, files, note):
+        (d / f"{name}.policy.toml").write_text(policy)
+        index[name] = {"policy": f"{name}.policy.toml", "files": files, "note": note}
+
+    # digits: f32[1,64], raw pixels 0..16.
+    digits = load("digits")
+    x = read("digits").astype(np.float32)
+    dirty = x.copy()
+    for i, v in ((5, -3.0), (20, -0.5), (41, 255.0), (50, 17.0), (63, 16.5)):
+        dirty[0, i] = v
+    clipped = np.clip(dirty, np.float32(0), np.float32(16)).astype(np.float32)
+    save_npy(d / "digits_dirty.npy", dirty)
+    save_npy(d / "digits_clipped.npy", clipped)
+    for i, r in enumerate(outs(digits, clipped)):
+        save_npy(d / f"digits_clipped_out{i}.npy", r)
+    case("digits_clip", '[inputs.pixels]\nmin = 0.0\nmax = 16.0\nout_of_range = "clip"\n',
+         ["digits_dirty.npy", "digits_clipped.npy", "digits_clipped_out0.npy", "digits_clipped_out1.npy"],
+         "2 values below 0 (first [0, 5] = -3.0), 3 above 16 (first [0, 41] = 255.0); clipped = np.clip(dirty, 0, 16)")
+    case("digits_range", "[inputs.pixels]\nmin = 0.0\nmax = 16.0\n", [],
+         "the same bounds, rejecting")
+
+    nonfinite = x.copy()
+    nonfinite[0, 3] = np.nan
+    nonfinite[0, 30] = np.float32(np.uint32(0xFFC00123).view(np.float32))  # negative NaN, payload
+    nonfinite[0, 7] = np.inf
+    nonfinite[0, 9] = -np.inf
+    save_npy(d / "digits_nonfinite.npy", nonfinite)
+    replaced = nonfinite.copy()
+    replaced[np.isnan(replaced)] = 0.0
+    replaced[np.isinf(replaced)] = 8.0
+    save_npy(d / "digits_replaced.npy", replaced)
+    for i, r in enumerate(outs(digits, replaced)):
+        save_npy(d / f"digits_replaced_out{i}.npy", r)
+    case("digits_replace", "[inputs.pixels]\nnan = { replace = 0.0 }\ninf = { replace = 8.0 }\n",
+         ["digits_nonfinite.npy", "digits_replaced.npy", "digits_replaced_out0.npy", "digits_replaced_out1.npy"],
+         "NaN at [0, 3] and [0, 30] (a negative NaN with a payload), +inf at [0, 7], -inf at [0, 9]")
+    inf_clipped = nonfinite.copy()
+    inf_clipped[np.isnan(inf_clipped)] = 0.0
+    inf_clipped = np.clip(inf_clipped, np.float32(0), np.float32(16)).astype(np.float32)
+    save_npy(d / "digits_inf_clipped.npy", inf_clipped)
+    for i, r in enumerate(outs(digits, inf_clipped)):
+        save_npy(d / f"digits_inf_clipped_out{i}.npy", r)
+    case("digits_inf_clip",
+         '[inputs.pixels]\nmin = 0.0\nmax = 16.0\nout_of_range = "clip"\nnan = { replace = 0.0 }\ninf = "allow"\n',
+         ["digits_nonfinite.npy", "digits_inf_clipped.npy", "digits_inf_clipped_out0.npy", "digits_inf_clipped_out1.npy"],
+         "infinities allowed, then clipped like any out-of-range value: +inf -> 16, -inf -> 0")
+
+    k = np.arange(64)
+    mean = ((k % 17) * 0.5).astype(np.float32)
+    std = (1.0 + (k % 5) * 0.25).astype(np.float32)
+    normalized = ((x - mean) / std).astype(np.float32)
+    save_npy(d / "digits_normalized.npy", normalized)
+    for i, r in enumerate(outs(digits, normalized)):
+        save_npy(d / f"digits_normalized_out{i}.npy", r)
+    fl = lambda v: ", ".join(repr(float(t)) for t in v)  # noqa: E731
+    case("digits_normalize",
+         f"[inputs.pixels]\nnormalize = {{ mean = [{fl(mean)}], std = [{fl(std)}] }}\n",
+         ["digits_normalized.npy", "digits_normalized_out0.npy", "digits_normalized_out1.npy"],
+         "per last axis: mean[k] = (k % 17) * 0.5, std[k] = 1 + (k % 5) * 0.25; (in0 - mean) / std in float32")
+    scalar = ((x - np.float32(8.0)) / np.float32(4.0)).astype(np.float32)
+    for i, r in enumerate(outs(digits, scalar)):
+        save_npy(d / f"digits_normalized_scalar_out{i}.npy", r)
+    case("digits_normalize_scalar", "[inputs.pixels]\nnormalize = { mean = 8.0, std = 4.0 }\n",
+         ["digits_normalized_scalar_out0.npy", "digits_normalized_scalar_out1.npy"],
+         "(in0 - 8) / 4 in float32")
+
+    # embedding: ids int32[4,6] in [0, 50).
+    emb = load("embedding")
+    ids = read("embedding").astype(np.int32)
+    ids_dirty = ids.copy()
+    ids_dirty[0, 2] = -1
+    ids_dirty[2, 5] = 50
+    ids_dirty[3, 0] = 999
+    ids_clipped = np.clip(ids_dirty, 0, 49).astype(np.int32)
+    save_npy(d / "ids_dirty.npy", ids_dirty)
+    save_npy(d / "ids_clipped.npy", ids_clipped)
+    save_npy(d / "ids_clipped_out0.npy", outs(emb, ids_clipped)[0])
+    case("ids_clip", '[inputs.ids]\nmin = 0\nmax = 49\nout_of_range = "clip"\n',
+         ["ids_dirty.npy", "ids_clipped.npy", "ids_clipped_out0.npy"],
+         "1 id below 0 ([0, 2] = -1), 2 above 49 (first [2, 5] = 50)")
+    case("ids_range", "[inputs.ids]\nmin = 0\nmax = 49\n", [], "the same bounds, rejecting")
+
+    # attention: bf16[1,16,32], checked and clipped in bf16.
+    att = load("attention")
+    a = read("attention")
+    assert a.dtype == ml_dtypes.bfloat16, a.dtype
+    bits = a.view(np.uint16).copy()
+    bits[0, 0, 1] = 0x7FC1  # quiet NaN with a payload
+    bits[0, 3, 4] = 0xFF81  # negative signalling NaN
+    bits[0, 5, 6] = np.float32(100.0).view(np.uint32) >> 16  # 100.0, above max
+    bits[0, 9, 31] = np.float32(-100.0).view(np.uint32) >> 16  # below min
+    a_dirty = bits.view(ml_dtypes.bfloat16)
+    a_clean = a_dirty.astype(np.float32)
+    a_clean[np.isnan(a_clean)] = 0.0
+    a_clean = np.clip(a_clean, -4.0, 4.0).astype(ml_dtypes.bfloat16)
+    save_npy(d / "attention_dirty.npy", a_dirty)
+    save_npy(d / "attention_clipped.npy", a_clean)
+    save_npy(d / "attention_clipped_out0.npy", outs(att, a_clean)[0])
+    case("attention_clip",
+         '[inputs.x]\nmin = -4.0\nmax = 4.0\nout_of_range = "clip"\nnan = { replace = 0.0 }\n',
+         ["attention_dirty.npy", "attention_clipped.npy", "attention_clipped_out0.npy"],
+         "bf16 NaN payloads 0x7fc1 at [0, 0, 1] and 0xff81 at [0, 3, 4]; 100.0 at [0, 5, 6]; -100.0 at [0, 9, 31]")
+
+    # dtypes: u8, f16, bf16, f32 and f64 inputs sanitized in their own types (x64 model).
+    with jax.enable_x64(True):
+        dt = load("dtypes")
+        ins = [read("dtypes", f"in{i}.npy") for i in range(13)]
+        dirty_in = {
+            5: np.array([255, 0, 1, 5], np.uint8),
+            9: np.array([1.5, np.nan, -np.inf, 65504.0], np.float16),
+            10: np.array([1.5, np.nan, -np.inf, 3.0e38], ml_dtypes.bfloat16),
+            11: np.array([1.5, np.nan, -np.inf, 3.0e38], np.float32),
+            12: np.array([1.5, np.nan, -np.inf, 1.0e308], np.float64),
+        }
+        clean_in = {
+            5: np.array([200, 0, 1, 5], np.uint8),
+            9: np.array([1.5, 0.0, -100.0, 1000.0], np.float16),
+            10: np.array([1.5, 0.0, -100.0, 1000.0], ml_dtypes.bfloat16),
+            11: np.array([1.5, 0.0, -100.0, 1000.0], np.float32),
+            12: np.array([1.5, 0.0, -100.0, 1000.0], np.float64),
+        }
+        args = [clean_in.get(i, v) for i, v in enumerate(ins)]
+        for i, v in dirty_in.items():
+            save_npy(d / f"dtypes_dirty_in{i}.npy", v)
+        for i, r in enumerate(outs(dt, *args)):
+            save_npy(d / f"dtypes_clean_out{i}.npy", r)
+    policy = "[inputs.xs_5_]\nmax = 200\nout_of_range = \"clip\"\n"
+    for i in (9, 10, 11, 12):
+        policy += (f"\n[inputs.xs_{i}_]\nmin = -100.0\nmax = 1000.0\nout_of_range = \"clip\"\n"
+                   "nan = { replace = 0.0 }\ninf = \"allow\"\n")
+    case("dtypes_clip", policy,
+         [f"dtypes_dirty_in{i}.npy" for i in dirty_in] + [f"dtypes_clean_out{i}.npy" for i in range(13)],
+         "u8 clipped to 200; f16/bf16/f32/f64: NaN -> 0, -inf -> -100 (allowed, then clipped), big -> 1000")
+
+    (d / "index.json").write_text(json.dumps(index, indent=2) + "\n")
+    print(f"policy fixtures: {sorted(index)}")
+
+
+if __name__ == "__main__":
+    policy_fixtures()  # after main() in a full run: it reads the artifacts written there

@@ -1,6 +1,7 @@
 //! Engine (a plugin and its client, long-lived and shared) and Model (a compiled artifact).
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use crate::artifact::{self, Artifact, ArtifactError, ArtifactKind, ProgramFormat};
 use crate::error::Error;
@@ -12,6 +13,7 @@ use crate::plugin::{self, DeviceKind, FoundPlugin};
 use crate::signature::{Dim, Signature, TensorSpec};
 use crate::tensor::{Tensor, TensorRef};
 use crate::validate;
+use crate::validate::{BoundPolicy, Policy, PolicyObserver, RunReport};
 
 /// How to build an [`Engine`].
 #[derive(Clone, Debug, Default)]
@@ -105,14 +107,22 @@ impl Engine {
         &self.plugin
     }
 
-    /// Loads and compiles a model file (`.jaxexport`, `.mlir`, `.mlirbc`, HLO proto).
+    /// Loads and compiles a model file (`.jaxexport`, `.mlir`, `.mlirbc`, HLO proto), with the
+    /// value policy beside it ([`Policy::beside`]: `model.jaxexport` → `model.policy.toml`) when
+    /// that file exists, else the default policy (float inputs reject NaN and ±Inf).
     ///
     /// # Errors
     /// [`Error::Artifact`] for a malformed or unsupported artifact, [`Error::CompileRejected`]
-    /// when the plugin refuses it.
+    /// when the plugin refuses it, [`Error::Policy`] for a policy file that is malformed or does
+    /// not fit the model.
     pub fn load_file(&self, path: &Path) -> Result<Model, Error> {
         let a = artifact::load_file(path)?;
-        self.load_artifact(a)
+        let mut model = self.load_artifact(a)?;
+        let beside = Policy::beside(path);
+        if beside.is_file() {
+            model.set_policy(Policy::load(&beside)?)?;
+        }
+        Ok(model)
     }
 
     /// Loads and compiles a model from bytes.
@@ -178,6 +188,10 @@ pub struct Model {
     exe: LoadedExecutable,
     /// Resident i32 scalar for the platform-index argument.
     platform_buffer: Option<Buffer>,
+    /// The value policy, bound to the signature.
+    policy: BoundPolicy,
+    /// Told about every rejection and sanitization.
+    observer: Option<Arc<dyn PolicyObserver>>,
 }
 
 impl std::fmt::Debug for Model {
@@ -273,8 +287,11 @@ impl Model {
             )?),
             None => None,
         };
+        let policy = BoundPolicy::default_for(&signature);
         Ok(Model {
             engine,
+            policy,
+            observer: None,
             signature,
             info: ModelInfo {
                 kind: a.kind,
@@ -310,21 +327,65 @@ impl Model {
         &self.exe
     }
 
-    /// Checks positional inputs against the signature (count, dtype, rank, dims, byte length).
+    /// Checks positional inputs against the signature (count, dtype, rank, dims, byte length)
+    /// and the value policy, without changing anything (values a sanitizing rule would change
+    /// pass).
     ///
     /// # Errors
-    /// [`Error::InvalidInput`] naming the input, expected and got.
+    /// [`Error::InvalidInput`] naming the input, expected and got; [`Error::PolicyViolation`]
+    /// naming the input, rule, count and first offender.
     pub fn validate(&self, inputs: &[TensorRef<'_>]) -> Result<(), Error> {
-        validate::check_inputs(&self.signature, inputs)?;
+        self.policy.check(inputs)
+    }
+
+    /// The value policy in force, bound to the signature.
+    pub fn policy(&self) -> &BoundPolicy {
+        &self.policy
+    }
+
+    /// Replaces the value policy.
+    ///
+    /// # Errors
+    /// [`Error::Policy`] when the policy does not fit the signature (the old one stays).
+    pub fn set_policy(&mut self, policy: Policy) -> Result<(), Error> {
+        self.policy = BoundPolicy::new(policy, &self.signature)?;
         Ok(())
+    }
+
+    /// [`Model::set_policy`], builder style.
+    ///
+    /// # Errors
+    /// As [`Model::set_policy`].
+    pub fn with_policy(mut self, policy: Policy) -> Result<Model, Error> {
+        self.set_policy(policy)?;
+        Ok(self)
+    }
+
+    /// Registers (or with `None` removes) the audit/metrics hook told about every rejection and
+    /// sanitization.
+    pub fn set_observer(&mut self, observer: Option<Arc<dyn PolicyObserver>>) {
+        self.observer = observer;
     }
 
     /// Validates and copies inputs to the device (only those the module keeps).
     ///
     /// # Errors
-    /// [`Error::InvalidInput`] before anything is copied; the plugin's error after.
+    /// [`Error::InvalidInput`] or [`Error::PolicyViolation`] before anything is copied; the
+    /// plugin's error after.
     pub fn upload(&self, inputs: &[TensorRef<'_>]) -> Result<Vec<Buffer>, Error> {
-        self.validate(inputs)?;
+        self.upload_with_report(inputs).map(|(b, _)| b)
+    }
+
+    /// [`Model::upload`], also returning what sanitization changed. Sanitized inputs are
+    /// uploaded from a staging copy; the caller's buffers are never modified.
+    ///
+    /// # Errors
+    /// As [`Model::upload`].
+    pub fn upload_with_report(
+        &self,
+        inputs: &[TensorRef<'_>],
+    ) -> Result<(Vec<Buffer>, RunReport), Error> {
+        let prepared = self.policy.apply(inputs, self.observer.as_deref())?;
         let mut out = Vec::with_capacity(inputs.len());
         for (i, t) in inputs.iter().enumerate() {
             if self
@@ -335,42 +396,59 @@ impl Model {
             {
                 continue;
             }
-            let dims: Vec<i64> = t.shape.iter().map(|&d| d as i64).collect();
-            out.push(
-                self.engine
-                    .client
-                    .buffer_from_host(t.data, t.dtype, &dims)?,
-            );
+            let dims = dims_i64(t.shape)?;
+            let data = prepared.staged(i).unwrap_or(t.data);
+            out.push(self.engine.client.buffer_from_host(data, t.dtype, &dims)?);
         }
-        Ok(out)
+        Ok((out, self.policy.recycle(prepared)))
     }
 
-    /// Validates inputs and runs them, leaving the outputs on the device. Inputs are handed to
-    /// the plugin without a copy where it can alias host memory (the CPU plugin does).
+    /// Checks inputs (signature and value policy, sanitizing where it says so) and runs them,
+    /// leaving the outputs on the device. Inputs are handed to the plugin without a copy where
+    /// it can alias host memory (the CPU plugin does); sanitized inputs come from the policy's
+    /// staging copy, never from a modified caller buffer.
     ///
     /// # Errors
-    /// [`Error::InvalidInput`] (nothing reaches the device), or the plugin's error.
+    /// [`Error::InvalidInput`] or [`Error::PolicyViolation`] (nothing reaches the device), or
+    /// the plugin's error.
     pub fn execute(&self, inputs: &[TensorRef<'_>]) -> Result<Vec<Buffer>, Error> {
-        self.validate(inputs)?;
-        let mut bufs = Vec::with_capacity(inputs.len());
-        for (i, t) in inputs.iter().enumerate() {
-            if self
-                .info
-                .kept_inputs
-                .as_ref()
-                .is_some_and(|k| !k.contains(&i))
-            {
-                continue;
+        self.execute_with_report(inputs).map(|(b, _)| b)
+    }
+
+    /// [`Model::execute`], also returning what sanitization changed.
+    ///
+    /// # Errors
+    /// As [`Model::execute`].
+    pub fn execute_with_report(
+        &self,
+        inputs: &[TensorRef<'_>],
+    ) -> Result<(Vec<Buffer>, RunReport), Error> {
+        let prepared = self.policy.apply(inputs, self.observer.as_deref())?;
+        let outs = {
+            let mut bufs = Vec::with_capacity(inputs.len());
+            for (i, t) in inputs.iter().enumerate() {
+                if self
+                    .info
+                    .kept_inputs
+                    .as_ref()
+                    .is_some_and(|k| !k.contains(&i))
+                {
+                    continue;
+                }
+                let dims = dims_i64(t.shape)?;
+                let data = prepared.staged(i).unwrap_or(t.data);
+                bufs.push(
+                    self.engine
+                        .client
+                        .buffer_from_host_borrowed(data, t.dtype, &dims)?,
+                );
             }
-            let dims = dims_i64(t.shape)?;
-            bufs.push(
-                self.engine
-                    .client
-                    .buffer_from_host_borrowed(t.data, t.dtype, &dims)?,
-            );
-        }
-        let refs: Vec<&Buffer> = bufs.iter().map(|b| &**b).collect();
-        self.execute_buffers(&refs)
+            let refs: Vec<&Buffer> = bufs.iter().map(|b| &**b).collect();
+            self.execute_buffers(&refs)?
+            // `bufs` (which may alias the staging copies) is dropped here, before they are
+            // recycled below.
+        };
+        Ok((outs, self.policy.recycle(prepared)))
     }
 
     /// Executes on device buffers that were produced by [`Model::upload`] (no value checks).
@@ -467,13 +545,27 @@ impl Model {
         self.download(&outs)
     }
 
-    /// Validates, runs and returns the outputs in signature order.
+    /// Validates (signature and value policy, sanitizing where the policy says so), runs and
+    /// returns the outputs in signature order.
     ///
     /// # Errors
-    /// [`Error::InvalidInput`] (nothing reaches the device), or the plugin's error.
+    /// [`Error::InvalidInput`] or [`Error::PolicyViolation`] (nothing reaches the device), or
+    /// the plugin's error.
     pub fn run(&self, inputs: &[TensorRef<'_>]) -> Result<Vec<Tensor>, Error> {
         let outs = self.execute(inputs)?;
         self.download(&outs)
+    }
+
+    /// [`Model::run`], also returning what sanitization changed (counts per input and rule).
+    ///
+    /// # Errors
+    /// As [`Model::run`], plus [`Error::PolicyViolation`].
+    pub fn run_with_report(
+        &self,
+        inputs: &[TensorRef<'_>],
+    ) -> Result<(Vec<Tensor>, RunReport), Error> {
+        let (outs, report) = self.execute_with_report(inputs)?;
+        Ok((self.download(&outs)?, report))
     }
 
     /// Like [`Model::run`], with inputs given by name in any order.

@@ -5,6 +5,7 @@ use crate::pjrt::{LoadError, PjrtError};
 use crate::plugin::NotFound;
 use crate::tensor::TensorError;
 use crate::validate::InputError;
+use crate::validate::{PolicyError, PolicyViolation};
 
 /// Every error the library returns. One variant per kind a caller acts on; each maps to one
 /// HTTP status in the server.
@@ -14,6 +15,14 @@ pub enum Error {
     /// An input does not match the signature (400).
     #[error(transparent)]
     InvalidInput(#[from] InputError),
+    /// An input's values break the model's value policy (400), e.g.
+    /// `input 'pixels': 3 values above max 16.0; first at [0, 41] = 255.0`.
+    #[error(transparent)]
+    PolicyViolation(Box<PolicyViolation>),
+    /// A policy file is unreadable or malformed, or a policy does not fit the model (422);
+    /// the message names the file, line and key.
+    #[error(transparent)]
+    Policy(Box<PolicyError>),
     /// A tensor or `.npy` file is malformed (400).
     #[error(transparent)]
     Tensor(#[from] TensorError),
@@ -63,4 +72,16 @@ pub enum Error {
     /// bug): refused rather than run.
     #[error("internal: {0}")]
     Internal(String),
+}
+
+impl From<PolicyViolation> for Error {
+    fn from(v: PolicyViolation) -> Error {
+        Error::PolicyViolation(Box::new(v))
+    }
+}
+
+impl From<PolicyError> for Error {
+    fn from(e: PolicyError) -> Error {
+        Error::Policy(Box::new(e))
+    }
 }

@@ -29,3 +29,4 @@ pub use engine::{Engine, EngineConfig, Model, ModelInfo};
 pub use error::Error;
 pub use signature::{DType, Dim, Signature, TensorSpec};
 pub use tensor::{Tensor, TensorRef};
+pub use validate::{Policy, PolicyObserver, PolicyViolation, RunReport};

@@ -1,4 +1,4 @@
-//! The `xlaguard` command line: `inspect`, `run`, `compile`, `bench`, `plugin`.
+//! The `xlaguard` command line: `inspect`, `run`, `compile`, `bench`, `plugin`, `policy`.
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -9,6 +9,7 @@ use clap::{Parser, Subcommand};
 use xlaguard::artifact::{self, Artifact};
 use xlaguard::plugin::{self, DeviceKind};
 use xlaguard::signature::{Dim, TensorSpec};
+use xlaguard::validate::Policy;
 use xlaguard::{Engine, EngineConfig, Model, Tensor, TensorRef};
 
 /// The embedded default model: the digits classifier exported by `hlo/export.py`.
@@ -54,6 +55,9 @@ enum Cmd {
         /// Print JSON.
         #[arg(long)]
         json: bool,
+        /// Value policy file (else MODEL.policy.toml beside the model, if any).
+        #[arg(long, value_name = "FILE")]
+        policy: Option<PathBuf>,
     },
     /// Validate inputs, run, write outputs as .npy.
     Run {
@@ -67,6 +71,9 @@ enum Cmd {
         /// Folder for out0.npy, out1.npy, ... (created if missing).
         #[arg(long)]
         out: Option<PathBuf>,
+        /// Value policy file (else MODEL.policy.toml beside the model, if any).
+        #[arg(long, value_name = "FILE")]
+        policy: Option<PathBuf>,
     },
     /// Compile a model and write the serialized executable.
     Compile {
@@ -89,6 +96,36 @@ enum Cmd {
     },
     /// Show which plugin would be used and its attributes.
     Plugin,
+    /// Value policies.
+    #[command(subcommand)]
+    Policy(PolicyCmd),
+}
+
+#[derive(Subcommand)]
+enum PolicyCmd {
+    /// Write a starting policy from sample data (observed ranges plus a margin), for review.
+    Suggest {
+        /// Model file.
+        model: String,
+        /// Sample data: FILE.npy or NAME=FILE.npy (repeatable). Unnamed files go to the inputs
+        /// in signature order, or all to the only input of a one-input model. Any shape.
+        #[arg(long = "from", value_name = "[NAME=]FILE", required = true)]
+        from: Vec<String>,
+        /// Widen the observed range by this fraction of its width on each side.
+        #[arg(long, default_value_t = 0.05)]
+        margin: f64,
+        /// Write the policy here (else print it).
+        #[arg(short, long, value_name = "FILE")]
+        output: Option<PathBuf>,
+    },
+    /// Check a policy file against a model and print it as bound (effective rules per input).
+    Check {
+        /// Model file.
+        model: String,
+        /// Policy file (else MODEL.policy.toml beside the model).
+        #[arg(long, value_name = "FILE")]
+        policy: Option<PathBuf>,
+    },
 }
 
 fn main() -> ExitCode {
@@ -160,13 +197,48 @@ fn specs_json(v: &[TensorSpec]) -> serde_json::Value {
 fn real_main(cli: Cli) -> Result<()> {
     let cfg = config(&cli)?;
     match &cli.cmd {
-        Cmd::Inspect { model, json } => inspect(&cfg, model, *json),
+        Cmd::Inspect {
+            model,
+            json,
+            policy,
+        } => inspect(&cfg, model, *json, policy.as_deref()),
         Cmd::Run {
             model,
             inputs,
             named,
             out,
-        } => run(&cfg, model, inputs, named, out.as_deref()),
+            policy,
+        } => run(
+            &cfg,
+            model,
+            inputs,
+            named,
+            out.as_deref(),
+            policy.as_deref(),
+        ),
+        Cmd::Policy(PolicyCmd::Suggest {
+            model,
+            from,
+            margin,
+            output,
+        }) => suggest(&cfg, model, from, *margin, output.as_deref()),
+        Cmd::Policy(PolicyCmd::Check { model, policy }) => {
+            let engine = Engine::new(&cfg)?;
+            let mut m = engine.load_artifact(read_artifact(model)?)?;
+            let file = match policy_for(model, policy.as_deref())? {
+                Some((p, file)) => {
+                    m.set_policy(p)?;
+                    file
+                }
+                None => bail!(
+                    "no policy: give --policy FILE or put {} beside the model",
+                    Policy::beside(Path::new(model)).display()
+                ),
+            };
+            println!("policy {file}: ok");
+            print_policy(&m);
+            Ok(())
+        }
         Cmd::Compile { model, output } => {
             let engine = Engine::new(&cfg)?;
             let t = Instant::now();
@@ -205,20 +277,67 @@ fn real_main(cli: Cli) -> Result<()> {
     }
 }
 
-fn inspect(cfg: &EngineConfig, model: &str, json: bool) -> Result<()> {
+/// The policy to use: `--policy FILE`, else `MODEL.policy.toml` beside a model file.
+fn policy_for(model: &str, explicit: Option<&Path>) -> Result<Option<(Policy, String)>> {
+    let path = match explicit {
+        Some(p) => p.to_path_buf(),
+        None if model == "default" => return Ok(None),
+        None => {
+            let p = Policy::beside(Path::new(model));
+            if !p.is_file() {
+                return Ok(None);
+            }
+            p
+        }
+    };
+    let policy = Policy::load(&path)?;
+    Ok(Some((policy, path.display().to_string())))
+}
+
+/// The bound policy, one line per input.
+fn print_policy(m: &Model) {
+    for r in m.policy().inputs() {
+        println!("  {}: {r}", r.name());
+    }
+    let p = m.policy().policy();
+    let mut wide = Vec::new();
+    if p.strict {
+        wide.push("strict".to_string());
+    }
+    if let Some(n) = p.max_total_bytes {
+        wide.push(format!("max_total_bytes {n}"));
+    }
+    for (d, n) in &p.dims {
+        wide.push(format!("{d} <= {n}"));
+    }
+    if !wide.is_empty() {
+        println!("  model-wide: {}", wide.join(", "));
+    }
+}
+
+fn inspect(cfg: &EngineConfig, model: &str, json: bool, policy: Option<&Path>) -> Result<()> {
     let a = read_artifact(model)?;
+    let policy = policy_for(model, policy)?;
     let found = plugin::discover(cfg.plugin.as_deref(), cfg.device);
     let unsupported = a.check_supported().err().map(|e| e.to_string());
     // The compiled module completes the signature: names of positional arguments (kept only in
     // the MLIR bytecode, surfaced by XLA) and, for HLO protos or bytecode, the shapes.
     let mut sig = a.signature.clone();
     let mut note = None;
+    let mut bound = None;
     if unsupported.is_none() {
         match Engine::new(cfg).and_then(|e| e.load_artifact(a.clone())) {
-            Ok(m) => sig = Some(m.signature().clone()),
+            Ok(mut m) => {
+                sig = Some(m.signature().clone());
+                if let Some((p, _)) = &policy {
+                    m.set_policy(p.clone())?;
+                }
+                bound = Some(m);
+            }
             Err(e) => note = Some(format!("not compiled: {e}")),
         }
     }
+    let policy_file = policy.as_ref().map(|(_, f)| f.clone());
     let sig = sig.unwrap_or_default();
     let plugin_desc = match &found {
         Ok(f) => format!("{} ({:?}, {})", f.path.display(), f.source, f.kind.name()),
@@ -241,6 +360,11 @@ fn inspect(cfg: &EngineConfig, model: &str, json: bool) -> Result<()> {
             "plugin": found.as_ref().ok().map(|f| serde_json::json!({"path": f.path, "source": format!("{:?}", f.source), "kind": f.kind.name()})),
             "unsupported": unsupported,
             "note": note,
+            "policy": bound.as_ref().map(|m| {
+                let mut v = m.policy().to_json();
+                v["file"] = serde_json::json!(policy_file);
+                v
+            }),
         });
         println!("{}", serde_json::to_string_pretty(&v)?);
         return Ok(());
@@ -263,6 +387,18 @@ fn inspect(cfg: &EngineConfig, model: &str, json: bool) -> Result<()> {
     println!("outputs:");
     for (i, s) in sig.outputs.iter().enumerate() {
         println!("  {i}: {} {}", s.name, s.type_string());
+    }
+    match (&bound, &policy_file) {
+        (Some(m), file) => {
+            println!(
+                "policy: {}",
+                file.as_deref()
+                    .unwrap_or("default (float inputs reject NaN and infinities)")
+            );
+            print_policy(m);
+        }
+        (None, Some(f)) => println!("policy: {f} (not bound: the model did not compile)"),
+        (None, None) => {}
     }
     println!(
         "platforms: {}",
@@ -363,12 +499,19 @@ fn run(
     positional: &[PathBuf],
     named: &[String],
     out: Option<&Path>,
+    policy: Option<&Path>,
 ) -> Result<()> {
     let engine = Engine::new(cfg)?;
-    let m = engine.load_artifact(read_artifact(model)?)?;
+    let mut m = engine.load_artifact(read_artifact(model)?)?;
+    if let Some((p, _)) = policy_for(model, policy)? {
+        m.set_policy(p)?;
+    }
     let inputs = load_inputs(&m, model, positional, named)?;
     let views: Vec<TensorRef<'_>> = inputs.iter().map(Tensor::view).collect();
-    let outputs = m.run(&views)?;
+    let (outputs, report) = m.run_with_report(&views)?;
+    for r in &report.inputs {
+        println!("sanitized {r}");
+    }
     if let Some(dir) = out {
         std::fs::create_dir_all(dir).with_context(|| dir.display().to_string())?;
         for (i, t) in outputs.iter().enumerate() {
@@ -386,6 +529,60 @@ fn run(
             summary(t),
             file
         );
+    }
+    Ok(())
+}
+
+fn suggest(
+    cfg: &EngineConfig,
+    model: &str,
+    from: &[String],
+    margin: f64,
+    output: Option<&Path>,
+) -> Result<()> {
+    let engine = Engine::new(cfg)?;
+    let m = engine.load_artifact(read_artifact(model)?)?;
+    let sig = m.signature();
+    let mut samples = Vec::new();
+    let mut unnamed = 0usize;
+    for f in from {
+        let (index, file) = match f.split_once('=') {
+            Some((name, file)) => {
+                let i = sig.input_index(name).ok_or_else(|| {
+                    anyhow!(
+                        "--from {f}: the model has no input '{name}'; its inputs are {}",
+                        sig.inputs
+                            .iter()
+                            .map(|s| format!("'{}'", s.name))
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    )
+                })?;
+                (i, file)
+            }
+            None => {
+                let i = if sig.inputs.len() == 1 { 0 } else { unnamed };
+                unnamed += 1;
+                if i >= sig.inputs.len() {
+                    bail!(
+                        "--from {f}: more unnamed sample files than the model's {} inputs; use NAME=FILE",
+                        sig.inputs.len()
+                    );
+                }
+                (i, f.as_str())
+            }
+        };
+        samples.push((index, Tensor::read_npy(Path::new(file))?));
+    }
+    let views: Vec<(usize, TensorRef<'_>)> = samples.iter().map(|(i, t)| (*i, t.view())).collect();
+    let s = xlaguard::validate::suggest::suggest(sig, &views, margin)?;
+    let text = s.to_toml();
+    match output {
+        Some(p) => {
+            std::fs::write(p, &text).with_context(|| p.display().to_string())?;
+            println!("wrote {}", p.display());
+        }
+        None => print!("{text}"),
     }
     Ok(())
 }

@@ -164,3 +164,230 @@ fn missing_plugin_says_how_to_get_one() {
         .unwrap()
         .contains("no PJRT plugin at /nonexistent/plugin.so"));
 }
+
+// ---- value policies ------------------------------------------------------------------------
+
+fn policy_fixture(name: &str) -> std::path::PathBuf {
+    fixture("policy").join(name)
+}
+
+fn last_stderr_line(out: &std::process::Output) -> String {
+    String::from_utf8_lossy(&out.stderr)
+        .lines()
+        .last()
+        .unwrap_or_default()
+        .to_string()
+}
+
+#[test]
+fn run_with_policy_prints_sanitization_and_gives_jax_outputs() {
+    let out_dir = std::env::temp_dir().join(format!("xlaguard-cli-policy-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&out_dir);
+    let out = xlaguard()
+        .arg("run")
+        .arg(fixture("digits").join("model.jaxexport"))
+        .arg(policy_fixture("digits_dirty.npy"))
+        .arg("--policy")
+        .arg(policy_fixture("digits_clip.policy.toml"))
+        .arg("--out")
+        .arg(&out_dir)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", last_stderr_line(&out));
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    assert_eq!(
+        stdout.lines().next().unwrap(),
+        "sanitized input 'pixels': 2 values clipped to min 0.0, 3 values clipped to max 16.0",
+        "{stdout}"
+    );
+    for i in 0..2 {
+        let got = Tensor::read_npy(&out_dir.join(format!("out{i}.npy"))).unwrap();
+        let want =
+            Tensor::read_npy(&policy_fixture(&format!("digits_clipped_out{i}.npy"))).unwrap();
+        assert_eq!(got, want, "out{i}");
+    }
+    let _ = std::fs::remove_dir_all(&out_dir);
+
+    // Rejecting policy: exit 1, the message.
+    let out = xlaguard()
+        .arg("run")
+        .arg(fixture("digits").join("model.jaxexport"))
+        .arg(policy_fixture("digits_dirty.npy"))
+        .arg("--policy")
+        .arg(policy_fixture("digits_range.policy.toml"))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(
+        last_stderr_line(&out),
+        "error: input 'pixels': 2 values below min 0.0; first at [0, 5] = -3.0"
+    );
+    // No policy: the default rejects NaN.
+    let out = xlaguard()
+        .arg("run")
+        .arg(fixture("digits").join("model.jaxexport"))
+        .arg(policy_fixture("digits_nonfinite.npy"))
+        .output()
+        .unwrap();
+    assert_eq!(
+        last_stderr_line(&out),
+        "error: input 'pixels': 2 NaN values; first at [0, 3] = NaN"
+    );
+}
+
+#[test]
+fn run_and_inspect_use_the_policy_beside_the_model() {
+    let dir = std::env::temp_dir().join(format!("xlaguard-cli-beside-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let model = dir.join("ids.jaxexport");
+    std::fs::copy(fixture("embedding").join("model.jaxexport"), &model).unwrap();
+    std::fs::copy(
+        policy_fixture("ids_clip.policy.toml"),
+        dir.join("ids.policy.toml"),
+    )
+    .unwrap();
+    let out = xlaguard()
+        .arg("run")
+        .arg(&model)
+        .arg(policy_fixture("ids_dirty.npy"))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", last_stderr_line(&out));
+    assert!(String::from_utf8(out.stdout).unwrap().starts_with(
+        "sanitized input 'ids': 1 value clipped to min 0, 2 values clipped to max 49\n"
+    ));
+
+    let out = xlaguard().arg("inspect").arg(&model).output().unwrap();
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(
+        text.contains(&format!(
+            "policy: {}\n  ids: min 0, max 49 (clip)\n",
+            dir.join("ids.policy.toml").display()
+        )),
+        "{text}"
+    );
+    let out = xlaguard()
+        .args(["inspect", "--json"])
+        .arg(&model)
+        .output()
+        .unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["policy"]["inputs"]["ids"]["min"], 0);
+    assert_eq!(v["policy"]["inputs"]["ids"]["max"], 49);
+    assert_eq!(v["policy"]["inputs"]["ids"]["out_of_range"], "clip");
+    assert_eq!(
+        v["policy"]["file"],
+        dir.join("ids.policy.toml").display().to_string()
+    );
+
+    // A broken file beside the model: one line naming file, line and key.
+    std::fs::write(
+        dir.join("ids.policy.toml"),
+        "[inputs.ids]\nmin = 0\nmaxx = 49\n",
+    )
+    .unwrap();
+    let out = xlaguard()
+        .arg("run")
+        .arg(&model)
+        .arg(policy_fixture("ids_dirty.npy"))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        last_stderr_line(&out).starts_with(&format!(
+            "error: {}:3: inputs.ids.maxx: unknown key",
+            dir.join("ids.policy.toml").display()
+        )),
+        "{}",
+        last_stderr_line(&out)
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn inspect_shows_the_default_policy() {
+    let out = xlaguard()
+        .arg("inspect")
+        .arg(fixture("attention").join("model.jaxexport"))
+        .output()
+        .unwrap();
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(
+        text.contains("policy: default (float inputs reject NaN and infinities)\n  x: nan reject, inf reject\n"),
+        "{text}"
+    );
+}
+
+#[test]
+fn policy_suggest_writes_a_policy_that_loads_and_passes_its_samples() {
+    let dir = std::env::temp_dir().join(format!("xlaguard-cli-suggest-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("digits.policy.toml");
+    let out = xlaguard()
+        .args(["policy", "suggest"])
+        .arg(fixture("digits").join("model.jaxexport"))
+        .arg("--from")
+        .arg(fixture("digits").join("batch.npy"))
+        .args(["--margin", "0.25", "-o"])
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", last_stderr_line(&out));
+    let text = std::fs::read_to_string(&file).unwrap();
+    assert!(
+        text.contains("# pixels: 1 sample(s), 2048 elements: min 0.0, max 16.0; 0 NaN, 0 infinite"),
+        "{text}"
+    );
+    assert!(
+        text.contains(
+            "[inputs.pixels]\nmin = -4.0\nmax = 20.0\nnan = \"reject\"\ninf = \"reject\"\n"
+        ),
+        "{text}"
+    );
+    // It loads, binds, and the sample passes; the dirty digit does not (255 > 20).
+    let out = xlaguard()
+        .args(["policy", "check"])
+        .arg(fixture("digits").join("model.jaxexport"))
+        .arg("--policy")
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", last_stderr_line(&out));
+    let out = xlaguard()
+        .arg("run")
+        .arg(fixture("digits").join("model.jaxexport"))
+        .arg(fixture("digits").join("in0.npy"))
+        .arg("--policy")
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", last_stderr_line(&out));
+    let out = xlaguard()
+        .arg("run")
+        .arg(fixture("digits").join("model.jaxexport"))
+        .arg(policy_fixture("digits_dirty.npy"))
+        .arg("--policy")
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert_eq!(
+        last_stderr_line(&out),
+        "error: input 'pixels': 1 value above max 20.0; first at [0, 41] = 255.0"
+    );
+    // A sample of the wrong dtype is refused.
+    let out = xlaguard()
+        .args(["policy", "suggest"])
+        .arg(fixture("digits").join("model.jaxexport"))
+        .arg("--from")
+        .arg(fixture("digits").join("batch_labels.npy"))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(
+        last_stderr_line(&out),
+        "error: input 'pixels' (0): expected float32[1,64], got int32[32]"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}

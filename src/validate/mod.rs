@@ -1,4 +1,22 @@
 //! Checks of inputs against a signature, before any device buffer exists.
+//!
+//! [`check_inputs`] checks count, dtype, shape and byte length; [`policy`] describes what the
+//! values may be, [`scan`] checks them in one fused pass, and [`enforce`] applies a policy bound
+//! to a model's signature on every call (rejecting or sanitizing).
+
+pub mod enforce;
+pub mod policy;
+mod sanitize;
+pub mod scan;
+pub mod suggest;
+
+pub use enforce::{
+    BoundPolicy, Change, InputReport, InputRules, Offender, PolicyAction, PolicyEvent,
+    PolicyObserver, PolicyViolation, Prepared, Rule, RunReport,
+};
+pub use policy::{
+    InputPolicy, NonFinite, Normalize, OutOfRange, Policy, PolicyError, PolicyErrorKind,
+};
 
 use crate::signature::{format_type, DType, Dim, Signature, TensorSpec};
 use crate::tensor::{byte_len, TensorRef};
