@@ -1,0 +1,122 @@
+//! HTTP errors: every refusal is `{"error": "..."}` with one status per kind.
+
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+
+use crate::error::Error;
+
+use super::wire::BadRequest;
+
+/// The HTTP status of each library error. The one place that decides it: a new [`Error`]
+/// variant fails to compile here until it is given a status.
+pub fn status_for(e: &Error) -> StatusCode {
+    match e {
+        // The caller's input does not match the model.
+        Error::InvalidInput(_) | Error::Tensor(_) => StatusCode::BAD_REQUEST,
+        // The model itself cannot be run as given.
+        Error::Artifact(_) | Error::CompileRejected(_) => StatusCode::UNPROCESSABLE_ENTITY,
+        // No device to run on.
+        Error::PluginNotFound(_) | Error::PluginLoad(_) => StatusCode::SERVICE_UNAVAILABLE,
+        // Failures on our side.
+        Error::Plugin(_) | Error::Io { .. } | Error::Internal(_) => {
+            StatusCode::INTERNAL_SERVER_ERROR
+        }
+    }
+}
+
+/// An HTTP error response: status, message, and whether to send `Retry-After`.
+#[derive(Debug, Clone)]
+pub struct ApiError {
+    /// The status.
+    pub status: StatusCode,
+    /// The message (`{"error": message}`).
+    pub message: String,
+    /// Send `Retry-After: 1` (overload and not-ready answers).
+    pub retry_after: bool,
+    /// For validation refusals: the rule and the model input, for metrics.
+    pub rejection: Option<(&'static str, String)>,
+}
+
+impl ApiError {
+    /// An error with a status and message.
+    pub fn new(status: StatusCode, message: impl Into<String>) -> ApiError {
+        ApiError {
+            status,
+            message: message.into(),
+            retry_after: false,
+            rejection: None,
+        }
+    }
+
+    /// 404 for a model (or version) the server does not have.
+    pub fn unknown_model(name: &str, version: Option<&str>) -> ApiError {
+        let what = match version {
+            Some(v) => format!("unknown model '{name}' version '{v}'"),
+            None => format!("unknown model '{name}'"),
+        };
+        ApiError::new(StatusCode::NOT_FOUND, what)
+    }
+
+    /// An overload answer with `Retry-After`.
+    pub fn overloaded(status: StatusCode, message: impl Into<String>) -> ApiError {
+        ApiError {
+            retry_after: true,
+            ..ApiError::new(status, message)
+        }
+    }
+}
+
+impl From<BadRequest> for ApiError {
+    fn from(b: BadRequest) -> ApiError {
+        ApiError {
+            status: StatusCode::BAD_REQUEST,
+            message: b.message,
+            retry_after: false,
+            rejection: Some((b.rule, b.input.unwrap_or_default())),
+        }
+    }
+}
+
+impl From<Error> for ApiError {
+    fn from(e: Error) -> ApiError {
+        let status = status_for(&e);
+        let rejection = match &e {
+            Error::InvalidInput(i) => {
+                let (rule, input) = super::wire::input_error_rule(i);
+                Some((rule, input.unwrap_or_default().to_string()))
+            }
+            Error::Tensor(_) => Some(("tensor", String::new())),
+            _ => None,
+        };
+        ApiError {
+            status,
+            message: e.to_string(),
+            retry_after: false,
+            rejection,
+        }
+    }
+}
+
+/// `{"error": message}` as bytes.
+pub fn error_body(message: &str) -> String {
+    serde_json::json!({ "error": message }).to_string()
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let mut r = (
+            self.status,
+            [(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            )],
+            error_body(&self.message),
+        )
+            .into_response();
+        if self.retry_after {
+            r.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        }
+        r
+    }
+}
