@@ -223,9 +223,18 @@ fn read_config(path: &Path) -> Result<Option<ConfigFile>, String> {
         return Ok(None);
     }
     let text = std::fs::read_to_string(path).map_err(|e| format!("config.toml: {e}"))?;
-    toml::from_str(&text)
-        .map(Some)
-        .map_err(|e| format!("config.toml: {}", e.to_string().trim_end()))
+    toml::from_str(&text).map(Some).map_err(|e| {
+        // One line: where, then what.
+        let line = e.span().map_or(0, |s| {
+            text.get(..s.start)
+                .map_or(0, |t| t.bytes().filter(|&b| b == b'\n').count())
+                + 1
+        });
+        match line {
+            0 => format!("config.toml: {}", e.message()),
+            n => format!("config.toml line {n}: {}", e.message()),
+        }
+    })
 }
 
 fn parse_device(s: &str) -> Result<DeviceKind, String> {
