@@ -5,4 +5,5 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_BUILD_JOBS=${CARGO_BUILD_JOBS:-2}
 scripts/fetch-plugin.sh
+scripts/setup-test-venv.sh
 cargo test --locked "$@"

@@ -437,15 +437,20 @@ impl Binary {
     /// Starts `xlaguard serve --addr 127.0.0.1:0 ARGS...` on the pinned plugin and reads the
     /// address from its stdout; waits until loading has finished.
     pub fn start(args: &[&str]) -> Binary {
+        Binary::start_logging(args, "warn", Stdio::inherit())
+    }
+
+    /// As [`Binary::start`] with a log level (RUST_LOG) and where stderr goes.
+    pub fn start_logging(args: &[&str], level: &str, stderr: Stdio) -> Binary {
         let mut child = Command::new(env!("CARGO_BIN_EXE_xlaguard"))
             .current_dir(crate::common::root())
             .arg("--plugin")
             .arg(crate::common::plugin())
             .args(["serve", "--addr", "127.0.0.1:0"])
             .args(args)
-            .env("RUST_LOG", "warn")
+            .env("RUST_LOG", level)
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
+            .stderr(stderr)
             .spawn()
             .unwrap();
         let mut out = BufReader::new(child.stdout.take().unwrap());
