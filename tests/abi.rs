@@ -595,6 +595,39 @@ fn layouts_match_pjrt_c_api_h() {
         (PJRT_Buffer_ToHostBuffer_Args, dst, "dst"),
         (PJRT_Buffer_ToHostBuffer_Args, dst_size, "dst_size"),
         (PJRT_Buffer_ToHostBuffer_Args, event, "event"),
+        (PJRT_Event_IsReady_Args, event, "event"),
+        (PJRT_Event_IsReady_Args, is_ready, "is_ready"),
+        (PJRT_Buffer_IsOnCpu_Args, buffer, "buffer"),
+        (PJRT_Buffer_IsOnCpu_Args, is_on_cpu, "is_on_cpu"),
+        (PJRT_Buffer_ReadyEvent_Args, buffer, "buffer"),
+        (PJRT_Buffer_ReadyEvent_Args, event, "event"),
+        (PJRT_Buffer_UnsafePointer_Args, buffer, "buffer"),
+        (
+            PJRT_Buffer_UnsafePointer_Args,
+            buffer_pointer,
+            "buffer_pointer"
+        ),
+        (PJRT_Buffer_GetMemoryLayout_Args, buffer, "buffer"),
+        (PJRT_Buffer_GetMemoryLayout_Args, layout, "layout"),
+        (PJRT_Buffer_MemoryLayout, tiled, "tiled"),
+        (PJRT_Buffer_MemoryLayout, type_, "type"),
+        (
+            PJRT_Buffer_MemoryLayout_Tiled,
+            minor_to_major,
+            "minor_to_major"
+        ),
+        (
+            PJRT_Buffer_MemoryLayout_Tiled,
+            minor_to_major_size,
+            "minor_to_major_size"
+        ),
+        (PJRT_Buffer_MemoryLayout_Tiled, tile_dims, "tile_dims"),
+        (
+            PJRT_Buffer_MemoryLayout_Tiled,
+            tile_dim_sizes,
+            "tile_dim_sizes"
+        ),
+        (PJRT_Buffer_MemoryLayout_Tiled, num_tiles, "num_tiles"),
         (PJRT_Program, struct_size, "struct_size"),
         (PJRT_Program, extension_start, "extension_start"),
         (PJRT_Program, code, "code"),
@@ -1076,6 +1109,13 @@ fn layouts_match_pjrt_c_api_h() {
         PJRT_Buffer_Dimensions_Args,
         PJRT_Buffer_ElementType_Args,
         PJRT_Buffer_ToHostBuffer_Args,
+        PJRT_Buffer_GetMemoryLayout_Args,
+        PJRT_Buffer_IsOnCpu_Args,
+        PJRT_Buffer_MemoryLayout,
+        PJRT_Buffer_MemoryLayout_Tiled,
+        PJRT_Buffer_ReadyEvent_Args,
+        PJRT_Buffer_UnsafePointer_Args,
+        PJRT_Event_IsReady_Args,
         PJRT_Client_AddressableDevices_Args,
         PJRT_Client_BufferFromHostBuffer_Args,
         PJRT_Client_Compile_Args,
@@ -1116,6 +1156,7 @@ fn layouts_match_pjrt_c_api_h() {
     for (s, _) in &sizes {
         if *s == "PJRT_ExecuteOptions"
             || *s == "PJRT_NamedValue"
+            || s.starts_with("PJRT_Buffer_MemoryLayout")
             || *s == "PJRT_Program"
             || *s == "PJRT_Api_Version"
             || s.ends_with("_Args")

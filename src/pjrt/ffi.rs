@@ -293,7 +293,29 @@ args! {
         dst_size: usize,
         event: *mut PJRT_Event,
     }
+    PJRT_Event_IsReady_Args { event: *mut PJRT_Event, is_ready: bool }
+    PJRT_Buffer_IsOnCpu_Args { buffer: *mut PJRT_Buffer, is_on_cpu: bool }
+    PJRT_Buffer_ReadyEvent_Args { buffer: *mut PJRT_Buffer, event: *mut PJRT_Event }
+    PJRT_Buffer_UnsafePointer_Args { buffer: *mut PJRT_Buffer, buffer_pointer: usize }
+    PJRT_Buffer_MemoryLayout_Tiled {
+        minor_to_major: *const i64,
+        minor_to_major_size: usize,
+        tile_dims: *const i64,
+        tile_dim_sizes: *const usize,
+        num_tiles: usize,
+    }
+    PJRT_Buffer_MemoryLayout {
+        // A C union of `PJRT_Buffer_MemoryLayout_Tiled` and `_Strides`; the tiled one is the
+        // larger, so it alone gives the union's size and alignment. Read it only when `type_`
+        // is `PJRT_Buffer_MemoryLayout_Type_Tiled`.
+        tiled: PJRT_Buffer_MemoryLayout_Tiled,
+        type_: c_int,
+    }
+    PJRT_Buffer_GetMemoryLayout_Args { buffer: *mut PJRT_Buffer, layout: PJRT_Buffer_MemoryLayout }
 }
+
+/// `PJRT_Buffer_MemoryLayout.type`: minor-to-major order with optional tiles.
+pub const PJRT_Buffer_MemoryLayout_Type_Tiled: c_int = 0;
 
 impl PJRT_Program {
     /// A program descriptor for `code` in `format` ("mlir" or "hlo"); the pointers borrow both.
@@ -325,7 +347,8 @@ pub struct PJRT_Api {
         Option<unsafe extern "C" fn(args: *mut PJRT_Plugin_Attributes_Args) -> *mut PJRT_Error>,
     pub PJRT_Event_Destroy:
         Option<unsafe extern "C" fn(args: *mut PJRT_Event_Destroy_Args) -> *mut PJRT_Error>,
-    pub PJRT_Event_IsReady: Option<unsafe extern "C" fn()>,
+    pub PJRT_Event_IsReady:
+        Option<unsafe extern "C" fn(args: *mut PJRT_Event_IsReady_Args) -> *mut PJRT_Error>,
     pub PJRT_Event_Error: Option<unsafe extern "C" fn()>,
     pub PJRT_Event_Await:
         Option<unsafe extern "C" fn(args: *mut PJRT_Event_Await_Args) -> *mut PJRT_Error>,
@@ -411,7 +434,9 @@ pub struct PJRT_Api {
         Option<unsafe extern "C" fn(args: *mut PJRT_Buffer_Dimensions_Args) -> *mut PJRT_Error>,
     pub PJRT_Buffer_UnpaddedDimensions: Option<unsafe extern "C" fn()>,
     pub PJRT_Buffer_DynamicDimensionIndices: Option<unsafe extern "C" fn()>,
-    pub PJRT_Buffer_GetMemoryLayout: Option<unsafe extern "C" fn()>,
+    pub PJRT_Buffer_GetMemoryLayout: Option<
+        unsafe extern "C" fn(args: *mut PJRT_Buffer_GetMemoryLayout_Args) -> *mut PJRT_Error,
+    >,
     pub PJRT_Buffer_OnDeviceSizeInBytes: Option<unsafe extern "C" fn()>,
     pub PJRT_Buffer_Device: Option<unsafe extern "C" fn()>,
     pub PJRT_Buffer_Memory: Option<unsafe extern "C" fn()>,
@@ -420,9 +445,12 @@ pub struct PJRT_Api {
     pub PJRT_Buffer_CopyToDevice: Option<unsafe extern "C" fn()>,
     pub PJRT_Buffer_ToHostBuffer:
         Option<unsafe extern "C" fn(args: *mut PJRT_Buffer_ToHostBuffer_Args) -> *mut PJRT_Error>,
-    pub PJRT_Buffer_IsOnCpu: Option<unsafe extern "C" fn()>,
-    pub PJRT_Buffer_ReadyEvent: Option<unsafe extern "C" fn()>,
-    pub PJRT_Buffer_UnsafePointer: Option<unsafe extern "C" fn()>,
+    pub PJRT_Buffer_IsOnCpu:
+        Option<unsafe extern "C" fn(args: *mut PJRT_Buffer_IsOnCpu_Args) -> *mut PJRT_Error>,
+    pub PJRT_Buffer_ReadyEvent:
+        Option<unsafe extern "C" fn(args: *mut PJRT_Buffer_ReadyEvent_Args) -> *mut PJRT_Error>,
+    pub PJRT_Buffer_UnsafePointer:
+        Option<unsafe extern "C" fn(args: *mut PJRT_Buffer_UnsafePointer_Args) -> *mut PJRT_Error>,
     pub PJRT_Buffer_IncreaseExternalReferenceCount: Option<unsafe extern "C" fn()>,
     pub PJRT_Buffer_DecreaseExternalReferenceCount: Option<unsafe extern "C" fn()>,
     pub PJRT_Buffer_OpaqueDeviceMemoryDataPointer: Option<unsafe extern "C" fn()>,
