@@ -133,7 +133,11 @@ fn model_metadata_and_readiness() {
     let r = post_json(addr, "/v2/models/nope/infer", &digits_request());
     assert_eq!(r.status, 404);
     assert_eq!(r.error(), "unknown model 'nope'");
-    let r = post_json(addr, "/v2/models/digits/versions/7/infer", &digits_request());
+    let r = post_json(
+        addr,
+        "/v2/models/digits/versions/7/infer",
+        &digits_request(),
+    );
     assert_eq!(r.status, 404);
     assert_eq!(r.error(), "unknown model 'digits' version '7'");
 
@@ -146,7 +150,14 @@ fn model_metadata_and_readiness() {
         .collect();
     assert_eq!(
         names,
-        ["attention", "dict_io", "digits", "dtypes", "kept_var", "spin"]
+        [
+            "attention",
+            "dict_io",
+            "digits",
+            "dtypes",
+            "kept_var",
+            "spin"
+        ]
     );
     assert!(v.as_array().unwrap().iter().all(|m| m["state"] == "READY"));
 }
@@ -174,9 +185,15 @@ fn infer_json_flat_nested_versioned_and_id() {
         assert_eq!(v["outputs"][0]["name"], "label");
         assert_eq!(v["outputs"][0]["datatype"], "INT32");
         assert_eq!(v["outputs"][0]["shape"], json!([1]));
-        assert_eq!(bytes_of_json(DType::I32, &v["outputs"][0]["data"]), outs[0].bytes());
+        assert_eq!(
+            bytes_of_json(DType::I32, &v["outputs"][0]["data"]),
+            outs[0].bytes()
+        );
         assert_eq!(v["outputs"][1]["shape"], json!([1, 10]));
-        assert_eq!(bytes_of_json(DType::F32, &v["outputs"][1]["data"]), outs[1].bytes());
+        assert_eq!(
+            bytes_of_json(DType::F32, &v["outputs"][1]["data"]),
+            outs[1].bytes()
+        );
     }
     // No id in the request, none in the response.
     let r = post_json(addr, "/v2/models/digits/infer", &digits_request());
@@ -253,8 +270,8 @@ fn infer_binary_input_every_datatype() {
         .into_iter()
         .zip(meta["inputs"].as_array().unwrap())
         .map(|(t, m)| {
-            let want = xlaguard::server::wire::parse_datatype(m["datatype"].as_str().unwrap())
-                .unwrap();
+            let want =
+                xlaguard::server::wire::parse_datatype(m["datatype"].as_str().unwrap()).unwrap();
             Tensor::new(want, t.shape().to_vec(), t.into_bytes()).unwrap()
         })
         .collect();
@@ -277,8 +294,14 @@ fn infer_binary_input_every_datatype() {
     assert_eq!(r.status, 200, "{}", r.text());
     let v = r.json();
     let mut at = 0;
-    for (i, (o, want)) in v["outputs"].as_array().unwrap().iter().zip(&outs).enumerate() {
-        let n = o["parameters"]["binary_data_size"].as_u64().unwrap() as usize;
+    for (i, (o, want)) in v["outputs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .zip(&outs)
+        .enumerate()
+    {
+        let n = usize::try_from(o["parameters"]["binary_data_size"].as_u64().unwrap()).unwrap();
         assert_eq!(&r.binary()[at..at + n], want.bytes(), "output {i}");
         at += n;
     }
@@ -295,10 +318,20 @@ fn infer_binary_input_every_datatype() {
     assert_eq!(r.status, 200, "{}", r.text());
     assert!(r.text().contains("Infinity"), "{}", r.text());
     let v = r.json();
-    for (i, (o, want)) in v["outputs"].as_array().unwrap().iter().zip(&outs).enumerate() {
+    for (i, (o, want)) in v["outputs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .zip(&outs)
+        .enumerate()
+    {
         let dt = xlaguard::server::wire::parse_datatype(o["datatype"].as_str().unwrap()).unwrap();
         assert_eq!(dt, want.dtype(), "output {i}");
-        assert_eq!(bytes_of_json(dt, &o["data"]), want.bytes(), "output {i}: {o}");
+        assert_eq!(
+            bytes_of_json(dt, &o["data"]),
+            want.bytes(),
+            "output {i}: {o}"
+        );
     }
 }
 
@@ -313,12 +346,15 @@ fn infer_bf16_json_and_multiple_named_inputs() {
     let r = post_json(
         addr,
         "/v2/models/attention/infer",
-        &json!({"inputs": json_inputs(&["x"], &[x.clone()])}),
+        &json!({"inputs": json_inputs(&["x"], std::slice::from_ref(&x))}),
     );
     assert_eq!(r.status, 200, "{}", r.text());
     let v = r.json();
     assert_eq!(v["outputs"][0]["datatype"], "BF16");
-    assert_eq!(bytes_of_json(DType::BF16, &v["outputs"][0]["data"]), want.bytes());
+    assert_eq!(
+        bytes_of_json(DType::BF16, &v["outputs"][0]["data"]),
+        want.bytes()
+    );
 
     // dict_io: two inputs given in reverse order, outputs include a scalar.
     let dir = fixture("dict_io");
@@ -350,7 +386,10 @@ fn infer_bf16_json_and_multiple_named_inputs() {
         &json!({"inputs": json_inputs(&["x"], &ins[..1])}),
     );
     assert_eq!(r.status, 400);
-    assert_eq!(r.error(), "input 'arg1' (1) is missing: expected float32[3]");
+    assert_eq!(
+        r.error(),
+        "input 'arg1' (1) is missing: expected float32[3]"
+    );
 }
 
 /// Sends `body` as an infer request for digits and returns the error message of a 400.
@@ -467,11 +506,36 @@ fn bad_json_requests_get_400_naming_expected_and_got() {
     }
     // Integer and boolean datatypes are strict (dtypes model: xs_0_ bool, xs_1_ int8, ...).
     let dtype_cases = [
-        ("xs_0_", "BOOL", json!([1, 0, 1, 0]), "element 0 of 'data' is 1: BOOL takes true or false"),
-        ("xs_1_", "INT8", json!([1, 2, 300, 4]), "element 2 of 'data' is 300: out of range for INT8"),
-        ("xs_1_", "INT8", json!([1, 2.5, 3, 4]), "element 1 of 'data' is 2.5: expected an integer (INT8)"),
-        ("xs_5_", "UINT8", json!([1, -1, 3, 4]), "element 1 of 'data' is -1: out of range for UINT8"),
-        ("xs_9_", "FP16", json!([1, 70000, 3, 4]), "element 1 of 'data' is 70000: out of range for FP16"),
+        (
+            "xs_0_",
+            "BOOL",
+            json!([1, 0, 1, 0]),
+            "element 0 of 'data' is 1: BOOL takes true or false",
+        ),
+        (
+            "xs_1_",
+            "INT8",
+            json!([1, 2, 300, 4]),
+            "element 2 of 'data' is 300: out of range for INT8",
+        ),
+        (
+            "xs_1_",
+            "INT8",
+            json!([1, 2.5, 3, 4]),
+            "element 1 of 'data' is 2.5: expected an integer (INT8)",
+        ),
+        (
+            "xs_5_",
+            "UINT8",
+            json!([1, -1, 3, 4]),
+            "element 1 of 'data' is -1: out of range for UINT8",
+        ),
+        (
+            "xs_9_",
+            "FP16",
+            json!([1, 70000, 3, 4]),
+            "element 1 of 'data' is 70000: out of range for FP16",
+        ),
     ];
     for (name, dt, data, want) in dtype_cases {
         let body = json!({"inputs": [{"name": name, "datatype": dt, "shape": [4], "data": data}]});
@@ -487,7 +551,12 @@ fn bad_json_requests_get_400_naming_expected_and_got() {
         br#"{"inputs": [{"name": "xs_8_", "datatype": "UINT64", "shape": [4], "data": [1, 2, 3, 18446744073709551616]}]}"#,
     );
     assert_eq!(r.status, 400);
-    assert!(r.error().contains("18446744073709551616: out of range for UINT64"), "{}", r.text());
+    assert!(
+        r.error()
+            .contains("18446744073709551616: out of range for UINT64"),
+        "{}",
+        r.text()
+    );
     assert_digits_ok(addr);
 }
 
@@ -521,17 +590,30 @@ fn non_finite_strings_in_json_requests() {
 fn malformed_bodies_and_the_next_request_succeeds() {
     let addr = shared();
     let cases: Vec<(&[u8], &str)> = vec![
-        (b"", "malformed inference request JSON: EOF while parsing a value at line 1 column 0"),
+        (
+            b"",
+            "malformed inference request JSON: EOF while parsing a value at line 1 column 0",
+        ),
         (b"{", "malformed inference request JSON: EOF while parsing"),
         (b"{\"inputs\": [}", "malformed inference request JSON"),
         (b"\xff\xfe\x00garbage", "malformed inference request JSON"),
-        (b"null", "malformed inference request JSON: invalid type: null"),
-        (b"{\"inputs\": [{\"name\": \"pixels\"}]}", "missing field `shape`"),
+        (
+            b"null",
+            "malformed inference request JSON: invalid type: null",
+        ),
+        (
+            b"{\"inputs\": [{\"name\": \"pixels\"}]}",
+            "missing field `shape`",
+        ),
     ];
     for (body, want) in cases {
         let r = request(addr, "POST", "/v2/models/digits/infer", &[], body);
         assert_eq!(r.status, 400, "{}", r.text());
-        assert!(r.error().contains(want), "want {want:?} got {:?}", r.error());
+        assert!(
+            r.error().contains(want),
+            "want {want:?} got {:?}",
+            r.error()
+        );
         assert_digits_ok(addr);
     }
 }
@@ -550,7 +632,8 @@ fn deep_nesting_is_refused_before_parsing() {
             let r = request(addr, "POST", "/v2/models/digits/infer", &[], b);
             assert_eq!(r.status, 400, "{}", r.text());
             assert!(
-                r.error().starts_with("request JSON is nested more than 64 levels deep"),
+                r.error()
+                    .starts_with("request JSON is nested more than 64 levels deep"),
                 "{}",
                 r.error()
             );
@@ -580,14 +663,24 @@ fn binary_extension_errors() {
     assert_eq!(r.status, 200, "{}", r.text());
     assert_eq!(r.json()["outputs"][0]["data"], json!([2]));
     // Size not matching the shape.
-    let r = post_binary(addr, "/v2/models/digits/infer", &input(252), &x.bytes()[..252]);
+    let r = post_binary(
+        addr,
+        "/v2/models/digits/infer",
+        &input(252),
+        &x.bytes()[..252],
+    );
     assert_eq!(r.status, 400);
     assert_eq!(
         r.error(),
         "input 'pixels' (0): FP32 [1,64] needs 256 bytes, got binary_data_size 252"
     );
     // Size past the end of the body.
-    let r = post_binary(addr, "/v2/models/digits/infer", &input(256), &x.bytes()[..100]);
+    let r = post_binary(
+        addr,
+        "/v2/models/digits/infer",
+        &input(256),
+        &x.bytes()[..100],
+    );
     assert_eq!(r.status, 400);
     assert_eq!(
         r.error(),
@@ -605,11 +698,19 @@ fn binary_extension_errors() {
     // binary_data_size without the header.
     let r = post_json(addr, "/v2/models/digits/infer", &input(256));
     assert_eq!(r.status, 400);
-    assert!(r.error().contains("has no Inference-Header-Content-Length header"));
+    assert!(r
+        .error()
+        .contains("has no Inference-Header-Content-Length header"));
     // A header longer than the body, and one that is not a number.
     for (h, want) in [
-        ("100000", "Inference-Header-Content-Length is 100000 but the body has only"),
-        ("ten", "Inference-Header-Content-Length must be a byte count, got \"ten\""),
+        (
+            "100000",
+            "Inference-Header-Content-Length is 100000 but the body has only",
+        ),
+        (
+            "ten",
+            "Inference-Header-Content-Length must be a byte count, got \"ten\"",
+        ),
     ] {
         let r = request(
             addr,
@@ -646,7 +747,12 @@ fn binary_extension_errors() {
         })
         .collect();
     data[2] = 7;
-    let r = post_binary(addr, "/v2/models/dtypes/infer", &json!({ "inputs": inputs }), &data);
+    let r = post_binary(
+        addr,
+        "/v2/models/dtypes/infer",
+        &json!({ "inputs": inputs }),
+        &data,
+    );
     assert_eq!(r.status, 400);
     assert_eq!(
         r.error(),
@@ -667,12 +773,16 @@ fn content_encoding_and_body_cap() {
         body.as_bytes(),
     );
     assert_eq!(r.status, 415);
-    assert!(r.error().contains("Content-Encoding \"gzip\" is not supported"));
+    assert!(r
+        .error()
+        .contains("Content-Encoding \"gzip\" is not supported"));
 
     // Declared over the cap (4 MiB here): refused from the header, before any body byte.
     let mut c = Conn::open(addr);
     c.stream
-        .write_all(b"POST /v2/models/digits/infer HTTP/1.1\r\nHost: t\r\nContent-Length: 4194305\r\n\r\n")
+        .write_all(
+            b"POST /v2/models/digits/infer HTTP/1.1\r\nHost: t\r\nContent-Length: 4194305\r\n\r\n",
+        )
         .unwrap();
     let r = c.read_response().unwrap();
     assert_eq!(r.status, 413);
@@ -710,7 +820,11 @@ fn content_encoding_and_body_cap() {
 fn metrics_count_requests_rejections_and_compiles() {
     let addr = shared();
     assert_digits_ok(addr);
-    bad(addr, "digits", &pixels("FP32", json!([1, 63]), json!(vec![1.0; 63])));
+    bad(
+        addr,
+        "digits",
+        &pixels("FP32", json!([1, 63]), json!(vec![1.0; 63])),
+    );
     let r = get(addr, "/metrics");
     assert_eq!(r.status, 200);
     assert_eq!(
@@ -728,23 +842,40 @@ fn metrics_count_requests_rejections_and_compiles() {
             .parse()
             .unwrap()
     };
-    assert!(value(r#"xlaguard_inference_requests_total{model="digits",version="1",code="200"}"#) >= 1.0);
-    assert!(value(r#"xlaguard_inference_requests_total{model="digits",version="1",code="400"}"#) >= 1.0);
     assert!(
-        value(r#"xlaguard_validation_rejections_total{model="digits",version="1",input="pixels",rule="shape"}"#)
-            >= 1.0
+        value(r#"xlaguard_inference_requests_total{model="digits",version="1",code="200"}"#) >= 1.0
     );
-    assert!(value(r#"xlaguard_inference_duration_seconds_count{model="digits",version="1"}"#) >= 1.0);
     assert!(
-        value(r#"xlaguard_inference_duration_seconds_bucket{model="digits",version="1",le="+Inf"}"#)
-            >= 1.0
+        value(r#"xlaguard_inference_requests_total{model="digits",version="1",code="400"}"#) >= 1.0
     );
-    assert_eq!(value(r#"xlaguard_model_ready{model="digits",version="1"}"#), 1.0);
-    assert_eq!(value(r#"xlaguard_queue_depth{model="digits",version="1"}"#), 0.0);
+    assert!(
+        value(
+            r#"xlaguard_validation_rejections_total{model="digits",version="1",input="pixels",rule="shape"}"#
+        ) >= 1.0
+    );
+    assert!(
+        value(r#"xlaguard_inference_duration_seconds_count{model="digits",version="1"}"#) >= 1.0
+    );
+    assert!(
+        value(
+            r#"xlaguard_inference_duration_seconds_bucket{model="digits",version="1",le="+Inf"}"#
+        ) >= 1.0
+    );
+    assert_eq!(
+        value(r#"xlaguard_model_ready{model="digits",version="1"}"#),
+        1.0
+    );
+    assert_eq!(
+        value(r#"xlaguard_queue_depth{model="digits",version="1"}"#),
+        0.0
+    );
     assert_eq!(value(r#"xlaguard_compiles_total{result="ok"}"#), 6.0);
     assert!(value(r#"xlaguard_model_compile_seconds{model="digits",version="1"}"#) > 0.0);
     assert!(value("xlaguard_process_resident_memory_bytes") > 1e6);
-    assert!(value(r#"xlaguard_http_requests_total{route="/v2/models/{model}/infer",code="200"}"#) >= 1.0);
+    assert!(
+        value(r#"xlaguard_http_requests_total{route="/v2/models/{model}/infer",code="200"}"#)
+            >= 1.0
+    );
     for l in t.lines().filter(|l| !l.starts_with('#')) {
         let (_, v) = l.rsplit_once(' ').unwrap();
         assert!(v.parse::<f64>().is_ok(), "not a sample line: {l}");
@@ -764,53 +895,82 @@ fn spin_ms(ms: u64) -> Value {
 
 #[test]
 fn queue_full_gets_429_and_deadline_gets_503() {
+    use xlaguard::server::repo::LimitOverrides;
+    let spec = |name: &str, timeout_ms: u64| {
+        let mut m = ModelSpec::from_file(name, test_fixture("spin").join("model.mlir"));
+        m.limits = LimitOverrides {
+            workers: Some(1),
+            max_queue: Some(1),
+            timeout: Some(Duration::from_millis(timeout_ms)),
+        };
+        m
+    };
     let s = InProcess::start(
-        vec![ModelSpec::from_file(
-            "spin",
-            test_fixture("spin").join("model.mlir"),
-        )],
-        |c| {
-            c.limits.workers = 1;
-            c.limits.max_queue = 1;
-            c.limits.timeout = Duration::from_millis(1500);
-        },
+        vec![spec("spin", 20_000), spec("spin_deadline", 1000)],
+        |_| {},
     );
     let addr = s.addr;
-    // One long request takes the worker, one waits in the queue, the third is refused.
-    let long = std::thread::spawn(move || post_json(addr, "/v2/models/spin/infer", &spin_ms(1000)));
+    // One long request takes the worker, one waits in the queue, the third is refused at once.
+    let long = std::thread::spawn(move || post_json(addr, "/v2/models/spin/infer", &spin_ms(1500)));
     std::thread::sleep(Duration::from_millis(150));
     let queued = std::thread::spawn(move || post_json(addr, "/v2/models/spin/infer", &spin(1)));
     std::thread::sleep(Duration::from_millis(150));
     let started = Instant::now();
     let r = post_json(addr, "/v2/models/spin/infer", &spin(1));
     assert_eq!(r.status, 429, "{}", r.text());
-    assert!(started.elapsed() < Duration::from_millis(500), "429 must be quick");
+    assert!(
+        started.elapsed() < Duration::from_millis(500),
+        "429 must be quick"
+    );
     assert_eq!(r.header("retry-after"), Some("1"));
     assert_eq!(
         r.error(),
         "model 'spin' is busy: 1 requests running and 1 queued"
     );
     let t = get(addr, "/metrics").text();
-    assert!(t.contains("xlaguard_queue_depth{model=\"spin\",version=\"1\"} 1"), "{t}");
-    assert!(t.contains("xlaguard_inflight{model=\"spin\",version=\"1\"} 1"), "{t}");
+    assert!(
+        t.contains("xlaguard_queue_depth{model=\"spin\",version=\"1\"} 1"),
+        "{t}"
+    );
+    assert!(
+        t.contains("xlaguard_inflight{model=\"spin\",version=\"1\"} 1"),
+        "{t}"
+    );
+    // Other models are not affected.
+    assert_eq!(
+        post_json(addr, "/v2/models/spin_deadline/infer", &spin(1)).status,
+        200
+    );
     assert_eq!(long.join().unwrap().status, 200);
     assert_eq!(queued.join().unwrap().status, 200);
 
-    // Past the deadline while running: 503, quickly after the deadline, not after the run.
+    // Deadline 1 s: a long run gets 503 soon after the deadline, not after the run; a request
+    // queued behind it gets 503 at its own deadline.
     let started = Instant::now();
-    let r = post_json(addr, "/v2/models/spin/infer", &spin_ms(4000));
+    let long = std::thread::spawn(move || {
+        post_json(addr, "/v2/models/spin_deadline/infer", &spin_ms(5000))
+    });
+    std::thread::sleep(Duration::from_millis(100));
+    let r = post_json(addr, "/v2/models/spin_deadline/infer", &spin(1));
     assert_eq!(r.status, 503, "{}", r.text());
     assert_eq!(r.header("retry-after"), Some("1"));
-    assert!(r.error().contains("deadline of 1500 ms passed while model 'spin' was running"));
-    assert!(started.elapsed() < Duration::from_millis(3000));
-    // The abandoned run still holds the worker: a queued request meets its deadline too.
-    let r = post_json(addr, "/v2/models/spin/infer", &spin(1));
+    assert!(
+        r.error().contains(
+            "deadline of 1000 ms passed while waiting for a worker of model 'spin_deadline'"
+        ),
+        "{}",
+        r.text()
+    );
+    let r = long.join().unwrap();
     assert_eq!(r.status, 503, "{}", r.text());
-    assert!(r.error().contains("passed while waiting for a worker"), "{}", r.text());
-    // Once the worker is free, requests succeed again.
-    let deadline = Instant::now() + Duration::from_secs(20);
+    assert!(r
+        .error()
+        .contains("deadline of 1000 ms passed while model 'spin_deadline' was running"));
+    assert!(started.elapsed() < Duration::from_millis(3000));
+    // Once the abandoned run ends, its worker is free and requests succeed again.
+    let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        let r = post_json(addr, "/v2/models/spin/infer", &spin(1));
+        let r = post_json(addr, "/v2/models/spin_deadline/infer", &spin(1));
         if r.status == 200 {
             break;
         }
@@ -818,14 +978,29 @@ fn queue_full_gets_429_and_deadline_gets_503() {
         assert!(Instant::now() < deadline, "never recovered");
     }
     let t = get(addr, "/metrics").text();
-    assert!(t.contains("xlaguard_admission_rejections_total{reason=\"queue_full\"} 1"), "{t}");
-    assert!(t.contains("xlaguard_inference_requests_total{model=\"spin\",version=\"1\",code=\"429\"} 1"), "{t}");
+    assert!(
+        t.contains("xlaguard_admission_rejections_total{reason=\"queue_full\"} 1"),
+        "{t}"
+    );
+    assert!(
+        t.contains(
+            "xlaguard_inference_requests_total{model=\"spin\",version=\"1\",code=\"429\"} 1"
+        ),
+        "{t}"
+    );
+    assert!(
+        t.contains("xlaguard_admission_rejections_total{reason=\"deadline\"}"),
+        "{t}"
+    );
 }
 
 #[test]
 fn concurrency_cap_gets_503_and_slow_clients_are_cut_off() {
     let s = InProcess::start(
-        vec![ModelSpec::from_file("digits", fixture("digits").join("model.jaxexport"))],
+        vec![ModelSpec::from_file(
+            "digits",
+            fixture("digits").join("model.jaxexport"),
+        )],
         |c| {
             c.max_concurrent_requests = 1;
             c.header_read_timeout = Duration::from_millis(500);
@@ -869,8 +1044,15 @@ fn concurrency_cap_gets_503_and_slow_clients_are_cut_off() {
     let mut buf = [0u8; 64];
     let n = slow.stream.read(&mut buf).unwrap_or(0);
     let waited = started.elapsed();
-    assert!(n == 0 || String::from_utf8_lossy(&buf[..n]).contains("408"), "{:?}", &buf[..n]);
-    assert!(waited >= Duration::from_millis(300) && waited < Duration::from_secs(5), "{waited:?}");
+    assert!(
+        n == 0 || String::from_utf8_lossy(&buf[..n]).contains("408"),
+        "{:?}",
+        &buf[..n]
+    );
+    assert!(
+        waited >= Duration::from_millis(300) && waited < Duration::from_secs(5),
+        "{waited:?}"
+    );
     // An idle connection that never sends anything is closed too.
     let mut idle = Conn::open(addr);
     let started = Instant::now();
@@ -911,9 +1093,17 @@ fn model_repository_reports_bad_models_and_serves_the_others() {
         "version = 3\n[limits]\nworkers = 1\nmax_queue = 2\ntimeout_ms = 5000\n",
     )
     .unwrap();
-    copy_into(&digits.join("model.mlirbc"), &root.join("named"), "b.mlirbc");
+    copy_into(
+        &digits.join("model.mlirbc"),
+        &root.join("named"),
+        "b.mlirbc",
+    );
     copy_into(&art, &root.join("named"), "a.jaxexport");
-    std::fs::write(root.join("named/config.toml"), "artifact = \"b.mlirbc\"\nversion = \"v2\"\n").unwrap();
+    std::fs::write(
+        root.join("named/config.toml"),
+        "artifact = \"b.mlirbc\"\nversion = \"v2\"\n",
+    )
+    .unwrap();
     std::fs::create_dir_all(root.join("broken")).unwrap();
     std::fs::write(root.join("broken/model.jaxexport"), b"not a model at all").unwrap();
     copy_into(&art, &root.join("typo"), "model.jaxexport");
@@ -924,7 +1114,11 @@ fn model_repository_reports_bad_models_and_serves_the_others() {
     std::fs::write(root.join("empty/README"), "nothing").unwrap();
     copy_into(&art, &root.join("two"), "a.jaxexport");
     copy_into(&art, &root.join("two"), "b.jaxexport");
-    copy_into(&fixture("poly").join("model.jaxexport"), &root.join("poly"), "model.jaxexport");
+    copy_into(
+        &fixture("poly").join("model.jaxexport"),
+        &root.join("poly"),
+        "model.jaxexport",
+    );
     copy_into(&art, &root.join("bad name!"), "model.jaxexport");
     copy_into(&art, &root.join(".hidden"), "model.jaxexport");
 
@@ -953,10 +1147,16 @@ fn model_repository_reports_bad_models_and_serves_the_others() {
     assert_eq!(state("named").0, "READY");
     for (name, reason) in [
         ("broken", "broken/model.jaxexport"),
-        ("typo", "config.toml line 1: unknown field `versoin`, expected one of `version`"),
+        (
+            "typo",
+            "config.toml line 1: unknown field `versoin`, expected one of `version`",
+        ),
         ("guarded", "does not enforce value policies"),
         ("empty", "no artifact (a file ending in .jaxexport"),
-        ("two", "several .jaxexport artifacts (a.jaxexport, b.jaxexport)"),
+        (
+            "two",
+            "several .jaxexport artifacts (a.jaxexport, b.jaxexport)",
+        ),
         ("poly", "symbolic"),
     ] {
         let (st, why) = state(name);
@@ -973,13 +1173,20 @@ fn model_repository_reports_bad_models_and_serves_the_others() {
     assert_eq!(get(addr, "/v2/models/broken/ready").status, 400);
     let r = get(addr, "/v2/models/broken");
     assert_eq!(r.status, 503);
-    assert!(r.error().starts_with("model 'broken' is unavailable: "), "{}", r.text());
+    assert!(
+        r.error().starts_with("model 'broken' is unavailable: "),
+        "{}",
+        r.text()
+    );
     let r = post_json(addr, "/v2/models/guarded/infer", &digits_request());
     assert_eq!(r.status, 503);
     assert!(r.error().contains("does not enforce value policies"));
 
     // The good ones serve, at their configured versions.
-    assert_eq!(get(addr, "/v2/models/good").json()["versions"], json!(["3"]));
+    assert_eq!(
+        get(addr, "/v2/models/good").json()["versions"],
+        json!(["3"])
+    );
     assert_eq!(get(addr, "/v2/models/good/versions/1").status, 404);
     let r = post_json(addr, "/v2/models/good/versions/3/infer", &digits_request());
     assert_eq!(r.status, 200, "{}", r.text());
@@ -987,14 +1194,24 @@ fn model_repository_reports_bad_models_and_serves_the_others() {
     let meta = get(addr, "/v2/models/named").json();
     assert_eq!(meta["platform"], "stablehlo");
     let input = meta["inputs"][0]["name"].clone();
-    let r = post_json(addr, "/v2/models/named/versions/v2/infer", &json!({
-        "inputs": [{"name": input, "datatype": "FP32", "shape": [1, 64], "data": json_values(&digits_in())}]
-    }));
+    let r = post_json(
+        addr,
+        "/v2/models/named/versions/v2/infer",
+        &json!({
+            "inputs": [{"name": input, "datatype": "FP32", "shape": [1, 64], "data": json_values(&digits_in())}]
+        }),
+    );
     assert_eq!(r.status, 200, "{}", r.text());
     assert_eq!(r.json()["outputs"][0]["data"], json!([2]));
     let t = get(addr, "/metrics").text();
-    assert!(t.contains("xlaguard_model_ready{model=\"broken\",version=\"1\"} 0"), "{t}");
-    assert!(t.contains("xlaguard_model_ready{model=\"good\",version=\"3\"} 1"), "{t}");
+    assert!(
+        t.contains("xlaguard_model_ready{model=\"broken\",version=\"1\"} 0"),
+        "{t}"
+    );
+    assert!(
+        t.contains("xlaguard_model_ready{model=\"good\",version=\"3\"} 1"),
+        "{t}"
+    );
     drop(s);
 
     // Readiness that only waits for loading.

@@ -185,10 +185,8 @@ impl Buffer {
         let mut a = ffi::PJRT_Buffer_GetMemoryLayout_Args::new();
         a.buffer = self.raw;
         // SAFETY: live buffer, valid args; the layout written is owned by the buffer.
-        if api
-            .check(unsafe { f(&mut a) }, "PJRT_Buffer_GetMemoryLayout")
-            .is_err()
-        {
+        let err = unsafe { f(&mut a) };
+        if api.check(err, "PJRT_Buffer_GetMemoryLayout").is_err() {
             return Ok(false);
         }
         let t = &a.layout.tiled;

@@ -50,6 +50,14 @@ impl ApiError {
 
     /// 404 for a model (or version) the server does not have.
     pub fn unknown_model(name: &str, version: Option<&str>) -> ApiError {
+        let cut = |s: &str| -> String {
+            if s.chars().count() > 128 {
+                format!("{}...", s.chars().take(128).collect::<String>())
+            } else {
+                s.to_string()
+            }
+        };
+        let (name, version) = (cut(name), version.map(cut));
         let what = match version {
             Some(v) => format!("unknown model '{name}' version '{v}'"),
             None => format!("unknown model '{name}'"),

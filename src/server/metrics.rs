@@ -106,7 +106,7 @@ impl ModelMetrics {
 /// Process-wide counters.
 #[derive(Debug, Default)]
 pub struct ServerMetrics {
-    http: Mutex<BTreeMap<(String, u16), u64>>,
+    http: Mutex<BTreeMap<String, BTreeMap<u16, u64>>>,
     rejected: Mutex<BTreeMap<&'static str, u64>>,
     compiles: Mutex<BTreeMap<&'static str, u64>>,
     compile_time: Histogram,
@@ -116,12 +116,11 @@ impl ServerMetrics {
     /// Counts one HTTP response by route template and status.
     pub fn http(&self, route: &str, code: u16) {
         if let Ok(mut m) = self.http.lock() {
-            match m.get_mut(&(route.to_string(), code)) {
-                Some(n) => *n += 1,
-                None => {
-                    m.insert((route.to_string(), code), 1);
-                }
-            }
+            let codes = match m.get_mut(route) {
+                Some(c) => c,
+                None => m.entry(route.to_string()).or_default(),
+            };
+            *codes.entry(code).or_default() += 1;
         }
     }
 
@@ -345,12 +344,14 @@ pub fn render(server: &ServerMetrics, models: &[ModelGauges<'_>], uptime: Durati
         "HTTP responses by route template and status.",
     );
     if let Ok(h) = server.http.lock() {
-        for ((route, code), n) in h.iter() {
-            let _ = writeln!(
-                out,
-                "xlaguard_http_requests_total{{route=\"{}\",code=\"{code}\"}} {n}",
-                escape(route)
-            );
+        for (route, codes) in h.iter() {
+            for (code, n) in codes {
+                let _ = writeln!(
+                    out,
+                    "xlaguard_http_requests_total{{route=\"{}\",code=\"{code}\"}} {n}",
+                    escape(route)
+                );
+            }
         }
     }
     help(

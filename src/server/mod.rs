@@ -511,22 +511,21 @@ fn router(app: Arc<App>) -> Router {
 /// Counts every response by route template and status, and logs it.
 async fn observe(State(app): State<Arc<App>>, req: Request, next: Next) -> Response {
     let started = Instant::now();
-    let route = req
-        .extensions()
-        .get::<MatchedPath>()
-        .map_or_else(|| "(none)".to_string(), |m| m.as_str().to_string());
+    let route = req.extensions().get::<MatchedPath>().cloned();
     let method = req.method().clone();
-    let path = req.uri().path().to_string();
+    let uri = req.uri().clone();
     let resp = next.run(req).await;
     let code = resp.status().as_u16();
-    app.metrics.http(&route, code);
+    app.metrics
+        .http(route.as_ref().map_or("(none)", MatchedPath::as_str), code);
     let ms = started.elapsed().as_secs_f64() * 1e3;
+    let path = uri.path();
     if code >= 500 {
-        tracing::warn!(%method, %path, code, ms, "request");
+        tracing::warn!(%method, path, code, ms, "request");
     } else if code >= 400 {
-        tracing::info!(%method, %path, code, ms, "request");
+        tracing::info!(%method, path, code, ms, "request");
     } else {
-        tracing::debug!(%method, %path, code, ms, "request");
+        tracing::debug!(%method, path, code, ms, "request");
     }
     resp
 }

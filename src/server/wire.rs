@@ -761,9 +761,15 @@ fn push_element(
                 .map_err(|_| format!("expected a number ({dt})"))?
         };
         let overflow = || format!("out of range for {dt}");
-        let finite_in = v.is_finite();
+        // A JSON number is finite: one that becomes infinite does not fit the datatype.
+        let finite_in = !is_string;
         match dtype {
-            DType::F64 => out.extend_from_slice(&v.to_le_bytes()),
+            DType::F64 => {
+                if finite_in && !v.is_finite() {
+                    return Err(overflow());
+                }
+                out.extend_from_slice(&v.to_le_bytes());
+            }
             DType::F32 => {
                 // Parse the text directly for correct rounding (no double rounding via f64).
                 let x = if is_string {
@@ -1034,4 +1040,341 @@ pub fn protocol_type(dtype: DType, shape: &[u64]) -> String {
 /// The numpy-style type of a spec (`float32[1,64]`), for messages.
 pub fn numpy_type(spec: &TensorSpec) -> String {
     format_type(spec.dtype, spec.shape.iter())
+}
+
+#[cfg(test)]
+#[allow(
+    clippy::unwrap_used,
+    clippy::indexing_slicing,
+    clippy::panic,
+    clippy::cast_possible_truncation
+)]
+mod tests {
+    use super::*;
+
+    fn sig() -> Signature {
+        Signature {
+            inputs: vec![
+                TensorSpec::new("x", DType::F32, &[2, 2]),
+                TensorSpec::new("ids", DType::I8, &[3]),
+            ],
+            outputs: vec![
+                TensorSpec::new("y", DType::F32, &[2]),
+                TensorSpec::new("flag", DType::Bool, &[]),
+            ],
+        }
+    }
+
+    fn parse(json: &str) -> Result<InferRequest, BadRequest> {
+        parse_request(
+            &Bytes::from(json.to_string()),
+            None,
+            &sig(),
+            &ParseLimits::default(),
+        )
+    }
+
+    fn decode(text: &str, dtype: DType, n: usize) -> Result<Vec<u8>, String> {
+        decode_json_data(text, dtype, n, "t", &[n as u64]).map_err(|e| e.message)
+    }
+
+    #[test]
+    fn datatype_names_round_trip() {
+        for d in DType::ALL {
+            assert_eq!(parse_datatype(datatype_name(d)), Some(d));
+        }
+        assert_eq!(parse_datatype("fp32"), None);
+        assert_eq!(parse_datatype("BYTES"), None);
+    }
+
+    #[test]
+    fn depth_scan() {
+        let nest = |d: usize| format!("{}{}", "[".repeat(d), "]".repeat(d));
+        assert!(check_json_depth(nest(64).as_bytes(), 64).is_ok());
+        let e = check_json_depth(nest(65).as_bytes(), 64).unwrap_err();
+        assert_eq!(e.rule, "json_depth");
+        assert!(e.message.contains("(at byte 64)"), "{}", e.message);
+        assert!(check_json_depth(nest(1_000_000).as_bytes(), 64).is_err());
+        // Brackets in strings, escaped quotes included, do not count.
+        let s = format!("{{\"a\": \"\\\"{}\"}}", "[".repeat(100));
+        assert!(check_json_depth(s.as_bytes(), 2).is_ok());
+        assert!(check_json_depth(b"{\"a\": {\"b\": [1]}}", 2).is_err());
+    }
+
+    #[test]
+    fn decodes_every_dtype_flat_or_nested() {
+        assert_eq!(
+            decode("[true, [false, true]]", DType::Bool, 3).unwrap(),
+            [1, 0, 1]
+        );
+        assert_eq!(
+            decode("[[-128], [127]]", DType::I8, 2).unwrap(),
+            [0x80, 0x7f]
+        );
+        assert_eq!(
+            decode("[18446744073709551615]", DType::U64, 1).unwrap(),
+            u64::MAX.to_le_bytes()
+        );
+        assert_eq!(
+            decode("[-9223372036854775808]", DType::I64, 1).unwrap(),
+            i64::MIN.to_le_bytes()
+        );
+        assert_eq!(
+            decode("[65535]", DType::U16, 1).unwrap(),
+            65535u16.to_le_bytes()
+        );
+        // f32 parsed from the text: correct rounding, no detour through f64.
+        assert_eq!(
+            decode("[0.1]", DType::F32, 1).unwrap(),
+            0.1f32.to_le_bytes()
+        );
+        assert_eq!(
+            decode("[16777217]", DType::F32, 1).unwrap(),
+            16_777_216f32.to_le_bytes()
+        );
+        assert_eq!(
+            decode("[1e-50]", DType::F32, 1).unwrap(),
+            0f32.to_le_bytes()
+        );
+        assert_eq!(
+            decode("[0.1]", DType::F64, 1).unwrap(),
+            0.1f64.to_le_bytes()
+        );
+        assert_eq!(
+            decode("[65504]", DType::F16, 1).unwrap(),
+            f16::MAX.to_le_bytes()
+        );
+        assert_eq!(
+            decode("[1.5, \"-Infinity\"]", DType::BF16, 2).unwrap(),
+            [
+                bf16::from_f32(1.5).to_le_bytes(),
+                bf16::NEG_INFINITY.to_le_bytes()
+            ]
+            .concat()
+        );
+        let nan = decode("[\"NaN\"]", DType::F32, 1).unwrap();
+        assert!(f32::from_le_bytes(nan.try_into().unwrap()).is_nan());
+        // An empty tensor.
+        assert_eq!(decode("[]", DType::F32, 0).unwrap(), Vec::<u8>::new());
+        assert_eq!(decode("[[], []]", DType::I32, 0).unwrap(), Vec::<u8>::new());
+        // A scalar may come bare or in a list.
+        assert_eq!(decode("7", DType::I32, 1).unwrap(), 7i32.to_le_bytes());
+    }
+
+    #[test]
+    fn refuses_values_the_dtype_cannot_hold() {
+        for (text, dtype, want) in [
+            (
+                "[-129]",
+                DType::I8,
+                "element 0 of 'data' is -129: out of range for INT8",
+            ),
+            ("[256]", DType::U8, "out of range for UINT8"),
+            ("[-1]", DType::U64, "out of range for UINT64"),
+            (
+                "[18446744073709551616]",
+                DType::U64,
+                "out of range for UINT64",
+            ),
+            (
+                "[9223372036854775808]",
+                DType::I64,
+                "out of range for INT64",
+            ),
+            (
+                "[1.0]",
+                DType::I32,
+                "element 0 of 'data' is 1.0: expected an integer (INT32)",
+            ),
+            ("[1e2]", DType::I32, "expected an integer (INT32)"),
+            (
+                "[\"1\"]",
+                DType::I32,
+                "element 0 of 'data' is \"1\": expected an integer (INT32)",
+            ),
+            ("[\"NaN\"]", DType::I32, "expected an integer (INT32)"),
+            ("[65520]", DType::F16, "out of range for FP16"),
+            ("[1e39]", DType::F32, "out of range for FP32"),
+            ("[1e309]", DType::F64, "out of range for FP64"),
+            ("[\"x\"]", DType::F64, "the only strings taken are"),
+            ("[\"N\\u0061N\"]", DType::F64, "expected a number (FP64)"),
+            ("[1]", DType::Bool, "BOOL takes true or false"),
+            ("[null]", DType::F32, "expected a number (FP32)"),
+            ("[{\"a\": [1, 2]}]", DType::F32, "got an object"),
+        ] {
+            let e = decode(text, dtype, 1).unwrap_err();
+            assert!(e.contains(want), "{text} as {dtype}: {e}");
+        }
+        let e = decode("[1, 2]", DType::I32, 3).unwrap_err();
+        assert_eq!(e, "input 't': INT32 [3] needs 3 elements in 'data', got 2");
+        let e = decode("[1, 2, 3, 4]", DType::I32, 3).unwrap_err();
+        assert_eq!(
+            e,
+            "input 't': INT32 [3] needs 3 elements in 'data', got more than 3"
+        );
+    }
+
+    #[test]
+    fn requests_are_checked_against_the_signature() {
+        let ok = parse(
+            r#"{"id": "a", "inputs": [
+                {"name": "ids", "datatype": "INT8", "shape": [3], "data": [1, 2, 3]},
+                {"name": "x", "datatype": "FP32", "shape": [2, 2], "data": [[1, 2], [3, 4]]}],
+                "outputs": [{"name": "flag", "parameters": {"binary_data": true}}]}"#,
+        )
+        .unwrap();
+        assert_eq!(ok.id.as_deref(), Some("a"));
+        assert_eq!(ok.inputs[0].name, "x");
+        assert_eq!(ok.inputs[1].data.as_ref(), [1, 2, 3]);
+        assert_eq!(
+            ok.outputs,
+            [OutputChoice {
+                index: 1,
+                binary: true
+            }]
+        );
+        let e = parse(r#"{"inputs": [{"name": "x", "datatype": "FP64", "shape": [2, 2], "data": [1, 2, 3, 4]}]}"#)
+            .unwrap_err();
+        assert_eq!(e.rule, "dtype");
+        assert_eq!(e.input.as_deref(), Some("x"));
+        assert_eq!(
+            e.message,
+            "input 'x' (0): expected float32[2,2], got float64[2,2] (datatype FP64, expected FP32)"
+        );
+        let e = parse(r#"{"inputs": [{"name": "x", "datatype": "FP32", "shape": [4], "data": [1, 2, 3, 4]}]}"#)
+            .unwrap_err();
+        assert_eq!(e.rule, "shape");
+        let e = parse(r#"{"inputs": [{"name": "x", "datatype": "FP32", "shape": [2, 2], "data": [1, 2, 3, 4]}]}"#)
+            .unwrap_err();
+        assert_eq!(e.rule, "missing_input");
+        assert_eq!(e.message, "input 'ids' (1) is missing: expected int8[3]");
+        // A shape whose byte size overflows is refused before anything is allocated.
+        let e = parse(&format!(
+            r#"{{"inputs": [{{"name": "x", "datatype": "FP32", "shape": [{}, {}], "data": [1]}}]}}"#,
+            i64::MAX,
+            i64::MAX
+        ))
+        .unwrap_err();
+        assert_eq!(e.rule, "shape");
+    }
+
+    #[test]
+    fn binary_inputs_are_slices_of_the_body() {
+        let header = r#"{"inputs": [
+            {"name": "x", "datatype": "FP32", "shape": [2, 2], "parameters": {"binary_data_size": 16}},
+            {"name": "ids", "datatype": "INT8", "shape": [3], "parameters": {"binary_data_size": 3}}]}"#;
+        let mut body = header.as_bytes().to_vec();
+        let x: Vec<u8> = [1f32, 2., 3., 4.]
+            .iter()
+            .flat_map(|v| v.to_le_bytes())
+            .collect();
+        body.extend_from_slice(&x);
+        body.extend_from_slice(&[7, 8, 9]);
+        let body = Bytes::from(body);
+        let r = parse_request(&body, Some(header.len()), &sig(), &ParseLimits::default()).unwrap();
+        assert_eq!(r.inputs[0].data.as_ref(), x.as_slice());
+        assert_eq!(r.inputs[1].data.as_ref(), [7, 8, 9]);
+        // The JSON part ends where the header says, even when the binary part looks like JSON.
+        let e = parse_request(
+            &body,
+            Some(header.len() - 1),
+            &sig(),
+            &ParseLimits::default(),
+        )
+        .unwrap_err();
+        assert_eq!(e.rule, "json");
+    }
+
+    #[test]
+    fn mangled_requests_never_panic() {
+        let good = br#"{"id": "q", "inputs": [
+            {"name": "x", "datatype": "FP32", "shape": [2, 2], "data": [[1.5, -2], [3e1, "NaN"]]},
+            {"name": "ids", "datatype": "INT8", "shape": [3], "parameters": {"binary_data_size": 3}}],
+            "parameters": {"binary_data_output": true}, "outputs": [{"name": "y"}]}"#;
+        let mut seed = 0x2545_f491_4f6c_dd1du64;
+        let mut next = || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed
+        };
+        let mut oks = 0;
+        for _ in 0..20_000 {
+            let mut b = good.to_vec();
+            b.extend_from_slice(&[1, 2, 3]);
+            for _ in 0..(next() % 4 + 1) {
+                let i = (next() % b.len() as u64) as usize;
+                match next() % 3 {
+                    0 => b[i] = (next() % 256) as u8,
+                    1 => {
+                        b.remove(i);
+                    }
+                    _ => b.insert(i, b"[]{},\":-1eE.0\\"[(next() % 14) as usize]),
+                }
+            }
+            let hl = (next() % (b.len() as u64 + 2)) as usize;
+            let body = Bytes::from(b);
+            for h in [Some(hl), Some(good.len()), None] {
+                if parse_request(&body, h, &sig(), &ParseLimits::default()).is_ok() {
+                    oks += 1;
+                }
+            }
+        }
+        // Some mutations are harmless (a changed digit): the parser did accept some.
+        assert!(oks > 0);
+    }
+
+    #[test]
+    fn responses_json_and_binary() {
+        let s = sig();
+        let y = Tensor::from_slice(&[2], &[0.1f32, f32::INFINITY]).unwrap();
+        let flag = Tensor::from_slice::<bool>(&[], &[true]).unwrap();
+        let r = encode_response(
+            "m",
+            "1",
+            Some("q\"1"),
+            &[
+                OutputRef {
+                    spec: &s.outputs[0],
+                    tensor: &y,
+                    binary: false,
+                },
+                OutputRef {
+                    spec: &s.outputs[1],
+                    tensor: &flag,
+                    binary: false,
+                },
+            ],
+        );
+        assert_eq!(r.header_len, None);
+        assert_eq!(
+            String::from_utf8(r.body).unwrap(),
+            r#"{"model_name":"m","model_version":"1","id":"q\"1","outputs":[{"name":"y","datatype":"FP32","shape":[2],"data":[0.1,Infinity]},{"name":"flag","datatype":"BOOL","shape":[],"data":[true]}]}"#
+        );
+        let r = encode_response(
+            "m",
+            "1",
+            None,
+            &[OutputRef {
+                spec: &s.outputs[0],
+                tensor: &y,
+                binary: true,
+            }],
+        );
+        let n = r.header_len.unwrap();
+        assert_eq!(
+            std::str::from_utf8(&r.body[..n]).unwrap(),
+            r#"{"model_name":"m","model_version":"1","outputs":[{"name":"y","datatype":"FP32","shape":[2],"parameters":{"binary_data_size":8}}]}"#
+        );
+        assert_eq!(&r.body[n..], y.bytes());
+        // bf16 and f16 in JSON: the shortest text that reads back as the same value.
+        let b = Tensor::from_slice(&[3], &[bf16::from_f32(0.1), bf16::MAX, bf16::NAN]).unwrap();
+        let mut out = String::new();
+        write_json_data(&mut out, &b);
+        assert_eq!(out, "0.100097656,3.3895314e38,NaN");
+        let h = Tensor::from_slice(&[2], &[f16::from_f32(0.1), f16::MIN]).unwrap();
+        let mut out = String::new();
+        write_json_data(&mut out, &h);
+        assert_eq!(out, "0.099975586,-65504.0");
+    }
 }

@@ -165,12 +165,7 @@ impl Conn {
             let (k, v) = l.split_once(':').unwrap();
             headers.push((k.trim().to_ascii_lowercase(), v.trim().to_string()));
         }
-        let get = |n: &str| {
-            headers
-                .iter()
-                .find(|(k, _)| k == n)
-                .map(|(_, v)| v.clone())
-        };
+        let get = |n: &str| headers.iter().find(|(k, _)| k == n).map(|(_, v)| v.clone());
         let mut body = Vec::new();
         if let Some(n) = get("content-length") {
             body.resize(n.parse().unwrap(), 0);
@@ -265,14 +260,54 @@ pub fn json_values(t: &Tensor) -> Vec<serde_json::Value> {
     };
     match t.dtype() {
         DType::Bool => t.bytes().iter().map(|&b| json!(b != 0)).collect(),
-        DType::I8 => t.to_array::<i8>().unwrap().iter().map(|&x| json!(x)).collect(),
-        DType::I16 => t.to_array::<i16>().unwrap().iter().map(|&x| json!(x)).collect(),
-        DType::I32 => t.to_array::<i32>().unwrap().iter().map(|&x| json!(x)).collect(),
-        DType::I64 => t.to_array::<i64>().unwrap().iter().map(|&x| json!(x)).collect(),
-        DType::U8 => t.to_array::<u8>().unwrap().iter().map(|&x| json!(x)).collect(),
-        DType::U16 => t.to_array::<u16>().unwrap().iter().map(|&x| json!(x)).collect(),
-        DType::U32 => t.to_array::<u32>().unwrap().iter().map(|&x| json!(x)).collect(),
-        DType::U64 => t.to_array::<u64>().unwrap().iter().map(|&x| json!(x)).collect(),
+        DType::I8 => t
+            .to_array::<i8>()
+            .unwrap()
+            .iter()
+            .map(|&x| json!(x))
+            .collect(),
+        DType::I16 => t
+            .to_array::<i16>()
+            .unwrap()
+            .iter()
+            .map(|&x| json!(x))
+            .collect(),
+        DType::I32 => t
+            .to_array::<i32>()
+            .unwrap()
+            .iter()
+            .map(|&x| json!(x))
+            .collect(),
+        DType::I64 => t
+            .to_array::<i64>()
+            .unwrap()
+            .iter()
+            .map(|&x| json!(x))
+            .collect(),
+        DType::U8 => t
+            .to_array::<u8>()
+            .unwrap()
+            .iter()
+            .map(|&x| json!(x))
+            .collect(),
+        DType::U16 => t
+            .to_array::<u16>()
+            .unwrap()
+            .iter()
+            .map(|&x| json!(x))
+            .collect(),
+        DType::U32 => t
+            .to_array::<u32>()
+            .unwrap()
+            .iter()
+            .map(|&x| json!(x))
+            .collect(),
+        DType::U64 => t
+            .to_array::<u64>()
+            .unwrap()
+            .iter()
+            .map(|&x| json!(x))
+            .collect(),
         DType::F16 => t
             .to_array::<f16>()
             .unwrap()
@@ -323,13 +358,13 @@ pub fn bytes_of_json(dtype: DType, data: &serde_json::Value) -> Vec<u8> {
     for v in vals {
         match dtype {
             DType::Bool => out.push(u8::from(v.as_bool().unwrap())),
-            DType::I8 => out.extend((v.as_i64().unwrap() as i8).to_le_bytes()),
-            DType::I16 => out.extend((v.as_i64().unwrap() as i16).to_le_bytes()),
-            DType::I32 => out.extend((v.as_i64().unwrap() as i32).to_le_bytes()),
+            DType::I8 => out.extend(i8::try_from(v.as_i64().unwrap()).unwrap().to_le_bytes()),
+            DType::I16 => out.extend(i16::try_from(v.as_i64().unwrap()).unwrap().to_le_bytes()),
+            DType::I32 => out.extend(i32::try_from(v.as_i64().unwrap()).unwrap().to_le_bytes()),
             DType::I64 => out.extend(v.as_i64().unwrap().to_le_bytes()),
-            DType::U8 => out.extend((v.as_u64().unwrap() as u8).to_le_bytes()),
-            DType::U16 => out.extend((v.as_u64().unwrap() as u16).to_le_bytes()),
-            DType::U32 => out.extend((v.as_u64().unwrap() as u32).to_le_bytes()),
+            DType::U8 => out.extend(u8::try_from(v.as_u64().unwrap()).unwrap().to_le_bytes()),
+            DType::U16 => out.extend(u16::try_from(v.as_u64().unwrap()).unwrap().to_le_bytes()),
+            DType::U32 => out.extend(u32::try_from(v.as_u64().unwrap()).unwrap().to_le_bytes()),
             DType::U64 => out.extend(v.as_u64().unwrap().to_le_bytes()),
             DType::F16 => out.extend(f16::from_f64(float(v)).to_le_bytes()),
             DType::BF16 => out.extend(bf16::from_f64(float(v)).to_le_bytes()),
@@ -338,7 +373,17 @@ pub fn bytes_of_json(dtype: DType, data: &serde_json::Value) -> Vec<u8> {
                 serde_json::Value::Number(n) => {
                     out.extend(n.to_string().parse::<f32>().unwrap().to_le_bytes())
                 }
-                v => out.extend((float(v) as f32).to_le_bytes()),
+                v => {
+                    let x = float(v);
+                    let x = if x.is_nan() {
+                        f32::NAN
+                    } else if x > 0.0 {
+                        f32::INFINITY
+                    } else {
+                        f32::NEG_INFINITY
+                    };
+                    out.extend(x.to_le_bytes());
+                }
             },
             DType::F64 => out.extend(float(v).to_le_bytes()),
             other => panic!("unexpected dtype {other}"),
@@ -358,8 +403,10 @@ impl InProcess {
     /// Starts a server on 127.0.0.1:0 with `models` on the shared test engine, after `tweak`
     /// adjusts the configuration, and waits until loading has finished.
     pub fn start(models: Vec<ModelSpec>, tweak: impl FnOnce(&mut ServerConfig)) -> InProcess {
-        let mut config = ServerConfig::default();
-        config.addr = "127.0.0.1:0".parse().unwrap();
+        let mut config = ServerConfig {
+            addr: "127.0.0.1:0".parse().unwrap(),
+            ..ServerConfig::default()
+        };
         config.limits.workers = 2;
         tweak(&mut config);
         let engine = crate::common::engine().clone();
@@ -442,7 +489,16 @@ impl Binary {
 
     /// As [`Binary::start`] with a log level (RUST_LOG) and where stderr goes.
     pub fn start_logging(args: &[&str], level: &str, stderr: Stdio) -> Binary {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_xlaguard"))
+        Binary::spawn(env!("CARGO_BIN_EXE_xlaguard"), args, level, stderr)
+    }
+
+    /// As [`Binary::start`] with another build of the binary.
+    pub fn start_program(program: &str, args: &[&str]) -> Binary {
+        Binary::spawn(program, args, "warn", Stdio::inherit())
+    }
+
+    fn spawn(program: &str, args: &[&str], level: &str, stderr: Stdio) -> Binary {
+        let mut child = Command::new(program)
             .current_dir(crate::common::root())
             .arg("--plugin")
             .arg(crate::common::plugin())
@@ -483,7 +539,10 @@ impl Binary {
             if let Some(s) = self.child.try_wait().unwrap() {
                 return s;
             }
-            assert!(start.elapsed() < limit, "server did not exit after SIG{signal}");
+            assert!(
+                start.elapsed() < limit,
+                "server did not exit after SIG{signal}"
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
     }
