@@ -873,6 +873,10 @@ fn metrics_count_requests_rejections_and_compiles() {
     assert!(value(r#"xlaguard_model_compile_seconds{model="digits",version="1"}"#) > 0.0);
     assert!(value("xlaguard_process_resident_memory_bytes") > 1e6);
     assert!(
+        value("xlaguard_process_peak_resident_memory_bytes")
+            >= value("xlaguard_process_resident_memory_bytes")
+    );
+    assert!(
         value(r#"xlaguard_http_requests_total{route="/v2/models/{model}/infer",code="200"}"#)
             >= 1.0
     );

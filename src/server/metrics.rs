@@ -171,11 +171,21 @@ fn escape(v: &str) -> String {
 
 /// The resident set size of this process in bytes (Linux; 0 elsewhere).
 pub fn resident_bytes() -> u64 {
+    status_kb("VmRSS:")
+}
+
+/// The peak resident set size of this process in bytes (Linux; 0 elsewhere). Compiles at start
+/// usually set it.
+pub fn peak_resident_bytes() -> u64 {
+    status_kb("VmHWM:")
+}
+
+fn status_kb(key: &str) -> u64 {
     let Ok(s) = std::fs::read_to_string("/proc/self/status") else {
         return 0;
     };
     s.lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .find_map(|l| l.strip_prefix(key))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
         .map_or(0, |kb| kb * 1024)
 }
@@ -364,6 +374,17 @@ pub fn render(server: &ServerMetrics, models: &[ModelGauges<'_>], uptime: Durati
         out,
         "xlaguard_process_resident_memory_bytes {}",
         resident_bytes()
+    );
+    help(
+        &mut out,
+        "xlaguard_process_peak_resident_memory_bytes",
+        "gauge",
+        "Peak resident set size of the server process (model compiles at start usually set it).",
+    );
+    let _ = writeln!(
+        out,
+        "xlaguard_process_peak_resident_memory_bytes {}",
+        peak_resident_bytes()
     );
     help(
         &mut out,
