@@ -1026,7 +1026,10 @@ fn concurrency_cap_gets_503_and_slow_clients_are_cut_off() {
         r.error(),
         "server busy: 1 inference requests already in progress"
     );
-    assert!(started.elapsed() < Duration::from_millis(300));
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "503 must be quick"
+    );
     // Health and metadata stay answered.
     assert_eq!(get(addr, "/v2/health/live").status, 200);
     assert_eq!(get(addr, "/v2/models/digits").status, 200);
@@ -1034,7 +1037,7 @@ fn concurrency_cap_gets_503_and_slow_clients_are_cut_off() {
     let r = slow.read_response().unwrap();
     assert_eq!(r.status, 408, "{}", r.text());
     assert_eq!(r.error(), "request body not received within 700 ms");
-    assert!(started.elapsed() < Duration::from_millis(2000));
+    assert!(started.elapsed() < Duration::from_secs(3));
     assert_digits_ok(addr);
 
     // Headers never finished: the connection is closed after the header timeout, while others

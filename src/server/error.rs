@@ -128,3 +128,91 @@ impl IntoResponse for ApiError {
         r
     }
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use crate::artifact::ArtifactError;
+    use crate::pjrt::{LoadError, PjrtError};
+    use crate::plugin::NotFound;
+    use crate::tensor::TensorError;
+    use crate::validate::InputError;
+    use crate::DType;
+
+    fn contract() -> PjrtError {
+        PjrtError::Contract {
+            function: "PJRT_LoadedExecutable_Execute",
+            detail: "x".into(),
+        }
+    }
+
+    #[test]
+    fn every_library_error_has_one_status() {
+        let cases: Vec<(Error, u16)> = vec![
+            (
+                Error::InvalidInput(InputError::Duplicate { name: "x".into() }),
+                400,
+            ),
+            (
+                Error::Tensor(TensorError::DType {
+                    expected: DType::F32,
+                    got: DType::I32,
+                }),
+                400,
+            ),
+            (
+                Error::Artifact(ArtifactError::UnknownFormat {
+                    found: "junk".into(),
+                }),
+                422,
+            ),
+            (Error::CompileRejected(contract()), 422),
+            (
+                Error::PluginNotFound(NotFound {
+                    want: None,
+                    looked: vec![],
+                }),
+                503,
+            ),
+            (
+                Error::PluginLoad(LoadError::NotFound {
+                    path: "/x.so".into(),
+                }),
+                503,
+            ),
+            (Error::Plugin(contract()), 500),
+            (
+                Error::Io {
+                    path: "f".into(),
+                    source: std::io::Error::other("e"),
+                },
+                500,
+            ),
+            (Error::Internal("bug".into()), 500),
+        ];
+        for (e, want) in cases {
+            let msg = e.to_string();
+            let api = ApiError::from(e);
+            assert_eq!(api.status.as_u16(), want, "{msg}");
+            assert_eq!(api.message, msg);
+            // Only input errors count as validation rejections.
+            assert_eq!(api.rejection.is_some(), want == 400, "{msg}");
+            let r = api.into_response();
+            assert_eq!(r.status().as_u16(), want);
+            assert_eq!(
+                r.headers().get(header::CONTENT_TYPE).unwrap(),
+                "application/json"
+            );
+        }
+    }
+
+    #[test]
+    fn error_bodies_are_json() {
+        let b = error_body("a \"quoted\" message\nwith a newline");
+        let v: serde_json::Value = serde_json::from_str(&b).unwrap();
+        assert_eq!(v["error"], "a \"quoted\" message\nwith a newline");
+        let r = ApiError::overloaded(StatusCode::TOO_MANY_REQUESTS, "busy").into_response();
+        assert_eq!(r.headers().get(header::RETRY_AFTER).unwrap(), "1");
+    }
+}
