@@ -5,6 +5,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_BUILD_JOBS=${CARGO_BUILD_JOBS:-2}
 scripts/fetch-plugin.sh
+scripts/setup-test-venv.sh
 cargo fmt --check
 # Lints cover the CUDA code too (cudarc builds without a CUDA toolkit; nothing of it runs here).
 cargo clippy --locked --all-targets --features cuda -- -D warnings

@@ -21,6 +21,8 @@ mod engine;
 mod error;
 pub mod pjrt;
 pub mod plugin;
+#[cfg(feature = "server")]
+pub mod server;
 pub mod signature;
 pub mod tensor;
 pub mod validate;

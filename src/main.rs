@@ -1,4 +1,4 @@
-//! The `xlaguard` command line: `inspect`, `run`, `compile`, `bench`, `plugin`, `policy`.
+//! The `xlaguard` command line: `serve`, `inspect`, `run`, `compile`, `bench`, `plugin`, `policy`.
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -48,6 +48,10 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Cmd {
+    /// Serve models over HTTP (KServe v2 / Open Inference Protocol); without --models, the
+    /// embedded digits classifier as `digits`.
+    #[cfg(feature = "server")]
+    Serve(xlaguard::server::ServeArgs),
     /// Print a model's signature, platforms, calling convention and plugin.
     Inspect {
         /// Model file, or `default` for the embedded digits classifier.
@@ -197,6 +201,8 @@ fn specs_json(v: &[TensorSpec]) -> serde_json::Value {
 fn real_main(cli: Cli) -> Result<()> {
     let cfg = config(&cli)?;
     match &cli.cmd {
+        #[cfg(feature = "server")]
+        Cmd::Serve(args) => Ok(xlaguard::server::serve_command(cfg, args, DEFAULT_MODEL)?),
         Cmd::Inspect {
             model,
             json,

@@ -1,0 +1,175 @@
+//! The `xlaguard serve` command: arguments, logging, runtime, signals.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::engine::EngineConfig;
+
+use super::repo::{self, ModelLimits, ModelSpec};
+use super::{Server, ServerConfig, ServerError};
+
+/// Log line format.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// Arguments of `xlaguard serve`.
+#[derive(Clone, Debug, clap::Args)]
+pub struct ServeArgs {
+    /// Model repository: one folder per model (artifact, optional config.toml and policy.toml).
+    /// Without it, the embedded digits classifier is served as `digits`.
+    #[arg(long, value_name = "DIR")]
+    pub models: Option<PathBuf>,
+    /// Address to listen on (port 0: any free port; the actual one is printed).
+    #[arg(long, default_value = "127.0.0.1:8000")]
+    pub addr: SocketAddr,
+    /// Largest request body accepted, in bytes (64 MiB).
+    #[arg(long, default_value_t = 64 << 20)]
+    pub max_body_bytes: usize,
+    /// Deepest JSON nesting accepted in a request.
+    #[arg(long, default_value_t = 64)]
+    pub max_json_depth: usize,
+    /// Inference requests in progress at once, all models together; more get 503.
+    #[arg(long, default_value_t = 256)]
+    pub max_concurrent_requests: usize,
+    /// Open connections at once; more are closed at accept.
+    #[arg(long, default_value_t = 1024)]
+    pub max_connections: usize,
+    /// Executions at once per model (default: the CPUs available).
+    #[arg(long)]
+    pub workers: Option<usize>,
+    /// Requests queued per model beyond the executing ones; more get 429.
+    #[arg(long, default_value_t = 64)]
+    pub max_queue: usize,
+    /// Request deadline in milliseconds, from arrival; past it, 503.
+    #[arg(long, default_value_t = 30_000)]
+    pub timeout_ms: u64,
+    /// Time to receive a request's headers, in milliseconds; slower clients are disconnected.
+    #[arg(long, default_value_t = 10_000)]
+    pub header_timeout_ms: u64,
+    /// Time to receive a request's body, in milliseconds; slower clients get 408.
+    #[arg(long, default_value_t = 30_000)]
+    pub body_timeout_ms: u64,
+    /// On SIGTERM/SIGINT, how long in-flight requests may take to finish, in milliseconds.
+    #[arg(long, default_value_t = 30_000)]
+    pub drain_timeout_ms: u64,
+    /// Readiness needs every model loaded (true) or only loading finished (false).
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    pub strict_readiness: bool,
+    /// Log format (the level comes from RUST_LOG, default info).
+    #[arg(long, value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+}
+
+impl ServeArgs {
+    /// The server configuration these arguments describe.
+    pub fn config(&self, engine: EngineConfig) -> ServerConfig {
+        let defaults = ModelLimits::default();
+        ServerConfig {
+            addr: self.addr,
+            max_body_bytes: self.max_body_bytes,
+            max_json_depth: self.max_json_depth,
+            max_concurrent_requests: self.max_concurrent_requests,
+            max_connections: self.max_connections,
+            header_read_timeout: Duration::from_millis(self.header_timeout_ms),
+            body_read_timeout: Duration::from_millis(self.body_timeout_ms),
+            drain_timeout: Duration::from_millis(self.drain_timeout_ms),
+            limits: ModelLimits {
+                workers: self.workers.unwrap_or(defaults.workers).max(1),
+                max_queue: self.max_queue,
+                timeout: Duration::from_millis(self.timeout_ms),
+            },
+            strict_readiness: self.strict_readiness,
+            engine,
+        }
+    }
+}
+
+fn init_logging(format: LogFormat) {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_writer(std::io::stderr);
+    // A subscriber already set (an embedding program's) is kept.
+    let _ = match format {
+        LogFormat::Text => builder.try_init(),
+        LogFormat::Json => builder.json().flatten_event(true).try_init(),
+    };
+}
+
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = term.recv() => tracing::info!("SIGTERM received"),
+                    _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT received"),
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot listen for SIGTERM; only SIGINT stops the server");
+                let _ = tokio::signal::ctrl_c().await;
+                tracing::info!("SIGINT received");
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+/// Runs `xlaguard serve`: sets up logging, reads the repository (or serves `default_model` as
+/// `digits`), binds, prints `serving on http://ADDR` on stdout, and serves until SIGTERM or
+/// SIGINT, then drains in-flight requests and returns.
+///
+/// # Errors
+/// [`ServerError`] when the repository cannot be read or the address bound.
+pub fn serve_command(
+    engine: EngineConfig,
+    args: &ServeArgs,
+    default_model: &'static [u8],
+) -> Result<(), ServerError> {
+    init_logging(args.log_format);
+    let config = args.config(engine);
+    let models = match &args.models {
+        Some(dir) => {
+            let m = repo::scan_repository(dir)?;
+            if m.is_empty() {
+                tracing::warn!(dir = %dir.display(), "the model repository has no model folders");
+            }
+            m
+        }
+        None => vec![ModelSpec::from_bytes(
+            "digits",
+            Arc::<[u8]>::from(default_model),
+        )],
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("xlaguard-http")
+        .build()
+        .map_err(ServerError::Runtime)?;
+    let result = runtime.block_on(async move {
+        let server = Server::bind(config, models, None).await?;
+        let addr = server.local_addr();
+        tracing::info!(%addr, "serving");
+        // The one line on stdout, for scripts and tests that asked for port 0.
+        println!("serving on http://{addr}");
+        server.run(shutdown_signal()).await
+    });
+    // Work abandoned at its deadline may still be running on the blocking pool: do not wait
+    // for it long.
+    runtime.shutdown_timeout(Duration::from_secs(2));
+    result
+}

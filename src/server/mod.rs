@@ -1,0 +1,994 @@
+//! `xlaguard serve`: a KServe v2 / Open Inference Protocol server over HTTP/1.1.
+//!
+//! Endpoints (as Triton and KServe implement them):
+//!
+//! | method and path | answer |
+//! |---|---|
+//! | `GET /v2` | server metadata: name, version, extensions |
+//! | `GET /v2/health/live` | 200 while the process serves HTTP |
+//! | `GET /v2/health/ready` | 200 once every model is loaded (400 before, or when one failed; `--strict-readiness false`: once loading finished) |
+//! | `GET /v2/models/{m}[/versions/{v}]` | model metadata: name, versions, platform, inputs and outputs (name, datatype, shape) |
+//! | `GET /v2/models/{m}[/versions/{v}]/ready` | 200 when the model is loaded, 400 when not |
+//! | `POST /v2/models/{m}[/versions/{v}]/infer` | inference, JSON or with the binary tensor data extension |
+//! | `POST /v2/repository/index` | every model with its state (`READY`, `LOADING`, `UNAVAILABLE`) and the reason |
+//! | `GET /metrics` | Prometheus text format |
+//!
+//! Errors are `{"error": "..."}`: 400 invalid input (the validation message verbatim), 404
+//! unknown model, version or route, 405 wrong method, 408 request body too slow, 413 body over
+//! the cap, 415 unsupported `Content-Encoding`, 429 model queue full (with `Retry-After`), 500
+//! internal, 503 overloaded, deadline passed or model not ready (with `Retry-After`).
+//!
+//! Request flow of an inference: the model must be ready; a global cap on concurrent inference
+//! requests (503 beyond it); the body is read with a size cap (413) and a time limit (408); a
+//! free worker is taken at once or a place in the model's bounded queue (429 when full); the
+//! request waits for a worker until its deadline (503); then decoding, validation, execution
+//! and encoding run on tokio's blocking pool, never on the async workers, and the answer must
+//! come before the deadline (503). JSON nesting depth is checked by a flat scan before any
+//! parser sees the body.
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), xlaguard::server::ServerError> {
+//! use xlaguard::server::{repo::ModelSpec, Server, ServerConfig};
+//! let mut config = ServerConfig::default();
+//! config.addr = "127.0.0.1:0".parse().unwrap();
+//! let models = vec![ModelSpec::from_file("digits", "hlo/digits/model.jaxexport")];
+//! let server = Server::bind(config, models, None).await?;
+//! println!("serving on http://{}", server.local_addr());
+//! server.run(async { let _ = tokio::signal::ctrl_c().await; }).await
+//! # }
+//! ```
+
+#![forbid(unsafe_code)]
+#![deny(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::panic
+)]
+
+mod cli;
+pub mod error;
+pub mod metrics;
+pub mod repo;
+pub mod wire;
+
+use std::collections::{BTreeMap, HashMap};
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
+
+use axum::body::Body;
+use axum::extract::rejection::PathRejection;
+use axum::extract::{MatchedPath, Path, Request, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::Router;
+use bytes::Bytes;
+use http_body_util::BodyExt;
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+
+use crate::artifact::{self, ArtifactKind};
+use crate::engine::{Engine, EngineConfig, Model};
+use crate::plugin::DeviceKind;
+
+pub use cli::{serve_command, LogFormat, ServeArgs};
+use error::ApiError;
+use metrics::{ModelGauges, ModelMetrics, ServerMetrics};
+use repo::{ArtifactSource, ModelLimits, ModelSpec};
+use wire::{OutputRef, ParseLimits};
+
+/// The header that gives the JSON part's length when binary tensor data follows it.
+pub const HEADER_CONTENT_LENGTH: &str = "inference-header-content-length";
+
+/// Server settings. [`ServerConfig::default`] gives the documented defaults.
+#[derive(Clone, Debug)]
+pub struct ServerConfig {
+    /// Address to listen on (default `127.0.0.1:8000`, Triton's HTTP port).
+    pub addr: SocketAddr,
+    /// Largest request body accepted, in bytes (default 64 MiB); more gets 413.
+    pub max_body_bytes: usize,
+    /// Deepest JSON nesting accepted (default 64).
+    pub max_json_depth: usize,
+    /// Inference requests in progress at once, all models together (default 256); more get 503.
+    pub max_concurrent_requests: usize,
+    /// Open connections at once (default 1024); more are closed at accept.
+    pub max_connections: usize,
+    /// Time to receive a request's headers (default 10 s); a slower client is disconnected.
+    pub header_read_timeout: Duration,
+    /// Time to receive a request's body (default 30 s); a slower client gets 408.
+    pub body_read_timeout: Duration,
+    /// On shutdown, how long in-flight requests may take to finish (default 30 s).
+    pub drain_timeout: Duration,
+    /// Per-model limits unless `config.toml` overrides them.
+    pub limits: ModelLimits,
+    /// `/v2/health/ready` needs every model ready (true, Triton's default) or only loading to
+    /// have finished (false).
+    pub strict_readiness: bool,
+    /// The engine to build when none is given to [`Server::bind`].
+    pub engine: EngineConfig,
+}
+
+impl Default for ServerConfig {
+    fn default() -> ServerConfig {
+        ServerConfig {
+            addr: SocketAddr::from(([127, 0, 0, 1], 8000)),
+            max_body_bytes: 64 << 20,
+            max_json_depth: 64,
+            max_concurrent_requests: 256,
+            max_connections: 1024,
+            header_read_timeout: Duration::from_secs(10),
+            body_read_timeout: Duration::from_secs(30),
+            drain_timeout: Duration::from_secs(30),
+            limits: ModelLimits::default(),
+            strict_readiness: true,
+            engine: EngineConfig::default(),
+        }
+    }
+}
+
+/// Why the server could not start or stopped.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ServerError {
+    /// The address could not be bound.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// Two models have the same name.
+    #[error("two models are named '{0}'")]
+    DuplicateModel(String),
+    /// A model name clients could not address.
+    #[error("model name '{0}' must be letters, digits, '_', '-', '.' (up to 128, not starting with '.')")]
+    InvalidModelName(String),
+    /// The model repository could not be read.
+    #[error(transparent)]
+    Repository(#[from] repo::RepositoryError),
+    /// The async runtime could not start.
+    #[error("cannot start the async runtime: {0}")]
+    Runtime(std::io::Error),
+}
+
+/// A model's state, set once by the loader.
+type LoadResult = Result<Arc<Loaded>, String>;
+
+/// A loaded model and what its metadata needs.
+#[derive(Debug)]
+struct Loaded {
+    model: Model,
+    platform: &'static str,
+}
+
+/// One model's slot: fixed at start, filled by the loader.
+#[derive(Debug)]
+struct Slot {
+    name: String,
+    version: String,
+    limits: ModelLimits,
+    state: OnceLock<LoadResult>,
+    /// Free workers.
+    exec: Arc<Semaphore>,
+    /// Free places in the queue of requests waiting for a worker.
+    queue: Arc<Semaphore>,
+    metrics: ModelMetrics,
+}
+
+impl Slot {
+    fn ready(&self) -> Result<Arc<Loaded>, ApiError> {
+        match self.state.get() {
+            Some(Ok(l)) => Ok(l.clone()),
+            Some(Err(reason)) => Err(ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("model '{}' is unavailable: {reason}", self.name),
+            )),
+            None => Err(ApiError::overloaded(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("model '{}' is still loading", self.name),
+            )),
+        }
+    }
+
+    fn gauges(&self) -> ModelGauges<'_> {
+        let running = self.limits.workers - self.exec.available_permits().min(self.limits.workers);
+        let queued =
+            self.limits.max_queue - self.queue.available_permits().min(self.limits.max_queue);
+        ModelGauges {
+            name: &self.name,
+            version: &self.version,
+            ready: matches!(self.state.get(), Some(Ok(_))),
+            queued,
+            running,
+            metrics: &self.metrics,
+        }
+    }
+}
+
+/// Shared state of the handlers.
+#[derive(Debug)]
+struct App {
+    config: ServerConfig,
+    models: BTreeMap<String, Arc<Slot>>,
+    loading_done: AtomicBool,
+    global: Arc<Semaphore>,
+    metrics: ServerMetrics,
+    started: Instant,
+}
+
+impl App {
+    fn slot(&self, name: &str, version: Option<&str>) -> Result<&Arc<Slot>, ApiError> {
+        let slot = self
+            .models
+            .get(name)
+            .ok_or_else(|| ApiError::unknown_model(name, None))?;
+        match version {
+            Some(v) if v != slot.version => Err(ApiError::unknown_model(name, Some(v))),
+            _ => Ok(slot),
+        }
+    }
+
+    fn gauges(&self) -> Vec<ModelGauges<'_>> {
+        self.models.values().map(|s| s.gauges()).collect()
+    }
+}
+
+/// A bound server: models are loading in the background; [`Server::run`] serves.
+#[derive(Debug)]
+pub struct Server {
+    listener: TcpListener,
+    app: Arc<App>,
+}
+
+impl Server {
+    /// Binds the address, checks the model list and starts loading the models in the
+    /// background (one after another, on a thread of its own). Readiness turns true per model
+    /// as each loads; a model that fails is reported and the others are served.
+    ///
+    /// `engine` is used for models without a `device`; when `None`, one is built from
+    /// `config.engine` by the loader (a failure there makes every such model unavailable).
+    ///
+    /// # Errors
+    /// [`ServerError::Bind`], [`ServerError::DuplicateModel`], [`ServerError::InvalidModelName`].
+    pub async fn bind(
+        config: ServerConfig,
+        models: Vec<ModelSpec>,
+        engine: Option<Engine>,
+    ) -> Result<Server, ServerError> {
+        let mut slots = BTreeMap::new();
+        for spec in &models {
+            if !repo::valid_model_name(&spec.name) {
+                return Err(ServerError::InvalidModelName(spec.name.clone()));
+            }
+            let limits = config.limits.with(spec.limits);
+            let slot = Slot {
+                name: spec.name.clone(),
+                version: spec.version.clone(),
+                limits,
+                state: OnceLock::new(),
+                exec: Arc::new(Semaphore::new(limits.workers)),
+                queue: Arc::new(Semaphore::new(limits.max_queue)),
+                metrics: ModelMetrics::default(),
+            };
+            if slots.insert(spec.name.clone(), Arc::new(slot)).is_some() {
+                return Err(ServerError::DuplicateModel(spec.name.clone()));
+            }
+        }
+        let listener =
+            TcpListener::bind(config.addr)
+                .await
+                .map_err(|source| ServerError::Bind {
+                    addr: config.addr,
+                    source,
+                })?;
+        let app = Arc::new(App {
+            global: Arc::new(Semaphore::new(config.max_concurrent_requests.max(1))),
+            config,
+            models: slots,
+            loading_done: AtomicBool::new(false),
+            metrics: ServerMetrics::default(),
+            started: Instant::now(),
+        });
+        let loader_app = app.clone();
+        std::thread::Builder::new()
+            .name("xlaguard-loader".into())
+            .spawn(move || load_all(&loader_app, models, engine))
+            .map_err(ServerError::Runtime)?;
+        Ok(Server { listener, app })
+    }
+
+    /// The address actually bound (with the real port when 0 was asked for).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.listener.local_addr().unwrap_or(self.app.config.addr)
+    }
+
+    /// The HTTP routes, to embed in another axum application.
+    pub fn router(&self) -> Router {
+        router(self.app.clone())
+    }
+
+    /// Serves until `shutdown` completes, then stops accepting, lets in-flight requests finish
+    /// (up to [`ServerConfig::drain_timeout`]) and returns.
+    ///
+    /// # Errors
+    /// None today; the `Result` is for future listener errors.
+    pub async fn run(self, shutdown: impl Future<Output = ()> + Send) -> Result<(), ServerError> {
+        let app = self.app.clone();
+        let router = router(app.clone());
+        let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+        let mut http = hyper::server::conn::http1::Builder::new();
+        http.timer(hyper_util::rt::TokioTimer::new())
+            .header_read_timeout(app.config.header_read_timeout)
+            .keep_alive(true);
+        let connections = Arc::new(Semaphore::new(app.config.max_connections.max(1)));
+        tokio::pin!(shutdown);
+        loop {
+            let accepted = tokio::select! {
+                r = self.listener.accept() => r,
+                () = &mut shutdown => break,
+            };
+            let (stream, peer) = match accepted {
+                Ok(x) => x,
+                Err(e) => {
+                    // Out of file descriptors and the like: back off instead of spinning.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                    continue;
+                }
+            };
+            let Ok(permit) = connections.clone().try_acquire_owned() else {
+                tracing::warn!(%peer, limit = app.config.max_connections, "connection limit reached; closing");
+                app.metrics.rejected("connections");
+                continue;
+            };
+            let _ = stream.set_nodelay(true);
+            let io = hyper_util::rt::TokioIo::new(stream);
+            let svc = hyper_util::service::TowerToHyperService::new(router.clone());
+            let conn = graceful.watch(http.serve_connection(io, svc));
+            tokio::spawn(async move {
+                if let Err(e) = conn.await {
+                    tracing::debug!(%peer, error = %e, "connection ended with an error");
+                }
+                drop(permit);
+            });
+        }
+        drop(self.listener);
+        tracing::info!("shutting down: no new connections; draining in-flight requests");
+        tokio::select! {
+            () = graceful.shutdown() => tracing::info!("drained; bye"),
+            () = tokio::time::sleep(app.config.drain_timeout) => tracing::warn!(
+                timeout_ms = app.config.drain_timeout.as_millis(),
+                "drain timeout passed; closing remaining connections"
+            ),
+        }
+        Ok(())
+    }
+}
+
+fn platform_of(kind: ArtifactKind) -> &'static str {
+    match kind {
+        ArtifactKind::JaxExport => "jax_export",
+        ArtifactKind::StableHloText | ArtifactKind::StableHloBytecode => "stablehlo",
+        ArtifactKind::HloProto => "hlo",
+    }
+}
+
+/// Value policies are not part of this build: a model folder with a `policy.toml` is refused
+/// (reported unavailable) rather than served without the checks its owner asked for.
+fn apply_policy(model: &mut Model, policy: &std::path::Path) -> Result<(), String> {
+    let p = crate::validate::policy::Policy::load(policy).map_err(|e| e.to_string())?;
+    model.set_policy(p).map_err(|e| e.to_string())
+}
+
+/// Builds (once per device kind) the engine a model asks for.
+struct Engines {
+    config: EngineConfig,
+    default: Option<Result<Engine, String>>,
+    by_kind: HashMap<DeviceKind, Result<Engine, String>>,
+}
+
+impl Engines {
+    fn get(&mut self, device: Option<DeviceKind>) -> Result<Engine, String> {
+        let config = &self.config;
+        let default = self
+            .default
+            .get_or_insert_with(|| Engine::new(config).map_err(|e| e.to_string()))
+            .clone();
+        let Some(kind) = device else {
+            return default;
+        };
+        if let Ok(e) = &default {
+            if e.plugin().kind == kind {
+                return Ok(e.clone());
+            }
+        }
+        self.by_kind
+            .entry(kind)
+            .or_insert_with(|| {
+                let mut c = EngineConfig::default();
+                c.device(kind);
+                Engine::new(&c).map_err(|e| format!("device {}: {e}", kind.name()))
+            })
+            .clone()
+    }
+}
+
+fn load_one(spec: &ModelSpec, engines: &mut Engines) -> Result<(Loaded, Duration), String> {
+    if let Some(p) = &spec.problem {
+        return Err(p.clone());
+    }
+    let engine = engines.get(spec.device)?;
+    let a = match &spec.source {
+        ArtifactSource::File(p) => artifact::load_file(p),
+        ArtifactSource::Bytes(b) => artifact::load(b),
+    }
+    .map_err(|e| e.to_string())?;
+    let platform = platform_of(a.kind);
+    let started = Instant::now();
+    let mut model = engine.load_artifact(a).map_err(|e| e.to_string())?;
+    let took = started.elapsed();
+    if let Some(p) = &spec.policy {
+        apply_policy(&mut model, p)?;
+    }
+    Ok((Loaded { model, platform }, took))
+}
+
+fn load_all(app: &App, specs: Vec<ModelSpec>, engine: Option<Engine>) {
+    let mut engines = Engines {
+        config: app.config.engine.clone(),
+        default: engine.map(Ok),
+        by_kind: HashMap::new(),
+    };
+    for spec in specs {
+        let Some(slot) = app.models.get(&spec.name) else {
+            continue;
+        };
+        tracing::info!(model = %spec.name, version = %spec.version, "loading model");
+        let started = Instant::now();
+        let result = load_one(&spec, &mut engines);
+        let state = match result {
+            Ok((loaded, compile)) => {
+                app.metrics.compile(true, compile);
+                slot.metrics.compiled(compile);
+                let sig = loaded.model.signature();
+                tracing::info!(
+                    model = %spec.name,
+                    version = %spec.version,
+                    compile_ms = compile.as_secs_f64() * 1e3,
+                    inputs = %sig.inputs.iter().map(|s| format!("{}: {}", s.name, s.type_string())).collect::<Vec<_>>().join(", "),
+                    "model ready"
+                );
+                Ok(Arc::new(loaded))
+            }
+            Err(reason) => {
+                if spec.problem.is_none() {
+                    app.metrics.compile(false, started.elapsed());
+                }
+                tracing::error!(model = %spec.name, version = %spec.version, %reason, "model unavailable");
+                Err(reason)
+            }
+        };
+        let _ = slot.state.set(state);
+    }
+    app.loading_done.store(true, Ordering::Release);
+    tracing::info!("model loading finished");
+}
+
+fn router(app: Arc<App>) -> Router {
+    Router::new()
+        .route("/v2", get(server_metadata))
+        .route("/v2/health/live", get(live))
+        .route("/v2/health/ready", get(server_ready))
+        .route("/v2/models/{model}", get(model_metadata))
+        .route("/v2/models/{model}/ready", get(model_ready))
+        .route("/v2/models/{model}/infer", post(infer))
+        .route(
+            "/v2/models/{model}/versions/{version}",
+            get(model_metadata_v),
+        )
+        .route(
+            "/v2/models/{model}/versions/{version}/ready",
+            get(model_ready_v),
+        )
+        .route("/v2/models/{model}/versions/{version}/infer", post(infer_v))
+        .route("/v2/repository/index", post(repository_index))
+        .route("/metrics", get(metrics_text))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(axum::middleware::from_fn_with_state(app.clone(), observe))
+        .with_state(app)
+}
+
+/// Counts every response by route template and status, and logs it.
+async fn observe(State(app): State<Arc<App>>, req: Request, next: Next) -> Response {
+    let started = Instant::now();
+    let route = req.extensions().get::<MatchedPath>().cloned();
+    let method = req.method().clone();
+    let uri = req.uri().clone();
+    let resp = next.run(req).await;
+    let code = resp.status().as_u16();
+    app.metrics
+        .http(route.as_ref().map_or("(none)", MatchedPath::as_str), code);
+    let ms = started.elapsed().as_secs_f64() * 1e3;
+    let path = uri.path();
+    if code >= 500 {
+        tracing::warn!(%method, path, code, ms, "request");
+    } else if code >= 400 {
+        tracing::info!(%method, path, code, ms, "request");
+    } else {
+        tracing::debug!(%method, path, code, ms, "request");
+    }
+    resp
+}
+
+fn json_response(status: StatusCode, value: &serde_json::Value) -> Response {
+    (
+        status,
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        )],
+        value.to_string(),
+    )
+        .into_response()
+}
+
+async fn server_metadata() -> Response {
+    json_response(
+        StatusCode::OK,
+        &serde_json::json!({
+            "name": "xlaguard",
+            "version": env!("CARGO_PKG_VERSION"),
+            "extensions": ["binary_tensor_data"],
+        }),
+    )
+}
+
+async fn live() -> StatusCode {
+    StatusCode::OK
+}
+
+async fn server_ready(State(app): State<Arc<App>>) -> Response {
+    if !app.loading_done.load(Ordering::Acquire) {
+        return ApiError::new(StatusCode::BAD_REQUEST, "models are still loading").into_response();
+    }
+    if app.config.strict_readiness {
+        let failed: Vec<&str> = app
+            .models
+            .values()
+            .filter(|s| !matches!(s.state.get(), Some(Ok(_))))
+            .map(|s| s.name.as_str())
+            .collect();
+        if !failed.is_empty() {
+            return ApiError::new(
+                StatusCode::BAD_REQUEST,
+                format!("models not ready: {}", failed.join(", ")),
+            )
+            .into_response();
+        }
+    }
+    StatusCode::OK.into_response()
+}
+
+fn path_error(r: &PathRejection) -> Response {
+    ApiError::new(
+        StatusCode::BAD_REQUEST,
+        format!("bad path: {}", r.body_text()),
+    )
+    .into_response()
+}
+
+fn metadata(app: &App, name: &str, version: Option<&str>) -> Result<Response, ApiError> {
+    let slot = app.slot(name, version)?;
+    let loaded = slot.ready()?;
+    let specs = |v: &[crate::TensorSpec]| -> Vec<serde_json::Value> {
+        v.iter()
+            .map(|s| {
+                serde_json::json!({
+                    "name": s.name,
+                    "datatype": wire::datatype_name(s.dtype),
+                    "shape": wire::metadata_shape(s),
+                })
+            })
+            .collect()
+    };
+    let sig = loaded.model.signature();
+    Ok(json_response(
+        StatusCode::OK,
+        &serde_json::json!({
+            "name": slot.name,
+            "versions": [slot.version],
+            "platform": loaded.platform,
+            "inputs": specs(&sig.inputs),
+            "outputs": specs(&sig.outputs),
+        }),
+    ))
+}
+
+async fn model_metadata(
+    State(app): State<Arc<App>>,
+    p: Result<Path<String>, PathRejection>,
+) -> Response {
+    match p {
+        Ok(Path(name)) => metadata(&app, &name, None).unwrap_or_else(IntoResponse::into_response),
+        Err(r) => path_error(&r),
+    }
+}
+
+async fn model_metadata_v(
+    State(app): State<Arc<App>>,
+    p: Result<Path<(String, String)>, PathRejection>,
+) -> Response {
+    match p {
+        Ok(Path((name, v))) => {
+            metadata(&app, &name, Some(&v)).unwrap_or_else(IntoResponse::into_response)
+        }
+        Err(r) => path_error(&r),
+    }
+}
+
+fn readiness(app: &App, name: &str, version: Option<&str>) -> Response {
+    match app.slot(name, version) {
+        Err(e) => e.into_response(),
+        Ok(slot) => match slot.ready() {
+            Ok(_) => StatusCode::OK.into_response(),
+            Err(e) => ApiError::new(StatusCode::BAD_REQUEST, e.message).into_response(),
+        },
+    }
+}
+
+async fn model_ready(
+    State(app): State<Arc<App>>,
+    p: Result<Path<String>, PathRejection>,
+) -> Response {
+    match p {
+        Ok(Path(name)) => readiness(&app, &name, None),
+        Err(r) => path_error(&r),
+    }
+}
+
+async fn model_ready_v(
+    State(app): State<Arc<App>>,
+    p: Result<Path<(String, String)>, PathRejection>,
+) -> Response {
+    match p {
+        Ok(Path((name, v))) => readiness(&app, &name, Some(&v)),
+        Err(r) => path_error(&r),
+    }
+}
+
+async fn repository_index(State(app): State<Arc<App>>) -> Response {
+    let list: Vec<serde_json::Value> = app
+        .models
+        .values()
+        .map(|s| match s.state.get() {
+            Some(Ok(_)) => serde_json::json!({"name": s.name, "version": s.version, "state": "READY"}),
+            Some(Err(reason)) => serde_json::json!({"name": s.name, "version": s.version, "state": "UNAVAILABLE", "reason": reason}),
+            None => serde_json::json!({"name": s.name, "version": s.version, "state": "LOADING"}),
+        })
+        .collect();
+    json_response(StatusCode::OK, &serde_json::Value::Array(list))
+}
+
+async fn metrics_text(State(app): State<Arc<App>>) -> Response {
+    let text = metrics::render(&app.metrics, &app.gauges(), app.started.elapsed());
+    (
+        StatusCode::OK,
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+        )],
+        text,
+    )
+        .into_response()
+}
+
+async fn not_found(req: Request) -> Response {
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        format!("no route for {} {}", req.method(), req.uri().path()),
+    )
+    .into_response()
+}
+
+async fn method_not_allowed(req: Request) -> Response {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        format!("{} is not allowed on {}", req.method(), req.uri().path()),
+    )
+    .into_response()
+}
+
+async fn infer(
+    State(app): State<Arc<App>>,
+    p: Result<Path<String>, PathRejection>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    match p {
+        Ok(Path(name)) => infer_outer(app, &name, None, &headers, body).await,
+        Err(r) => path_error(&r),
+    }
+}
+
+async fn infer_v(
+    State(app): State<Arc<App>>,
+    p: Result<Path<(String, String)>, PathRejection>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    match p {
+        Ok(Path((name, v))) => infer_outer(app, &name, Some(&v), &headers, body).await,
+        Err(r) => path_error(&r),
+    }
+}
+
+async fn infer_outer(
+    app: Arc<App>,
+    name: &str,
+    version: Option<&str>,
+    headers: &HeaderMap,
+    body: Body,
+) -> Response {
+    let arrived = Instant::now();
+    let slot = match app.slot(name, version) {
+        Ok(s) => s.clone(),
+        Err(e) => return e.into_response(),
+    };
+    let result = infer_inner(&app, &slot, arrived, headers, body).await;
+    match result {
+        Ok((resp, run_time)) => {
+            slot.metrics.count(200);
+            slot.metrics.latency.observe(arrived.elapsed());
+            slot.metrics.run_time.observe(run_time);
+            resp
+        }
+        Err(e) => {
+            slot.metrics.count(e.status.as_u16());
+            if let Some((rule, input)) = &e.rejection {
+                slot.metrics.reject(input, rule);
+                tracing::info!(model = %slot.name, input = %input, rule, error = %e.message, "input rejected");
+            }
+            let mut r = e.into_response();
+            if r.status() == StatusCode::PAYLOAD_TOO_LARGE
+                || r.status() == StatusCode::REQUEST_TIMEOUT
+            {
+                // The rest of the body was not read: the connection cannot be reused.
+                r.headers_mut()
+                    .insert(header::CONNECTION, HeaderValue::from_static("close"));
+            }
+            r
+        }
+    }
+}
+
+fn header_len(headers: &HeaderMap) -> Result<Option<usize>, ApiError> {
+    let Some(v) = headers.get(HEADER_CONTENT_LENGTH) else {
+        return Ok(None);
+    };
+    v.to_str()
+        .ok()
+        .and_then(|s| s.trim().parse::<usize>().ok())
+        .map(Some)
+        .ok_or_else(|| {
+            ApiError::from(wire::BadRequest {
+                rule: "binary_header",
+                input: None,
+                message: format!(
+                    "Inference-Header-Content-Length must be a byte count, got {:?}",
+                    String::from_utf8_lossy(v.as_bytes())
+                ),
+            })
+        })
+}
+
+async fn read_body(app: &App, headers: &HeaderMap, body: Body) -> Result<Bytes, ApiError> {
+    let max = app.config.max_body_bytes;
+    let too_large = |got: String| {
+        app.metrics.rejected("body_too_large");
+        ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("request body of {got} bytes is over the limit of {max} bytes"),
+        )
+    };
+    if let Some(len) = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|s| s.parse::<u64>().ok())
+    {
+        if usize::try_from(len).map_or(true, |l| l > max) {
+            return Err(too_large(len.to_string()));
+        }
+    }
+    let limited = http_body_util::Limited::new(body, max);
+    match tokio::time::timeout(app.config.body_read_timeout, limited.collect()).await {
+        Err(_) => {
+            app.metrics.rejected("body_timeout");
+            Err(ApiError::new(
+                StatusCode::REQUEST_TIMEOUT,
+                format!(
+                    "request body not received within {} ms",
+                    app.config.body_read_timeout.as_millis()
+                ),
+            ))
+        }
+        Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => {
+            Err(too_large(format!("more than {max}")))
+        }
+        Ok(Err(e)) => Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            format!("error reading the request body: {e}"),
+        )),
+        Ok(Ok(c)) => Ok(c.to_bytes()),
+    }
+}
+
+async fn infer_inner(
+    app: &App,
+    slot: &Arc<Slot>,
+    arrived: Instant,
+    headers: &HeaderMap,
+    body: Body,
+) -> Result<(Response, Duration), ApiError> {
+    let loaded = slot
+        .ready()
+        .inspect_err(|_| app.metrics.rejected("not_ready"))?;
+    if let Some(enc) = headers.get(header::CONTENT_ENCODING) {
+        if enc.as_bytes() != b"identity" {
+            return Err(ApiError::new(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                format!(
+                    "Content-Encoding {:?} is not supported; send the body uncompressed",
+                    String::from_utf8_lossy(enc.as_bytes())
+                ),
+            ));
+        }
+    }
+    let header_len = header_len(headers)?;
+    let Ok(_global) = app.global.clone().try_acquire_owned() else {
+        app.metrics.rejected("overloaded");
+        return Err(ApiError::overloaded(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!(
+                "server busy: {} inference requests already in progress",
+                app.config.max_concurrent_requests
+            ),
+        ));
+    };
+    let body = read_body(app, headers, body).await?;
+    let deadline = tokio::time::Instant::from_std(arrived + slot.limits.timeout);
+    let timeout_ms = slot.limits.timeout.as_millis();
+
+    // A free worker now, or a place in the queue and a worker before the deadline.
+    let worker = match slot.exec.clone().try_acquire_owned() {
+        Ok(w) => w,
+        Err(_) => {
+            let Ok(place) = slot.queue.clone().try_acquire_owned() else {
+                app.metrics.rejected("queue_full");
+                return Err(ApiError::overloaded(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    format!(
+                        "model '{}' is busy: {} requests running and {} queued",
+                        slot.name, slot.limits.workers, slot.limits.max_queue
+                    ),
+                ));
+            };
+            let w = tokio::time::timeout_at(deadline, slot.exec.clone().acquire_owned()).await;
+            drop(place);
+            match w {
+                Ok(Ok(w)) => w,
+                Ok(Err(_)) => {
+                    return Err(ApiError::new(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "model is shutting down",
+                    ))
+                }
+                Err(_) => {
+                    app.metrics.rejected("deadline");
+                    return Err(ApiError::overloaded(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        format!(
+                            "deadline of {timeout_ms} ms passed while waiting for a worker of \
+                             model '{}'",
+                            slot.name
+                        ),
+                    ));
+                }
+            }
+        }
+    };
+
+    let limits = ParseLimits {
+        max_json_depth: app.config.max_json_depth,
+    };
+    let name = slot.name.clone();
+    let version = slot.version.clone();
+    let job = tokio::task::spawn_blocking(move || {
+        let _worker = worker;
+        let started = Instant::now();
+        run_one(&loaded, &body, header_len, &limits, &name, &version)
+            .map(|r| (r, started.elapsed()))
+    });
+    let (encoded, run_time) = match tokio::time::timeout_at(deadline, job).await {
+        Ok(Ok(r)) => r?,
+        Ok(Err(join)) => {
+            tracing::error!(model = %slot.name, error = %join, "inference task failed");
+            return Err(ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal error: the inference task failed",
+            ));
+        }
+        Err(_) => {
+            app.metrics.rejected("deadline");
+            return Err(ApiError::overloaded(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!(
+                    "deadline of {timeout_ms} ms passed while model '{}' was running",
+                    slot.name
+                ),
+            ));
+        }
+    };
+    let mut resp = Response::new(Body::from(encoded.body));
+    let h = resp.headers_mut();
+    match encoded.header_len {
+        Some(n) => {
+            h.insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/octet-stream"),
+            );
+            h.insert(HEADER_CONTENT_LENGTH, HeaderValue::from(n));
+        }
+        None => {
+            h.insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            );
+        }
+    }
+    Ok((resp, run_time))
+}
+
+/// Decodes, validates, runs and encodes one request (on a blocking thread).
+fn run_one(
+    loaded: &Loaded,
+    body: &Bytes,
+    header_len: Option<usize>,
+    limits: &ParseLimits,
+    name: &str,
+    version: &str,
+) -> Result<wire::EncodedResponse, ApiError> {
+    let model = &loaded.model;
+    let sig = model.signature();
+    let req = wire::parse_request(body, header_len, sig, limits)?;
+    let views: Vec<_> = req.inputs.iter().map(wire::InputTensor::view).collect();
+    let outputs = model.run(&views)?;
+    let mut chosen = Vec::with_capacity(req.outputs.len());
+    for o in &req.outputs {
+        match (sig.outputs.get(o.index), outputs.get(o.index)) {
+            (Some(spec), Some(tensor)) => chosen.push(OutputRef {
+                spec,
+                tensor,
+                binary: o.binary,
+            }),
+            _ => {
+                return Err(ApiError::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "internal error: the model returned fewer outputs than its signature",
+                ))
+            }
+        }
+    }
+    Ok(wire::encode_response(
+        name,
+        version,
+        req.id.as_deref(),
+        &chosen,
+    ))
+}

@@ -1,0 +1,349 @@
+//! The model repository: one folder per model.
+//!
+//! ```text
+//! models/
+//!   digits/
+//!     model.jaxexport      the artifact (*.jaxexport, *.mlirbc, *.mlir, *.hlo.pb or *.pb)
+//!     config.toml          optional: version, device, limits
+//!     policy.toml          optional: the model's value policy
+//! ```
+//!
+//! The folder name is the model's name (letters, digits, `_`, `-`, `.`; up to 128 bytes, not
+//! starting with `.`). When a folder holds several artifacts, the first kind in the order above
+//! is taken (`hlo/digits/` holds all of them and serves its `.jaxexport`); two of that kind are
+//! an error unless `config.toml` names one with `artifact`.
+//!
+//! `config.toml` (every key optional; unknown keys are an error, so a typo is reported):
+//! ```toml
+//! version = "1"              # the model's version (string or integer), default "1"
+//! device = "cpu"             # cpu | cuda | tpu: the plugin kind to run on, default the server's
+//! artifact = "model.mlirbc"  # which file to serve when there are several
+//! [limits]
+//! workers = 2                # executions at once, default: the CPUs available
+//! max_queue = 64             # requests waiting beyond those, default 64; more get 429
+//! timeout_ms = 10000         # request deadline from arrival, default 30000; past it, 503
+//! ```
+//!
+//! A folder whose configuration is wrong still becomes a model: it is reported as unavailable
+//! with the reason (in the log, `POST /v2/repository/index` and `/metrics`), and the other models
+//! are served.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::plugin::DeviceKind;
+
+/// Where a model's artifact comes from.
+#[derive(Clone, Debug)]
+pub enum ArtifactSource {
+    /// A file.
+    File(PathBuf),
+    /// Bytes in memory (the embedded default model).
+    Bytes(Arc<[u8]>),
+}
+
+/// Per-model overrides of the server's default [`ModelLimits`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct LimitOverrides {
+    /// Executions at once.
+    pub workers: Option<usize>,
+    /// Requests waiting beyond the executing ones.
+    pub max_queue: Option<usize>,
+    /// Request deadline.
+    pub timeout: Option<Duration>,
+}
+
+/// How many requests a model runs and queues, and how long a request may take.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ModelLimits {
+    /// Executions at once (blocking threads used by this model at most).
+    pub workers: usize,
+    /// Requests admitted beyond the executing ones; one more gets 429.
+    pub max_queue: usize,
+    /// Deadline from the request's arrival; a request still queued or running past it gets 503.
+    pub timeout: Duration,
+}
+
+impl Default for ModelLimits {
+    fn default() -> ModelLimits {
+        ModelLimits {
+            workers: std::thread::available_parallelism().map_or(1, |n| n.get()),
+            max_queue: 64,
+            timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+impl ModelLimits {
+    /// These limits with `o`'s overrides applied (zero workers is taken as one).
+    pub fn with(self, o: LimitOverrides) -> ModelLimits {
+        ModelLimits {
+            workers: o.workers.unwrap_or(self.workers).max(1),
+            max_queue: o.max_queue.unwrap_or(self.max_queue),
+            timeout: o.timeout.unwrap_or(self.timeout),
+        }
+    }
+}
+
+/// One model to serve.
+#[derive(Clone, Debug)]
+pub struct ModelSpec {
+    /// The name clients use.
+    pub name: String,
+    /// The one version served.
+    pub version: String,
+    /// The artifact.
+    pub source: ArtifactSource,
+    /// The plugin kind to run on (`None`: the server's engine).
+    pub device: Option<DeviceKind>,
+    /// Limit overrides from `config.toml`.
+    pub limits: LimitOverrides,
+    /// The model's `policy.toml`, when it has one.
+    pub policy: Option<PathBuf>,
+    /// Why this model cannot be loaded, found while reading its folder (reported, not fatal).
+    pub problem: Option<String>,
+}
+
+impl ModelSpec {
+    /// A model from bytes in memory, version "1", no overrides.
+    pub fn from_bytes(name: impl Into<String>, bytes: impl Into<Arc<[u8]>>) -> ModelSpec {
+        ModelSpec {
+            name: name.into(),
+            version: "1".into(),
+            source: ArtifactSource::Bytes(bytes.into()),
+            device: None,
+            limits: LimitOverrides::default(),
+            policy: None,
+            problem: None,
+        }
+    }
+
+    /// A model from an artifact file, version "1", no overrides.
+    pub fn from_file(name: impl Into<String>, path: impl Into<PathBuf>) -> ModelSpec {
+        ModelSpec {
+            source: ArtifactSource::File(path.into()),
+            ..ModelSpec::from_bytes(name, Vec::new())
+        }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ConfigFile {
+    #[serde(default)]
+    version: Option<toml::Value>,
+    #[serde(default)]
+    device: Option<String>,
+    #[serde(default)]
+    artifact: Option<String>,
+    #[serde(default)]
+    limits: Option<LimitsFile>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LimitsFile {
+    #[serde(default)]
+    workers: Option<usize>,
+    #[serde(default)]
+    max_queue: Option<usize>,
+    #[serde(default)]
+    timeout_ms: Option<u64>,
+}
+
+/// Why a repository could not be read at all (a bad model folder is not this: it is reported
+/// as an unavailable model).
+#[derive(Debug, thiserror::Error)]
+#[error("model repository {path}: {source}")]
+pub struct RepositoryError {
+    /// The repository folder.
+    pub path: PathBuf,
+    /// The OS error.
+    pub source: std::io::Error,
+}
+
+/// True for a name clients can put in a URL and that is safe in logs and metric labels.
+pub fn valid_model_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 128
+        && !name.starts_with('.')
+        && name
+            .bytes()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'_' | b'-' | b'.'))
+}
+
+const ARTIFACT_KINDS: [&str; 5] = [".jaxexport", ".mlirbc", ".mlir", ".hlo.pb", ".pb"];
+
+fn pick_artifact(dir: &Path, files: &[String], named: Option<&str>) -> Result<PathBuf, String> {
+    if let Some(n) = named {
+        if n.contains('/') || n.contains('\\') || n.starts_with('.') {
+            return Err(format!(
+                "config.toml: artifact '{n}' must be a file name in the model's folder"
+            ));
+        }
+        let p = dir.join(n);
+        return if p.is_file() {
+            Ok(p)
+        } else {
+            Err(format!(
+                "config.toml: artifact '{n}' is not a file in the folder"
+            ))
+        };
+    }
+    for ext in ARTIFACT_KINDS {
+        let found: Vec<&String> = files
+            .iter()
+            .filter(|f| f.ends_with(ext))
+            // `.pb` should not also take `.hlo.pb` files: they were the previous kind.
+            .filter(|f| ext != ".pb" || !f.ends_with(".hlo.pb"))
+            .collect();
+        match found.as_slice() {
+            [] => continue,
+            [one] => return Ok(dir.join(one)),
+            many => {
+                let list: Vec<&str> = many.iter().map(|s| s.as_str()).collect();
+                return Err(format!(
+                    "several {ext} artifacts ({}); name one with `artifact = \"...\"` in config.toml",
+                    list.join(", ")
+                ));
+            }
+        }
+    }
+    Err(format!(
+        "no artifact (a file ending in {})",
+        ARTIFACT_KINDS.join(", ")
+    ))
+}
+
+fn read_config(path: &Path) -> Result<Option<ConfigFile>, String> {
+    if !path.is_file() {
+        return Ok(None);
+    }
+    let text = std::fs::read_to_string(path).map_err(|e| format!("config.toml: {e}"))?;
+    toml::from_str(&text).map(Some).map_err(|e| {
+        // One line: where, then what.
+        let line = e.span().map_or(0, |s| {
+            text.get(..s.start)
+                .map_or(0, |t| t.bytes().filter(|&b| b == b'\n').count())
+                + 1
+        });
+        match line {
+            0 => format!("config.toml: {}", e.message()),
+            n => format!("config.toml line {n}: {}", e.message()),
+        }
+    })
+}
+
+fn parse_device(s: &str) -> Result<DeviceKind, String> {
+    match s {
+        "cpu" => Ok(DeviceKind::Cpu),
+        "cuda" | "gpu" => Ok(DeviceKind::Cuda),
+        "tpu" => Ok(DeviceKind::Tpu),
+        other => Err(format!(
+            "config.toml: device '{other}' is not one of cpu, cuda, tpu"
+        )),
+    }
+}
+
+/// Reads one model folder. Problems are recorded in [`ModelSpec::problem`].
+pub fn read_model_dir(dir: &Path, name: &str) -> ModelSpec {
+    let mut spec = ModelSpec::from_file(name, dir.join("model.jaxexport"));
+    let files: Vec<String> = match std::fs::read_dir(dir) {
+        Ok(rd) => {
+            let mut v: Vec<String> = rd
+                .filter_map(Result::ok)
+                .filter(|e| e.path().is_file())
+                .filter_map(|e| e.file_name().into_string().ok())
+                .collect();
+            v.sort();
+            v
+        }
+        Err(e) => {
+            spec.problem = Some(format!("{}: {e}", dir.display()));
+            return spec;
+        }
+    };
+    let config = match read_config(&dir.join("config.toml")) {
+        Ok(c) => c,
+        Err(e) => {
+            spec.problem = Some(e);
+            return spec;
+        }
+    };
+    let mut named = None;
+    if let Some(c) = &config {
+        match &c.version {
+            None => {}
+            Some(toml::Value::String(s)) if valid_model_name(s) => spec.version.clone_from(s),
+            Some(toml::Value::Integer(i)) if *i >= 0 => spec.version = i.to_string(),
+            Some(other) => {
+                spec.problem = Some(format!(
+                    "config.toml: version {other} must be a non-negative integer or a name of \
+                     letters, digits, '_', '-', '.'"
+                ));
+                return spec;
+            }
+        }
+        if let Some(d) = &c.device {
+            match parse_device(d) {
+                Ok(k) => spec.device = Some(k),
+                Err(e) => {
+                    spec.problem = Some(e);
+                    return spec;
+                }
+            }
+        }
+        if let Some(l) = &c.limits {
+            spec.limits = LimitOverrides {
+                workers: l.workers,
+                max_queue: l.max_queue,
+                timeout: l.timeout_ms.map(Duration::from_millis),
+            };
+        }
+        named = c.artifact.as_deref();
+    }
+    match pick_artifact(dir, &files, named) {
+        Ok(p) => spec.source = ArtifactSource::File(p),
+        Err(e) => spec.problem = Some(e),
+    }
+    let policy = dir.join("policy.toml");
+    if policy.is_file() {
+        spec.policy = Some(policy);
+    }
+    spec
+}
+
+/// Reads a model repository: every sub-folder with a valid name is a model. Folders with other
+/// names are skipped with a warning (they could not be addressed or labelled safely).
+///
+/// # Errors
+/// [`RepositoryError`] when the folder itself cannot be read.
+pub fn scan_repository(dir: &Path) -> Result<Vec<ModelSpec>, RepositoryError> {
+    let err = |source| RepositoryError {
+        path: dir.to_path_buf(),
+        source,
+    };
+    let mut names = Vec::new();
+    for entry in std::fs::read_dir(dir).map_err(err)? {
+        let entry = entry.map_err(err)?;
+        if !entry.path().is_dir() {
+            continue;
+        }
+        match entry.file_name().into_string() {
+            Ok(n) if valid_model_name(&n) => names.push(n),
+            Ok(n) if n.starts_with('.') => {}
+            other => tracing::warn!(
+                folder = ?other.unwrap_or_else(|n| n.to_string_lossy().into_owned()),
+                "skipping a model folder whose name is not letters, digits, '_', '-', '.'"
+            ),
+        }
+    }
+    names.sort();
+    Ok(names
+        .iter()
+        .map(|n| read_model_dir(&dir.join(n), n))
+        .collect())
+}

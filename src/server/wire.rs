@@ -1,0 +1,1380 @@
+//! The Open Inference Protocol (KServe v2) wire format: datatype names, inference requests in JSON
+//! and with the binary tensor data extension, and inference responses.
+//!
+//! Everything here reads untrusted bytes. Nothing panics on any input; every refusal is a
+//! [`BadRequest`] naming the input, what was expected and what was given.
+//!
+//! # Datatypes
+//! `BOOL`, `UINT8`, `UINT16`, `UINT32`, `UINT64`, `INT8`, `INT16`, `INT32`, `INT64`, `FP16`,
+//! `FP32`, `FP64` as in the protocol, and `BF16` (a Triton extension). In binary form every
+//! datatype is its raw little-endian bytes (BF16: the upper two bytes of the float32, as Triton
+//! and `ml_dtypes` lay it out; BOOL: one byte, 0 or 1). In JSON:
+//! - BOOL takes `true`/`false` only; integer datatypes take integers in range only (`1.0` and
+//!   `1e3` are refused);
+//! - FP16, BF16, FP32, FP64 take any JSON number, rounded to nearest-even; a finite literal that
+//!   overflows the datatype (`1e39` for FP32, `70000` for FP16) is refused; the strings `"NaN"`,
+//!   `"Infinity"`, `"-Infinity"` (also `"nan"`, `"inf"`, `"-inf"`) give the non-finite values.
+//!   BF16 in JSON is an xlaguard extension (Triton and its client send BF16 only as binary);
+//! - in responses, non-finite floats are written as the bare tokens `NaN`, `Infinity` and
+//!   `-Infinity`, which Python's `json`, `rapidjson` (and so `tritonclient`) read; ask for binary
+//!   outputs where a strict JSON reader must parse them.
+//!
+//! `data` may be flat or nested in row-major order (as Triton, nesting is flattened; only the
+//! element count is checked against the shape). `BYTES` is refused: these models take numbers.
+
+use std::fmt::Write as _;
+
+use bytes::Bytes;
+use half::{bf16, f16};
+use serde::Deserialize;
+use serde_json::value::RawValue;
+
+use crate::signature::{format_type, DType, Dim, Signature, TensorSpec};
+use crate::tensor::{byte_len, Tensor, TensorRef};
+use crate::validate::{self, InputError};
+
+/// The protocol's datatype names, in the order the protocol lists them.
+pub const DATATYPES: [(&str, DType); 13] = [
+    ("BOOL", DType::Bool),
+    ("UINT8", DType::U8),
+    ("UINT16", DType::U16),
+    ("UINT32", DType::U32),
+    ("UINT64", DType::U64),
+    ("INT8", DType::I8),
+    ("INT16", DType::I16),
+    ("INT32", DType::I32),
+    ("INT64", DType::I64),
+    ("FP16", DType::F16),
+    ("FP32", DType::F32),
+    ("FP64", DType::F64),
+    ("BF16", DType::BF16),
+];
+
+/// The protocol name of a dtype (`FP32` for `float32`).
+pub fn datatype_name(d: DType) -> &'static str {
+    match d {
+        DType::Bool => "BOOL",
+        DType::U8 => "UINT8",
+        DType::U16 => "UINT16",
+        DType::U32 => "UINT32",
+        DType::U64 => "UINT64",
+        DType::I8 => "INT8",
+        DType::I16 => "INT16",
+        DType::I32 => "INT32",
+        DType::I64 => "INT64",
+        DType::F16 => "FP16",
+        DType::F32 => "FP32",
+        DType::F64 => "FP64",
+        DType::BF16 => "BF16",
+    }
+}
+
+/// The dtype of a protocol datatype name (case-sensitive, as the protocol spells it).
+pub fn parse_datatype(name: &str) -> Option<DType> {
+    DATATYPES.iter().find(|(n, _)| *n == name).map(|&(_, d)| d)
+}
+
+/// A request refused before anything ran (HTTP 400).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{message}")]
+pub struct BadRequest {
+    /// The rule that refused it, a short stable label for metrics (`dtype`, `shape`,
+    /// `element_count`, `json`, ...).
+    pub rule: &'static str,
+    /// The model input it concerns, when it concerns one the model has.
+    pub input: Option<String>,
+    /// The message sent to the client.
+    pub message: String,
+}
+
+impl BadRequest {
+    fn new(rule: &'static str, message: impl Into<String>) -> BadRequest {
+        BadRequest {
+            rule,
+            input: None,
+            message: message.into(),
+        }
+    }
+
+    fn input(rule: &'static str, input: &str, message: impl Into<String>) -> BadRequest {
+        BadRequest {
+            rule,
+            input: Some(input.to_string()),
+            message: message.into(),
+        }
+    }
+}
+
+/// The metrics label of a validation error and the input it names (when the model has it).
+pub fn input_error_rule(e: &InputError) -> (&'static str, Option<&str>) {
+    match e {
+        InputError::Count { .. } => ("count", None),
+        InputError::UnknownName { .. } => ("unknown_input", None),
+        InputError::Duplicate { .. } => ("duplicate_input", None),
+        InputError::Missing { name, .. } => ("missing_input", Some(name)),
+        InputError::DType { name, .. } => ("dtype", Some(name)),
+        InputError::Shape { name, .. } => ("shape", Some(name)),
+        InputError::ByteLength { name, .. } => ("byte_length", Some(name)),
+        #[allow(unreachable_patterns)]
+        _ => ("other", None),
+    }
+}
+
+impl From<InputError> for BadRequest {
+    fn from(e: InputError) -> BadRequest {
+        let (rule, input) = input_error_rule(&e);
+        BadRequest {
+            rule,
+            input: input.map(str::to_string),
+            message: e.to_string(),
+        }
+    }
+}
+
+/// Limits applied while parsing a request.
+#[derive(Clone, Copy, Debug)]
+pub struct ParseLimits {
+    /// Deepest nesting of JSON arrays and objects accepted (checked before any parsing).
+    pub max_json_depth: usize,
+}
+
+impl Default for ParseLimits {
+    fn default() -> ParseLimits {
+        ParseLimits { max_json_depth: 64 }
+    }
+}
+
+/// One input of a parsed request: dtype, shape and little-endian bytes.
+#[derive(Clone, Debug)]
+pub struct InputTensor {
+    /// The input's name.
+    pub name: String,
+    /// Element type.
+    pub dtype: DType,
+    /// Shape.
+    pub shape: Vec<u64>,
+    /// Row-major little-endian bytes (a slice of the request body for binary data).
+    pub data: Bytes,
+}
+
+impl InputTensor {
+    /// A borrowed view for [`crate::Model::run`].
+    pub fn view(&self) -> TensorRef<'_> {
+        TensorRef {
+            dtype: self.dtype,
+            shape: &self.shape,
+            data: &self.data,
+        }
+    }
+}
+
+/// One output to return, and how.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct OutputChoice {
+    /// Index into the signature's outputs.
+    pub index: usize,
+    /// Return the bytes after the JSON header instead of in `data`.
+    pub binary: bool,
+}
+
+/// A parsed, checked inference request. Inputs are in signature order.
+#[derive(Clone, Debug)]
+pub struct InferRequest {
+    /// The request's `id`, echoed in the response.
+    pub id: Option<String>,
+    /// Inputs in signature order, each already checked for dtype, shape and length.
+    pub inputs: Vec<InputTensor>,
+    /// Outputs to return, in response order.
+    pub outputs: Vec<OutputChoice>,
+}
+
+#[derive(Deserialize)]
+struct RawRequest<'a> {
+    #[serde(default)]
+    id: Option<String>,
+    #[serde(default)]
+    parameters: Option<RequestParams>,
+    #[serde(borrow)]
+    inputs: Vec<RawInput<'a>>,
+    #[serde(default)]
+    outputs: Option<Vec<RawOutput>>,
+}
+
+#[derive(Deserialize, Default)]
+struct RequestParams {
+    #[serde(default)]
+    binary_data_output: Option<bool>,
+}
+
+#[derive(Deserialize)]
+struct RawInput<'a> {
+    name: String,
+    shape: Vec<i64>,
+    datatype: String,
+    #[serde(default)]
+    parameters: Option<InputParams>,
+    #[serde(borrow, default)]
+    data: Option<&'a RawValue>,
+}
+
+#[derive(Deserialize, Default)]
+struct InputParams {
+    #[serde(default)]
+    binary_data_size: Option<u64>,
+    #[serde(default)]
+    shared_memory_region: Option<serde::de::IgnoredAny>,
+}
+
+#[derive(Deserialize)]
+struct RawOutput {
+    name: String,
+    #[serde(default)]
+    parameters: Option<OutputParams>,
+}
+
+#[derive(Deserialize, Default)]
+struct OutputParams {
+    #[serde(default)]
+    binary_data: Option<bool>,
+    #[serde(default)]
+    classification: Option<serde::de::IgnoredAny>,
+    #[serde(default)]
+    shared_memory_region: Option<serde::de::IgnoredAny>,
+}
+
+/// Refuses JSON nested deeper than `max` arrays/objects, in one pass over the bytes without
+/// recursion or allocation, so that a hostile body (50,000 `[`) never reaches a recursive
+/// parser. Strings are skipped, escapes included.
+///
+/// # Errors
+/// [`BadRequest`] with rule `json_depth`.
+pub fn check_json_depth(json: &[u8], max: usize) -> Result<(), BadRequest> {
+    let mut depth = 0usize;
+    let mut in_string = false;
+    let mut escaped = false;
+    for (at, &c) in json.iter().enumerate() {
+        if in_string {
+            if escaped {
+                escaped = false;
+            } else if c == b'\\' {
+                escaped = true;
+            } else if c == b'"' {
+                in_string = false;
+            }
+            continue;
+        }
+        match c {
+            b'"' => in_string = true,
+            b'[' | b'{' => {
+                depth += 1;
+                if depth > max {
+                    return Err(BadRequest::new(
+                        "json_depth",
+                        format!(
+                            "request JSON is nested more than {max} levels deep (at byte {at}); \
+                             tensor data is a flat or nested array of at most the tensor's rank"
+                        ),
+                    ));
+                }
+            }
+            b']' | b'}' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+fn shape_string(shape: &[u64]) -> String {
+    let dims: Vec<String> = shape.iter().map(u64::to_string).collect();
+    format!("[{}]", dims.join(","))
+}
+
+fn spec_shape_string(spec: &TensorSpec) -> String {
+    let dims: Vec<String> = spec.shape.iter().map(Dim::to_string).collect();
+    format!("[{}]", dims.join(","))
+}
+
+fn names(specs: &[TensorSpec]) -> String {
+    specs
+        .iter()
+        .map(|s| format!("'{}'", s.name))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+fn shorten(token: &str) -> String {
+    const MAX: usize = 40;
+    if token.len() <= MAX {
+        return token.to_string();
+    }
+    let mut end = MAX;
+    while !token.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}...", token.get(..end).unwrap_or_default())
+}
+
+/// Parses and checks an inference request against a model's signature.
+///
+/// `header_len` is the `Inference-Header-Content-Length` header: the JSON is the first
+/// `header_len` bytes of `body` and binary tensor data follows it; without it, the whole body is
+/// JSON. Each input is checked for name, datatype, shape and data length before its data is
+/// decoded, with the library's own messages (`input 'pixels' (0): expected float32[1,64], got
+/// float32[1,63]`).
+///
+/// # Errors
+/// A [`BadRequest`] naming what is wrong, expected and got.
+pub fn parse_request(
+    body: &Bytes,
+    header_len: Option<usize>,
+    sig: &Signature,
+    limits: &ParseLimits,
+) -> Result<InferRequest, BadRequest> {
+    let json_len = match header_len {
+        Some(n) if n > body.len() => {
+            return Err(BadRequest::new(
+                "binary_header",
+                format!(
+                    "Inference-Header-Content-Length is {n} but the body has only {} bytes",
+                    body.len()
+                ),
+            ))
+        }
+        Some(n) => n,
+        None => body.len(),
+    };
+    let json = body.get(..json_len).unwrap_or_default();
+    check_json_depth(json, limits.max_json_depth)?;
+    let raw: RawRequest<'_> = serde_json::from_slice(json).map_err(|e| {
+        BadRequest::new(
+            "json",
+            format!("malformed inference request JSON: {e}{}", json_hint(&e)),
+        )
+    })?;
+    let binary_default = raw
+        .parameters
+        .as_ref()
+        .and_then(|p| p.binary_data_output)
+        .unwrap_or(false);
+
+    let mut binary_at = json_len;
+    let mut named = Vec::with_capacity(raw.inputs.len());
+    for input in &raw.inputs {
+        let t = parse_input(input, body, header_len.is_some(), &mut binary_at, sig)?;
+        named.push((input.name.clone(), t));
+    }
+    if binary_at < body.len() {
+        return Err(BadRequest::new(
+            "binary_size",
+            format!(
+                "{} bytes of binary data follow the inputs' binary_data_size total",
+                body.len() - binary_at
+            ),
+        ));
+    }
+    let inputs = validate::order_named(sig, named)?;
+
+    let outputs = match &raw.outputs {
+        None => (0..sig.outputs.len())
+            .map(|index| OutputChoice {
+                index,
+                binary: binary_default,
+            })
+            .collect(),
+        Some(list) => {
+            let mut chosen: Vec<OutputChoice> = Vec::with_capacity(list.len());
+            for o in list {
+                let index = sig
+                    .outputs
+                    .iter()
+                    .position(|s| s.name == o.name)
+                    .ok_or_else(|| {
+                        BadRequest::new(
+                            "unknown_output",
+                            format!(
+                                "unknown output '{}'; the model returns {}",
+                                shorten(&o.name),
+                                names(&sig.outputs)
+                            ),
+                        )
+                    })?;
+                if chosen.iter().any(|c| c.index == index) {
+                    return Err(BadRequest::new(
+                        "duplicate_output",
+                        format!("output '{}' requested more than once", o.name),
+                    ));
+                }
+                let p = o.parameters.as_ref();
+                if p.is_some_and(|p| p.classification.is_some()) {
+                    return Err(BadRequest::new(
+                        "unsupported",
+                        format!(
+                            "output '{}': the classification extension is not supported",
+                            o.name
+                        ),
+                    ));
+                }
+                if p.is_some_and(|p| p.shared_memory_region.is_some()) {
+                    return Err(BadRequest::new(
+                        "unsupported",
+                        format!(
+                            "output '{}': the shared-memory extension is not supported",
+                            o.name
+                        ),
+                    ));
+                }
+                let binary = p.and_then(|p| p.binary_data).unwrap_or(binary_default);
+                chosen.push(OutputChoice { index, binary });
+            }
+            chosen
+        }
+    };
+    Ok(InferRequest {
+        id: raw.id,
+        inputs,
+        outputs,
+    })
+}
+
+fn json_hint(e: &serde_json::Error) -> &'static str {
+    let m = e.to_string();
+    if m.contains("recursion limit") {
+        "; the JSON is nested too deeply"
+    } else if m.starts_with("expected value") {
+        "; non-finite floats are written \"NaN\", \"Infinity\", \"-Infinity\" (strings) in requests"
+    } else {
+        ""
+    }
+}
+
+fn parse_input(
+    input: &RawInput<'_>,
+    body: &Bytes,
+    has_binary: bool,
+    binary_at: &mut usize,
+    sig: &Signature,
+) -> Result<InputTensor, BadRequest> {
+    let name = input.name.as_str();
+    let Some(index) = sig.input_index(name) else {
+        return Err(InputError::UnknownName {
+            name: shorten(name),
+            names: names(&sig.inputs),
+        }
+        .into());
+    };
+    let spec = sig
+        .inputs
+        .get(index)
+        .ok_or_else(|| BadRequest::new("internal", "signature index out of range".to_string()))?;
+    let dtype = match parse_datatype(&input.datatype) {
+        Some(d) => d,
+        None if input.datatype == "BYTES" => {
+            return Err(BadRequest::input(
+                "datatype",
+                name,
+                format!(
+                    "input '{name}': datatype BYTES is not supported; expected {} {}",
+                    datatype_name(spec.dtype),
+                    spec_shape_string(spec)
+                ),
+            ))
+        }
+        None => {
+            let all: Vec<&str> = DATATYPES.iter().map(|(n, _)| *n).collect();
+            return Err(BadRequest::input(
+                "datatype",
+                name,
+                format!(
+                    "input '{name}': unknown datatype '{}'; expected {} (datatypes: {})",
+                    shorten(&input.datatype),
+                    datatype_name(spec.dtype),
+                    all.join(", ")
+                ),
+            ));
+        }
+    };
+    let mut shape = Vec::with_capacity(input.shape.len());
+    for &d in &input.shape {
+        let d = u64::try_from(d).map_err(|_| {
+            BadRequest::input(
+                "shape",
+                name,
+                format!(
+                    "input '{name}': shape {:?} has a negative dimension; expected {}",
+                    input.shape,
+                    spec_shape_string(spec)
+                ),
+            )
+        })?;
+        shape.push(d);
+    }
+    // Datatype and shape against the signature, with the library's messages. Data is not
+    // there yet: a length mismatch here only says the data is absent.
+    match validate::check_input(
+        spec,
+        index,
+        &TensorRef {
+            dtype,
+            shape: &shape,
+            data: &[],
+        },
+    ) {
+        Ok(()) | Err(InputError::ByteLength { .. }) => {}
+        Err(e) => {
+            // Name the datatype as the protocol does as well as numpy's name.
+            let mut b = BadRequest::from(e);
+            if b.rule == "dtype" {
+                let _ = write!(
+                    b.message,
+                    " (datatype {}, expected {})",
+                    datatype_name(dtype),
+                    datatype_name(spec.dtype)
+                );
+            }
+            return Err(b);
+        }
+    }
+    let want_bytes = byte_len(dtype, &shape).ok_or_else(|| {
+        BadRequest::input(
+            "shape",
+            name,
+            format!(
+                "input '{name}': shape {} is too large",
+                shape_string(&shape)
+            ),
+        )
+    })?;
+    let params = input.parameters.as_ref();
+    if params.is_some_and(|p| p.shared_memory_region.is_some()) {
+        return Err(BadRequest::input(
+            "unsupported",
+            name,
+            format!("input '{name}': the shared-memory extension is not supported"),
+        ));
+    }
+    let binary_size = params.and_then(|p| p.binary_data_size);
+    let data = match (binary_size, input.data) {
+        (Some(_), Some(_)) => {
+            return Err(BadRequest::input(
+                "data",
+                name,
+                format!("input '{name}' has both 'data' and parameters.binary_data_size"),
+            ))
+        }
+        (None, None) => {
+            return Err(BadRequest::input(
+                "data",
+                name,
+                format!("input '{name}' has neither 'data' nor parameters.binary_data_size"),
+            ))
+        }
+        (Some(size), None) => {
+            if !has_binary {
+                return Err(BadRequest::input(
+                    "binary_header",
+                    name,
+                    format!(
+                        "input '{name}' has binary_data_size {size} but the request has no \
+                         Inference-Header-Content-Length header"
+                    ),
+                ));
+            }
+            let left = body.len().saturating_sub(*binary_at);
+            let size_ok = usize::try_from(size).ok().filter(|&s| s <= left);
+            let Some(size) = size_ok else {
+                return Err(BadRequest::input(
+                    "binary_size",
+                    name,
+                    format!(
+                        "input '{name}': binary_data_size {size} runs past the end of the body \
+                         ({left} bytes of binary data left)"
+                    ),
+                ));
+            };
+            if size != want_bytes {
+                return Err(BadRequest::input(
+                    "byte_length",
+                    name,
+                    format!(
+                        "input '{name}' ({index}): {} {} needs {want_bytes} bytes, got \
+                         binary_data_size {size}",
+                        datatype_name(dtype),
+                        shape_string(&shape)
+                    ),
+                ));
+            }
+            let data = body.slice(*binary_at..*binary_at + size);
+            *binary_at += size;
+            if dtype == DType::Bool {
+                if let Some(at) = data.iter().position(|&b| b > 1) {
+                    return Err(BadRequest::input(
+                        "value",
+                        name,
+                        format!(
+                            "input '{name}': BOOL element {at} is byte {}; BOOL bytes must be \
+                             0 or 1",
+                            data.get(at).copied().unwrap_or_default()
+                        ),
+                    ));
+                }
+            }
+            data
+        }
+        (None, Some(raw)) => {
+            let want = want_bytes / dtype.size();
+            Bytes::from(decode_json_data(raw.get(), dtype, want, name, &shape)?)
+        }
+    };
+    Ok(InputTensor {
+        name: input.name.clone(),
+        dtype,
+        shape,
+        data,
+    })
+}
+
+/// Decodes the text of a `data` value (already valid JSON) into `want` little-endian elements.
+/// Nesting is flattened; one pass, no recursion, stops as soon as there are too many elements.
+fn decode_json_data(
+    text: &str,
+    dtype: DType,
+    want: usize,
+    name: &str,
+    shape: &[u64],
+) -> Result<Vec<u8>, BadRequest> {
+    let b = text.as_bytes();
+    // Every element takes at least two bytes of text ("1,"), so this never over-reserves more
+    // than the tensor (bounded by the body) needs.
+    let cap = want.min(b.len() / 2 + 1).saturating_mul(dtype.size());
+    let mut out = Vec::with_capacity(cap);
+    let mut count = 0usize;
+    let mut i = 0usize;
+    let count_error = |got: String| {
+        BadRequest::input(
+            "element_count",
+            name,
+            format!(
+                "input '{name}': {} {} needs {want} elements in 'data', got {got}",
+                datatype_name(dtype),
+                shape_string(shape)
+            ),
+        )
+    };
+    while let Some(&c) = b.get(i) {
+        match c {
+            b'[' | b']' | b',' | b' ' | b'\t' | b'\n' | b'\r' => {
+                i += 1;
+                continue;
+            }
+            _ => {}
+        }
+        // One element: a string, or a run of bytes up to a delimiter.
+        let (token, is_string, next) = if c == b'"' {
+            let end = b
+                .get(i + 1..)
+                .and_then(|rest| rest.iter().position(|&x| x == b'"' || x == b'\\'))
+                .map(|p| i + 1 + p);
+            match end {
+                Some(e) if b.get(e) == Some(&b'"') => (text.get(i + 1..e), true, e + 1),
+                _ => (None, true, b.len()),
+            }
+        } else {
+            let end = b
+                .get(i..)
+                .and_then(|rest| {
+                    rest.iter()
+                        .position(|x| matches!(x, b',' | b']' | b' ' | b'\t' | b'\n' | b'\r'))
+                })
+                .map_or(b.len(), |p| i + p);
+            (text.get(i..end), false, end)
+        };
+        if count >= want {
+            return Err(count_error(format!("more than {want}")));
+        }
+        let token = token.unwrap_or("\"...");
+        push_element(token, is_string, dtype, &mut out).map_err(|detail| {
+            BadRequest::input(
+                "value",
+                name,
+                format!(
+                    "input '{name}': element {count} of 'data' is {}: {detail}",
+                    if is_string {
+                        format!("\"{}\"", shorten(token))
+                    } else {
+                        shorten(token)
+                    }
+                ),
+            )
+        })?;
+        count += 1;
+        i = next;
+    }
+    if count != want {
+        return Err(count_error(count.to_string()));
+    }
+    Ok(out)
+}
+
+fn special_float(s: &str) -> Option<f64> {
+    match s {
+        "NaN" | "nan" | "NAN" => Some(f64::NAN),
+        "Infinity" | "inf" | "Inf" | "+Infinity" | "+inf" => Some(f64::INFINITY),
+        "-Infinity" | "-inf" | "-Inf" => Some(f64::NEG_INFINITY),
+        _ => None,
+    }
+}
+
+fn push_element(
+    token: &str,
+    is_string: bool,
+    dtype: DType,
+    out: &mut Vec<u8>,
+) -> Result<(), String> {
+    let dt = datatype_name(dtype);
+    if dtype == DType::Bool {
+        return match (token, is_string) {
+            ("true", false) => {
+                out.push(1);
+                Ok(())
+            }
+            ("false", false) => {
+                out.push(0);
+                Ok(())
+            }
+            _ => Err("BOOL takes true or false".into()),
+        };
+    }
+    if !is_string && (token == "true" || token == "false" || token == "null") {
+        return Err(format!("expected a number ({dt})"));
+    }
+    if !is_string && token.starts_with('{') {
+        return Err(format!("expected a number ({dt}), got an object"));
+    }
+    if dtype.is_float() {
+        let v: f64 = if is_string {
+            special_float(token).ok_or_else(|| {
+                format!("expected a number ({dt}); the only strings taken are \"NaN\", \"Infinity\" and \"-Infinity\"")
+            })?
+        } else {
+            token
+                .parse::<f64>()
+                .map_err(|_| format!("expected a number ({dt})"))?
+        };
+        let overflow = || format!("out of range for {dt}");
+        // A JSON number is finite: one that becomes infinite does not fit the datatype.
+        let finite_in = !is_string;
+        match dtype {
+            DType::F64 => {
+                if finite_in && !v.is_finite() {
+                    return Err(overflow());
+                }
+                out.extend_from_slice(&v.to_le_bytes());
+            }
+            DType::F32 => {
+                // Parse the text directly for correct rounding (no double rounding via f64).
+                let x = if is_string {
+                    // Only NaN and the infinities come from strings.
+                    if v.is_nan() {
+                        f32::NAN
+                    } else if v > 0.0 {
+                        f32::INFINITY
+                    } else {
+                        f32::NEG_INFINITY
+                    }
+                } else {
+                    token
+                        .parse::<f32>()
+                        .map_err(|_| format!("expected a number ({dt})"))?
+                };
+                if finite_in && !x.is_finite() {
+                    return Err(overflow());
+                }
+                out.extend_from_slice(&x.to_le_bytes());
+            }
+            DType::F16 => {
+                let x = f16::from_f64(v);
+                if finite_in && !x.is_finite() {
+                    return Err(overflow());
+                }
+                out.extend_from_slice(&x.to_le_bytes());
+            }
+            DType::BF16 => {
+                let x = bf16::from_f64(v);
+                if finite_in && !x.is_finite() {
+                    return Err(overflow());
+                }
+                out.extend_from_slice(&x.to_le_bytes());
+            }
+            _ => return Err(format!("expected a number ({dt})")),
+        }
+        return Ok(());
+    }
+    if is_string {
+        return Err(format!("expected an integer ({dt})"));
+    }
+    let not_int = || format!("expected an integer ({dt})");
+    let range = || format!("out of range for {dt}");
+    macro_rules! int {
+        ($t:ty) => {{
+            let x: $t = if token.starts_with('-') {
+                let v: i64 = token.parse().map_err(|_| not_int())?;
+                <$t>::try_from(v).map_err(|_| range())?
+            } else {
+                let v: u64 = token.parse().map_err(|_| not_int())?;
+                <$t>::try_from(v).map_err(|_| range())?
+            };
+            out.extend_from_slice(&x.to_le_bytes());
+        }};
+    }
+    // A JSON integer too long for u64/i64 fails to parse: tell range from syntax.
+    let digits_only = token
+        .strip_prefix('-')
+        .unwrap_or(token)
+        .bytes()
+        .all(|c| c.is_ascii_digit());
+    let parsed: Result<(), String> = (|| {
+        match dtype {
+            DType::I8 => int!(i8),
+            DType::I16 => int!(i16),
+            DType::I32 => int!(i32),
+            DType::I64 => int!(i64),
+            DType::U8 => int!(u8),
+            DType::U16 => int!(u16),
+            DType::U32 => int!(u32),
+            DType::U64 => int!(u64),
+            _ => return Err(not_int()),
+        }
+        Ok(())
+    })();
+    match parsed {
+        Err(e) if digits_only && !token.is_empty() && e == not_int() => Err(range()),
+        r => r,
+    }
+}
+
+/// One output of a response.
+#[derive(Clone, Copy, Debug)]
+pub struct OutputRef<'a> {
+    /// The output's spec (name, dtype).
+    pub spec: &'a TensorSpec,
+    /// Its value.
+    pub tensor: &'a Tensor,
+    /// Send the bytes after the JSON header.
+    pub binary: bool,
+}
+
+/// An encoded response body, and the JSON header's length when binary data follows it.
+#[derive(Clone, Debug)]
+pub struct EncodedResponse {
+    /// The whole body.
+    pub body: Vec<u8>,
+    /// `Inference-Header-Content-Length` (the JSON's byte length) when any output is binary.
+    pub header_len: Option<usize>,
+}
+
+fn json_string(out: &mut String, s: &str) {
+    // serde_json's escaping; a &str always serializes.
+    out.push_str(&serde_json::to_string(s).unwrap_or_else(|_| "\"\"".into()));
+}
+
+/// Encodes an inference response (Triton's layout: `model_name`, `model_version`, `id` when the
+/// request had one, `outputs` with `name`, `datatype`, `shape` and `data` or
+/// `parameters.binary_data_size`).
+pub fn encode_response(
+    model: &str,
+    version: &str,
+    id: Option<&str>,
+    outputs: &[OutputRef<'_>],
+) -> EncodedResponse {
+    let json_estimate: usize = outputs
+        .iter()
+        .map(|o| {
+            if o.binary {
+                96
+            } else {
+                96 + o.tensor.len() * 16
+            }
+        })
+        .sum();
+    let mut s = String::with_capacity(128 + json_estimate);
+    s.push_str("{\"model_name\":");
+    json_string(&mut s, model);
+    s.push_str(",\"model_version\":");
+    json_string(&mut s, version);
+    if let Some(id) = id {
+        s.push_str(",\"id\":");
+        json_string(&mut s, id);
+    }
+    s.push_str(",\"outputs\":[");
+    let mut binary_len = 0usize;
+    for (k, o) in outputs.iter().enumerate() {
+        if k > 0 {
+            s.push(',');
+        }
+        s.push_str("{\"name\":");
+        json_string(&mut s, &o.spec.name);
+        let _ = write!(
+            s,
+            ",\"datatype\":\"{}\",\"shape\":{}",
+            datatype_name(o.tensor.dtype()),
+            shape_string(o.tensor.shape())
+        );
+        if o.binary {
+            let n = o.tensor.bytes().len();
+            binary_len += n;
+            let _ = write!(s, ",\"parameters\":{{\"binary_data_size\":{n}}}}}");
+        } else {
+            s.push_str(",\"data\":[");
+            write_json_data(&mut s, o.tensor);
+            s.push_str("]}");
+        }
+    }
+    s.push_str("]}");
+    let any_binary = outputs.iter().any(|o| o.binary);
+    if !any_binary {
+        return EncodedResponse {
+            body: s.into_bytes(),
+            header_len: None,
+        };
+    }
+    let header_len = s.len();
+    let mut body = s.into_bytes();
+    body.reserve_exact(binary_len);
+    for o in outputs.iter().filter(|o| o.binary) {
+        body.extend_from_slice(o.tensor.bytes());
+    }
+    EncodedResponse {
+        body,
+        header_len: Some(header_len),
+    }
+}
+
+fn write_f64(s: &mut String, v: f64) {
+    if v.is_nan() {
+        s.push_str("NaN");
+    } else if v.is_infinite() {
+        s.push_str(if v > 0.0 { "Infinity" } else { "-Infinity" });
+    } else {
+        s.push_str(ryu::Buffer::new().format_finite(v));
+    }
+}
+
+/// Shortest text that reads back as the same `f32` (and so the same f16/bf16 it came from).
+fn write_f32(s: &mut String, v: f32) {
+    if v.is_nan() {
+        s.push_str("NaN");
+    } else if v.is_infinite() {
+        s.push_str(if v > 0.0 { "Infinity" } else { "-Infinity" });
+    } else {
+        s.push_str(ryu::Buffer::new().format_finite(v));
+    }
+}
+
+/// Writes a tensor's elements as a flat comma-separated list of JSON numbers.
+fn write_json_data(s: &mut String, t: &Tensor) {
+    let bytes = t.bytes();
+    let size = t.dtype().size();
+    for (k, c) in bytes.chunks_exact(size).enumerate() {
+        if k > 0 {
+            s.push(',');
+        }
+        let mut a2 = [0u8; 2];
+        let mut a4 = [0u8; 4];
+        let mut a8 = [0u8; 8];
+        match size {
+            2 => a2.copy_from_slice(c),
+            4 => a4.copy_from_slice(c),
+            8 => a8.copy_from_slice(c),
+            _ => {}
+        }
+        let first = c.first().copied().unwrap_or_default();
+        let _ = match t.dtype() {
+            DType::Bool => {
+                s.push_str(if first != 0 { "true" } else { "false" });
+                Ok(())
+            }
+            DType::I8 => write!(s, "{}", i8::from_le_bytes([first])),
+            DType::U8 => write!(s, "{first}"),
+            DType::I16 => write!(s, "{}", i16::from_le_bytes(a2)),
+            DType::U16 => write!(s, "{}", u16::from_le_bytes(a2)),
+            DType::I32 => write!(s, "{}", i32::from_le_bytes(a4)),
+            DType::U32 => write!(s, "{}", u32::from_le_bytes(a4)),
+            DType::I64 => write!(s, "{}", i64::from_le_bytes(a8)),
+            DType::U64 => write!(s, "{}", u64::from_le_bytes(a8)),
+            DType::F16 => {
+                write_f32(s, f16::from_le_bytes(a2).to_f32());
+                Ok(())
+            }
+            DType::BF16 => {
+                write_f32(s, bf16::from_le_bytes(a2).to_f32());
+                Ok(())
+            }
+            DType::F32 => {
+                write_f32(s, f32::from_le_bytes(a4));
+                Ok(())
+            }
+            DType::F64 => {
+                write_f64(s, f64::from_le_bytes(a8));
+                Ok(())
+            }
+        };
+    }
+}
+
+/// The `shape` of a spec as the protocol writes it: symbolic dimensions are `-1`.
+pub fn metadata_shape(spec: &TensorSpec) -> Vec<i64> {
+    spec.shape
+        .iter()
+        .map(|d| match d {
+            Dim::Static(n) => i64::try_from(*n).unwrap_or(-1),
+            Dim::Symbolic(_) => -1,
+        })
+        .collect()
+}
+
+/// `FP32[1,64]`, for messages.
+pub fn protocol_type(dtype: DType, shape: &[u64]) -> String {
+    format!("{}{}", datatype_name(dtype), shape_string(shape))
+}
+
+/// The numpy-style type of a spec (`float32[1,64]`), for messages.
+pub fn numpy_type(spec: &TensorSpec) -> String {
+    format_type(spec.dtype, spec.shape.iter())
+}
+
+#[cfg(test)]
+#[allow(
+    clippy::unwrap_used,
+    clippy::indexing_slicing,
+    clippy::panic,
+    clippy::cast_possible_truncation
+)]
+mod tests {
+    use super::*;
+
+    fn sig() -> Signature {
+        Signature {
+            inputs: vec![
+                TensorSpec::new("x", DType::F32, &[2, 2]),
+                TensorSpec::new("ids", DType::I8, &[3]),
+            ],
+            outputs: vec![
+                TensorSpec::new("y", DType::F32, &[2]),
+                TensorSpec::new("flag", DType::Bool, &[]),
+            ],
+        }
+    }
+
+    fn parse(json: &str) -> Result<InferRequest, BadRequest> {
+        parse_request(
+            &Bytes::from(json.to_string()),
+            None,
+            &sig(),
+            &ParseLimits::default(),
+        )
+    }
+
+    fn decode(text: &str, dtype: DType, n: usize) -> Result<Vec<u8>, String> {
+        decode_json_data(text, dtype, n, "t", &[n as u64]).map_err(|e| e.message)
+    }
+
+    #[test]
+    fn datatype_names_round_trip() {
+        for d in DType::ALL {
+            assert_eq!(parse_datatype(datatype_name(d)), Some(d));
+        }
+        assert_eq!(parse_datatype("fp32"), None);
+        assert_eq!(parse_datatype("BYTES"), None);
+    }
+
+    #[test]
+    fn depth_scan() {
+        let nest = |d: usize| format!("{}{}", "[".repeat(d), "]".repeat(d));
+        assert!(check_json_depth(nest(64).as_bytes(), 64).is_ok());
+        let e = check_json_depth(nest(65).as_bytes(), 64).unwrap_err();
+        assert_eq!(e.rule, "json_depth");
+        assert!(e.message.contains("(at byte 64)"), "{}", e.message);
+        assert!(check_json_depth(nest(1_000_000).as_bytes(), 64).is_err());
+        // Brackets in strings, escaped quotes included, do not count.
+        let s = format!("{{\"a\": \"\\\"{}\"}}", "[".repeat(100));
+        assert!(check_json_depth(s.as_bytes(), 2).is_ok());
+        assert!(check_json_depth(b"{\"a\": {\"b\": [1]}}", 2).is_err());
+    }
+
+    #[test]
+    fn decodes_every_dtype_flat_or_nested() {
+        assert_eq!(
+            decode("[true, [false, true]]", DType::Bool, 3).unwrap(),
+            [1, 0, 1]
+        );
+        assert_eq!(
+            decode("[[-128], [127]]", DType::I8, 2).unwrap(),
+            [0x80, 0x7f]
+        );
+        assert_eq!(
+            decode("[18446744073709551615]", DType::U64, 1).unwrap(),
+            u64::MAX.to_le_bytes()
+        );
+        assert_eq!(
+            decode("[-9223372036854775808]", DType::I64, 1).unwrap(),
+            i64::MIN.to_le_bytes()
+        );
+        assert_eq!(
+            decode("[65535]", DType::U16, 1).unwrap(),
+            65535u16.to_le_bytes()
+        );
+        // f32 parsed from the text: correct rounding, no detour through f64.
+        assert_eq!(
+            decode("[0.1]", DType::F32, 1).unwrap(),
+            0.1f32.to_le_bytes()
+        );
+        assert_eq!(
+            decode("[16777217]", DType::F32, 1).unwrap(),
+            16_777_216f32.to_le_bytes()
+        );
+        assert_eq!(
+            decode("[1e-50]", DType::F32, 1).unwrap(),
+            0f32.to_le_bytes()
+        );
+        assert_eq!(
+            decode("[0.1]", DType::F64, 1).unwrap(),
+            0.1f64.to_le_bytes()
+        );
+        assert_eq!(
+            decode("[65504]", DType::F16, 1).unwrap(),
+            f16::MAX.to_le_bytes()
+        );
+        assert_eq!(
+            decode("[1.5, \"-Infinity\"]", DType::BF16, 2).unwrap(),
+            [
+                bf16::from_f32(1.5).to_le_bytes(),
+                bf16::NEG_INFINITY.to_le_bytes()
+            ]
+            .concat()
+        );
+        let nan = decode("[\"NaN\"]", DType::F32, 1).unwrap();
+        assert!(f32::from_le_bytes(nan.try_into().unwrap()).is_nan());
+        // An empty tensor.
+        assert_eq!(decode("[]", DType::F32, 0).unwrap(), Vec::<u8>::new());
+        assert_eq!(decode("[[], []]", DType::I32, 0).unwrap(), Vec::<u8>::new());
+        // A scalar may come bare or in a list.
+        assert_eq!(decode("7", DType::I32, 1).unwrap(), 7i32.to_le_bytes());
+    }
+
+    #[test]
+    fn refuses_values_the_dtype_cannot_hold() {
+        for (text, dtype, want) in [
+            (
+                "[-129]",
+                DType::I8,
+                "element 0 of 'data' is -129: out of range for INT8",
+            ),
+            ("[256]", DType::U8, "out of range for UINT8"),
+            ("[-1]", DType::U64, "out of range for UINT64"),
+            (
+                "[18446744073709551616]",
+                DType::U64,
+                "out of range for UINT64",
+            ),
+            (
+                "[9223372036854775808]",
+                DType::I64,
+                "out of range for INT64",
+            ),
+            (
+                "[1.0]",
+                DType::I32,
+                "element 0 of 'data' is 1.0: expected an integer (INT32)",
+            ),
+            ("[1e2]", DType::I32, "expected an integer (INT32)"),
+            (
+                "[\"1\"]",
+                DType::I32,
+                "element 0 of 'data' is \"1\": expected an integer (INT32)",
+            ),
+            ("[\"NaN\"]", DType::I32, "expected an integer (INT32)"),
+            ("[65520]", DType::F16, "out of range for FP16"),
+            ("[1e39]", DType::F32, "out of range for FP32"),
+            ("[1e309]", DType::F64, "out of range for FP64"),
+            ("[\"x\"]", DType::F64, "the only strings taken are"),
+            ("[\"N\\u0061N\"]", DType::F64, "expected a number (FP64)"),
+            ("[1]", DType::Bool, "BOOL takes true or false"),
+            ("[null]", DType::F32, "expected a number (FP32)"),
+            ("[{\"a\": [1, 2]}]", DType::F32, "got an object"),
+        ] {
+            let e = decode(text, dtype, 1).unwrap_err();
+            assert!(e.contains(want), "{text} as {dtype}: {e}");
+        }
+        let e = decode("[1, 2]", DType::I32, 3).unwrap_err();
+        assert_eq!(e, "input 't': INT32 [3] needs 3 elements in 'data', got 2");
+        let e = decode("[1, 2, 3, 4]", DType::I32, 3).unwrap_err();
+        assert_eq!(
+            e,
+            "input 't': INT32 [3] needs 3 elements in 'data', got more than 3"
+        );
+    }
+
+    #[test]
+    fn requests_are_checked_against_the_signature() {
+        let ok = parse(
+            r#"{"id": "a", "inputs": [
+                {"name": "ids", "datatype": "INT8", "shape": [3], "data": [1, 2, 3]},
+                {"name": "x", "datatype": "FP32", "shape": [2, 2], "data": [[1, 2], [3, 4]]}],
+                "outputs": [{"name": "flag", "parameters": {"binary_data": true}}]}"#,
+        )
+        .unwrap();
+        assert_eq!(ok.id.as_deref(), Some("a"));
+        assert_eq!(ok.inputs[0].name, "x");
+        assert_eq!(ok.inputs[1].data.as_ref(), [1, 2, 3]);
+        assert_eq!(
+            ok.outputs,
+            [OutputChoice {
+                index: 1,
+                binary: true
+            }]
+        );
+        let e = parse(r#"{"inputs": [{"name": "x", "datatype": "FP64", "shape": [2, 2], "data": [1, 2, 3, 4]}]}"#)
+            .unwrap_err();
+        assert_eq!(e.rule, "dtype");
+        assert_eq!(e.input.as_deref(), Some("x"));
+        assert_eq!(
+            e.message,
+            "input 'x' (0): expected float32[2,2], got float64[2,2] (datatype FP64, expected FP32)"
+        );
+        let e = parse(r#"{"inputs": [{"name": "x", "datatype": "FP32", "shape": [4], "data": [1, 2, 3, 4]}]}"#)
+            .unwrap_err();
+        assert_eq!(e.rule, "shape");
+        let e = parse(r#"{"inputs": [{"name": "x", "datatype": "FP32", "shape": [2, 2], "data": [1, 2, 3, 4]}]}"#)
+            .unwrap_err();
+        assert_eq!(e.rule, "missing_input");
+        assert_eq!(e.message, "input 'ids' (1) is missing: expected int8[3]");
+        // A shape whose byte size overflows is refused before anything is allocated.
+        let e = parse(&format!(
+            r#"{{"inputs": [{{"name": "x", "datatype": "FP32", "shape": [{}, {}], "data": [1]}}]}}"#,
+            i64::MAX,
+            i64::MAX
+        ))
+        .unwrap_err();
+        assert_eq!(e.rule, "shape");
+    }
+
+    #[test]
+    fn binary_inputs_are_slices_of_the_body() {
+        let header = r#"{"inputs": [
+            {"name": "x", "datatype": "FP32", "shape": [2, 2], "parameters": {"binary_data_size": 16}},
+            {"name": "ids", "datatype": "INT8", "shape": [3], "parameters": {"binary_data_size": 3}}]}"#;
+        let mut body = header.as_bytes().to_vec();
+        let x: Vec<u8> = [1f32, 2., 3., 4.]
+            .iter()
+            .flat_map(|v| v.to_le_bytes())
+            .collect();
+        body.extend_from_slice(&x);
+        body.extend_from_slice(&[7, 8, 9]);
+        let body = Bytes::from(body);
+        let r = parse_request(&body, Some(header.len()), &sig(), &ParseLimits::default()).unwrap();
+        assert_eq!(r.inputs[0].data.as_ref(), x.as_slice());
+        assert_eq!(r.inputs[1].data.as_ref(), [7, 8, 9]);
+        // The JSON part ends where the header says, even when the binary part looks like JSON.
+        let e = parse_request(
+            &body,
+            Some(header.len() - 1),
+            &sig(),
+            &ParseLimits::default(),
+        )
+        .unwrap_err();
+        assert_eq!(e.rule, "json");
+    }
+
+    #[test]
+    fn mangled_requests_never_panic() {
+        let good = br#"{"id": "q", "inputs": [
+            {"name": "x", "datatype": "FP32", "shape": [2, 2], "data": [[1.5, -2], [3e1, "NaN"]]},
+            {"name": "ids", "datatype": "INT8", "shape": [3], "parameters": {"binary_data_size": 3}}],
+            "parameters": {"binary_data_output": true}, "outputs": [{"name": "y"}]}"#;
+        let mut seed = 0x2545_f491_4f6c_dd1du64;
+        let mut next = || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed
+        };
+        let mut oks = 0;
+        for _ in 0..20_000 {
+            let mut b = good.to_vec();
+            b.extend_from_slice(&[1, 2, 3]);
+            for _ in 0..(next() % 4 + 1) {
+                let i = (next() % b.len() as u64) as usize;
+                match next() % 3 {
+                    0 => b[i] = (next() % 256) as u8,
+                    1 => {
+                        b.remove(i);
+                    }
+                    _ => b.insert(i, b"[]{},\":-1eE.0\\"[(next() % 14) as usize]),
+                }
+            }
+            let hl = (next() % (b.len() as u64 + 2)) as usize;
+            let body = Bytes::from(b);
+            for h in [Some(hl), Some(good.len()), None] {
+                if parse_request(&body, h, &sig(), &ParseLimits::default()).is_ok() {
+                    oks += 1;
+                }
+            }
+        }
+        // Some mutations are harmless (a changed digit): the parser did accept some.
+        assert!(oks > 0);
+    }
+
+    #[test]
+    fn responses_json_and_binary() {
+        let s = sig();
+        let y = Tensor::from_slice(&[2], &[0.1f32, f32::INFINITY]).unwrap();
+        let flag = Tensor::from_slice::<bool>(&[], &[true]).unwrap();
+        let r = encode_response(
+            "m",
+            "1",
+            Some("q\"1"),
+            &[
+                OutputRef {
+                    spec: &s.outputs[0],
+                    tensor: &y,
+                    binary: false,
+                },
+                OutputRef {
+                    spec: &s.outputs[1],
+                    tensor: &flag,
+                    binary: false,
+                },
+            ],
+        );
+        assert_eq!(r.header_len, None);
+        assert_eq!(
+            String::from_utf8(r.body).unwrap(),
+            r#"{"model_name":"m","model_version":"1","id":"q\"1","outputs":[{"name":"y","datatype":"FP32","shape":[2],"data":[0.1,Infinity]},{"name":"flag","datatype":"BOOL","shape":[],"data":[true]}]}"#
+        );
+        let r = encode_response(
+            "m",
+            "1",
+            None,
+            &[OutputRef {
+                spec: &s.outputs[0],
+                tensor: &y,
+                binary: true,
+            }],
+        );
+        let n = r.header_len.unwrap();
+        assert_eq!(
+            std::str::from_utf8(&r.body[..n]).unwrap(),
+            r#"{"model_name":"m","model_version":"1","outputs":[{"name":"y","datatype":"FP32","shape":[2],"parameters":{"binary_data_size":8}}]}"#
+        );
+        assert_eq!(&r.body[n..], y.bytes());
+        // bf16 and f16 in JSON: the shortest text that reads back as the same value.
+        let b = Tensor::from_slice(&[3], &[bf16::from_f32(0.1), bf16::MAX, bf16::NAN]).unwrap();
+        let mut out = String::new();
+        write_json_data(&mut out, &b);
+        assert_eq!(out, "0.100097656,3.3895314e38,NaN");
+        let h = Tensor::from_slice(&[2], &[f16::from_f32(0.1), f16::MIN]).unwrap();
+        let mut out = String::new();
+        write_json_data(&mut out, &h);
+        assert_eq!(out, "0.099975586,-65504.0");
+    }
+}

@@ -1,0 +1,213 @@
+//! The real `xlaguard serve` binary: the embedded default model and the documented curl, the
+//! official Python client (tritonclient[http]) against JAX's outputs, graceful shutdown on
+//! SIGTERM and SIGINT, JSON logs.
+#![cfg(feature = "server")]
+
+mod common;
+mod serving;
+
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+
+use common::{fixture, root};
+use serving::*;
+
+#[test]
+fn default_model_and_the_documented_curl() {
+    let s = Binary::start(&[]);
+    let meta = get(s.addr, "/v2/models/digits").json();
+    assert_eq!(meta["inputs"][0]["name"], "pixels");
+    // The request file the docs' curl sends.
+    let body = std::fs::read(root().join("examples/digits_request.json")).unwrap();
+    let r = request(s.addr, "POST", "/v2/models/digits/infer", &[], &body);
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.json()["outputs"][0]["data"], json!([2]));
+    // The curl line of docs/serving.md, run as written (port swapped), where curl exists.
+    let doc = std::fs::read_to_string(root().join("docs/serving.md")).unwrap();
+    let line = doc
+        .lines()
+        .find(|l| l.starts_with("curl ") && l.contains("/infer"))
+        .expect("a curl .../infer line in docs/serving.md");
+    assert!(line.contains("localhost:8000"), "{line}");
+    if Command::new("curl").arg("--version").output().is_ok() {
+        let cmd = line.replace("localhost:8000", &s.addr.to_string());
+        let out = Command::new("sh")
+            .current_dir(root())
+            .args(["-c", &cmd])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{cmd}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(v["outputs"][0]["data"], json!([2]), "{v}");
+    }
+}
+
+fn python() -> std::path::PathBuf {
+    if let Some(p) = std::env::var_os("XLAGUARD_TEST_PYTHON") {
+        return p.into();
+    }
+    let p = root().join("venv-test/bin/python");
+    assert!(
+        p.is_file(),
+        "missing {}: run scripts/setup-test-venv.sh (scripts/test.sh does) to install \
+         tritonclient[http] from tests/requirements-tritonclient.txt",
+        p.display()
+    );
+    p
+}
+
+#[test]
+fn tritonclient_json_and_binary_equal_jax() {
+    let repo = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("triton-repo");
+    let _ = std::fs::remove_dir_all(&repo);
+    for m in ["digits", "dtypes"] {
+        copy_into(
+            &fixture(m).join("model.jaxexport"),
+            &repo.join(m),
+            "model.jaxexport",
+        );
+    }
+    let s = Binary::start(&["--models", repo.to_str().unwrap()]);
+    let out = Command::new(python())
+        .current_dir(root())
+        .arg("tests/triton_client.py")
+        .args(["--url", &s.addr.to_string(), "--fixtures", "hlo"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(text.contains("OK 43 checks"), "{text}");
+    assert!(text.contains("ok: dtypes BF16 binary == JAX"));
+    assert!(text.contains("ok: digits JSON logits == JAX"));
+}
+
+#[test]
+fn sigterm_drains_in_flight_requests_and_exits_0() {
+    let s = Binary::start(&["--models", "tests/fixtures"]);
+    let addr = s.addr;
+    // About three seconds of work here (see tests/fixtures/spin/README.md).
+    let body = json!({"inputs": [
+        {"name": "n", "datatype": "INT32", "shape": [], "data": [330_000_000]},
+        {"name": "x", "datatype": "FP32", "shape": [], "data": [0.5]}]});
+    let in_flight = std::thread::spawn(move || {
+        let started = Instant::now();
+        let r = post_json(addr, "/v2/models/spin/infer", &body);
+        (r, started.elapsed())
+    });
+    // An idle keep-alive connection must not hold up the shutdown.
+    let mut idle = Conn::open(addr);
+    assert_eq!(
+        idle.send("GET", "/v2/health/live", &[], b"")
+            .unwrap()
+            .status,
+        200
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    let pid = s.child.id().to_string();
+    let stopped = Instant::now();
+    assert!(Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap()
+        .success());
+    // New connections are refused soon after the signal.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while std::net::TcpStream::connect(addr).is_ok() {
+        assert!(Instant::now() < deadline, "still accepting after SIGTERM");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let (r, took) = in_flight.join().unwrap();
+    assert_eq!(
+        r.status,
+        200,
+        "the in-flight request was not drained: {}",
+        r.text()
+    );
+    assert!(took > Duration::from_millis(500), "{took:?}");
+    let status = s.stop("0", Duration::from_secs(15)); // signal 0: just wait
+    assert_eq!(status.code(), Some(0), "{status:?}");
+    assert!(stopped.elapsed() < Duration::from_secs(15));
+}
+
+#[test]
+fn sigint_exits_0_and_logs_are_json() {
+    let log = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("serve-json.log");
+    let file = std::fs::File::create(&log).unwrap();
+    let s = Binary::start_logging(&["--log-format", "json"], "info", Stdio::from(file));
+    let r = post_json(
+        s.addr,
+        "/v2/models/digits/infer",
+        &json!({"inputs": [
+        {"name": "pixels", "datatype": "FP32", "shape": [1, 63], "data": vec![0.0; 63]}]}),
+    );
+    assert_eq!(r.status, 400);
+    let _idle = Conn::open(s.addr);
+    let status = s.stop("INT", Duration::from_secs(10));
+    assert_eq!(status.code(), Some(0), "{status:?}");
+    let text = std::fs::read_to_string(&log).unwrap();
+    let events: Vec<serde_json::Value> = text
+        .lines()
+        .filter(|l| l.starts_with('{'))
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+        .collect();
+    let find = |msg: &str| {
+        events
+            .iter()
+            .find(|e| e["message"] == msg)
+            .unwrap_or_else(|| panic!("no '{msg}' event in\n{text}"))
+            .clone()
+    };
+    let ready = find("model ready");
+    assert_eq!(ready["model"], "digits");
+    assert_eq!(ready["level"], "INFO");
+    let rejected = find("input rejected");
+    assert_eq!(rejected["rule"], "shape");
+    assert_eq!(rejected["input"], "pixels");
+    find("SIGINT received");
+    find("drained; bye");
+}
+
+#[test]
+fn bad_arguments_and_unreadable_repository_fail_cleanly() {
+    let out = Command::new(env!("CARGO_BIN_EXE_xlaguard"))
+        .args([
+            "serve",
+            "--models",
+            "/nonexistent/models",
+            "--addr",
+            "127.0.0.1:0",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("error: model repository /nonexistent/models: No such file or directory"),
+        "{err}"
+    );
+    // The port is taken: a clean error, not a panic.
+    let held = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = held.local_addr().unwrap().to_string();
+    let out = Command::new(env!("CARGO_BIN_EXE_xlaguard"))
+        .args(["serve", "--addr", &addr])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(&format!("error: cannot listen on {addr}")),
+        "{err}"
+    );
+}

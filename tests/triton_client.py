@@ -1,0 +1,157 @@
+#!/usr/bin/env python3
+"""The official KServe v2 client, tritonclient[http], against a running `xlaguard serve`.
+
+    venv-test/bin/python tests/triton_client.py --url 127.0.0.1:PORT --fixtures hlo
+
+The server must serve `digits` and `dtypes` (hlo/<name>/model.jaxexport). Every answer is
+compared with JAX's own outputs (hlo/<name>/out*.npy), bit for bit. Exits non-zero on the first
+mismatch; prints one line per check and a final `OK <n> checks`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import ml_dtypes
+import numpy as np
+import tritonclient.http as httpclient
+from tritonclient.utils import InferenceServerException
+
+checks = 0
+
+
+def check(cond: bool, what: str) -> None:
+    global checks
+    if not cond:
+        print(f"FAIL: {what}", flush=True)
+        sys.exit(1)
+    checks += 1
+    print(f"ok: {what}", flush=True)
+
+
+def same(a: np.ndarray, b: np.ndarray) -> bool:
+    """Bit-equal arrays of the same dtype and shape (NaN equals NaN)."""
+    if a.dtype != b.dtype or a.shape != b.shape:
+        return False
+    return a.tobytes() == b.tobytes()
+
+
+def load(path: Path, dtype: str) -> np.ndarray:
+    a = np.load(path, allow_pickle=False)
+    if dtype == "BF16":
+        a = a.view(ml_dtypes.bfloat16)  # numpy + ml_dtypes store bf16 as '<V2'
+    return a
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--url", required=True)
+    ap.add_argument("--fixtures", required=True, type=Path)
+    args = ap.parse_args()
+    client = httpclient.InferenceServerClient(url=args.url)
+
+    check(client.is_server_live(), "server live")
+    check(client.is_server_ready(), "server ready")
+    check(client.is_model_ready("digits"), "digits ready")
+    check(not client.is_model_ready("nope"), "unknown model not ready")
+    meta = client.get_server_metadata()
+    check(meta["name"] == "xlaguard" and "binary_tensor_data" in meta["extensions"], "server metadata")
+    meta = client.get_model_metadata("digits")
+    check(
+        meta["inputs"] == [{"name": "pixels", "datatype": "FP32", "shape": [1, 64]}]
+        and [o["name"] for o in meta["outputs"]] == ["label", "logits"]
+        and meta["versions"] == ["1"],
+        "digits metadata",
+    )
+
+    d = args.fixtures / "digits"
+    x = np.load(d / "in0.npy")
+    label, logits = np.load(d / "out0.npy"), np.load(d / "out1.npy")
+
+    # JSON in, JSON out.
+    inp = httpclient.InferInput("pixels", [1, 64], "FP32")
+    inp.set_data_from_numpy(x, binary_data=False)
+    outs = [
+        httpclient.InferRequestedOutput("label", binary_data=False),
+        httpclient.InferRequestedOutput("logits", binary_data=False),
+    ]
+    r = client.infer("digits", [inp], outputs=outs, request_id="json-1")
+    check(r.get_response()["id"] == "json-1", "request id echoed")
+    check(same(r.as_numpy("label"), label), "digits JSON label == JAX")
+    check(same(r.as_numpy("logits"), logits), "digits JSON logits == JAX")
+
+    # Binary in, binary out (the client's defaults), by version.
+    inp = httpclient.InferInput("pixels", [1, 64], "FP32")
+    inp.set_data_from_numpy(x)
+    r = client.infer("digits", [inp], model_version="1")
+    check(same(r.as_numpy("label"), label), "digits binary label == JAX")
+    check(same(r.as_numpy("logits"), logits), "digits binary logits == JAX")
+
+    # Only one output.
+    r = client.infer("digits", [inp], outputs=[httpclient.InferRequestedOutput("logits")])
+    check(r.as_numpy("label") is None and same(r.as_numpy("logits"), logits), "outputs subset")
+
+    # A batch of the first 32 test images, one request each: the labels JAX's model predicts.
+    batch = np.load(d / "batch.npy")
+    want = np.load(d / "batch_labels.npy")
+    got = []
+    for row in batch:
+        inp = httpclient.InferInput("pixels", [1, 64], "FP32")
+        inp.set_data_from_numpy(row.reshape(1, 64))
+        got.append(int(client.infer("digits", [inp]).as_numpy("label")[0]))
+    check(np.mean(np.array(got) == want) >= 0.9, f"batch accuracy {np.mean(np.array(got) == want):.3f}")
+
+    # Every datatype: dtypes model, JSON where the client allows it (not BF16), then binary.
+    d = args.fixtures / "dtypes"
+    meta = client.get_model_metadata("dtypes")
+    ins = [load(d / f"in{i}.npy", m["datatype"]) for i, m in enumerate(meta["inputs"])]
+    want = [load(d / f"out{i}.npy", m["datatype"]) for i, m in enumerate(meta["outputs"])]
+    for binary in (False, True):
+        inputs = []
+        for m, a in zip(meta["inputs"], ins):
+            i = httpclient.InferInput(m["name"], list(a.shape), m["datatype"])
+            i.set_data_from_numpy(a, binary_data=binary or m["datatype"] == "BF16")
+            inputs.append(i)
+        outs = [httpclient.InferRequestedOutput(m["name"], binary_data=binary) for m in meta["outputs"]]
+        r = client.infer("dtypes", inputs, outputs=outs)
+        for m, w in zip(meta["outputs"], want):
+            check(same(r.as_numpy(m["name"]), w), f"dtypes {m['datatype']} {'binary' if binary else 'JSON'} == JAX")
+
+    # Errors come back as InferenceServerException with the status and the server's message.
+    inp = httpclient.InferInput("pixels", [1, 63], "FP32")
+    inp.set_data_from_numpy(x[:, :63])
+    try:
+        client.infer("digits", [inp])
+        check(False, "wrong shape refused")
+    except InferenceServerException as e:
+        check(
+            e.status() == "400" and "expected float32[1,64], got float32[1,63]" in e.message(),
+            f"wrong shape refused: {e.status()} {e.message()}",
+        )
+    inp = httpclient.InferInput("pixels", [1, 64], "FP64")
+    inp.set_data_from_numpy(x.astype(np.float64))
+    try:
+        client.infer("digits", [inp])
+        check(False, "wrong datatype refused")
+    except InferenceServerException as e:
+        check(e.status() == "400" and "got float64[1,64]" in e.message(), f"wrong datatype refused: {e.message()}")
+    try:
+        client.infer("nope", [inp])
+        check(False, "unknown model refused")
+    except InferenceServerException as e:
+        check(e.status() == "404", f"unknown model refused: {e.status()} {e.message()}")
+    # And the next request still works.
+    inp = httpclient.InferInput("pixels", [1, 64], "FP32")
+    inp.set_data_from_numpy(x)
+    check(same(client.infer("digits", [inp]).as_numpy("logits"), logits), "good request after errors")
+
+    client.close()
+    print(json.dumps({"checks": checks}))
+    print(f"OK {checks} checks")
+
+
+if __name__ == "__main__":
+    main()
