@@ -5,4 +5,4 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_BUILD_JOBS=${CARGO_BUILD_JOBS:-2}
 scripts/fetch-plugin.sh
-cargo test --locked "$@"
+cargo test --locked --features test-hooks "$@"

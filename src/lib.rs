@@ -17,6 +17,7 @@
 #![deny(missing_docs)]
 
 pub mod artifact;
+pub mod compile;
 mod engine;
 mod error;
 pub mod pjrt;

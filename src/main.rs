@@ -80,6 +80,8 @@ enum Cmd {
 }
 
 fn main() -> ExitCode {
+    // A compile worker: jail, compile one module, exit. Must come before anything else.
+    xlaguard::compile::worker_main_if_requested();
     let cli = Cli::parse();
     match real_main(cli) {
         Ok(()) => ExitCode::SUCCESS,
@@ -143,7 +145,7 @@ fn real_main(cli: Cli) -> Result<()> {
             let engine = Engine::new(&cfg)?;
             let t = Instant::now();
             let m = engine.load_artifact(read_artifact(model)?)?;
-            let ser = m.executable().serialize()?;
+            let ser = m.serialized_executable()?;
             std::fs::write(output, &ser.0).with_context(|| output.display().to_string())?;
             println!(
                 "compiled in {:.1} ms; {} bytes written to {}",

@@ -27,13 +27,28 @@ pub fn plugin() -> PathBuf {
     p
 }
 
+/// The default config on the pinned CPU plugin, compiling in jailed workers run by the
+/// `xlaguard` binary (a test binary cannot serve as its own worker).
+pub fn config() -> EngineConfig {
+    let mut c = EngineConfig::default();
+    c.plugin(plugin());
+    c.compile.worker_exe(env!("CARGO_BIN_EXE_xlaguard"));
+    c
+}
+
 /// One engine on the pinned CPU plugin, shared by the tests of a binary.
 pub fn engine() -> &'static Engine {
     static E: OnceLock<Engine> = OnceLock::new();
+    E.get_or_init(|| Engine::new(&config()).expect("engine on the pinned CPU plugin"))
+}
+
+/// One in-process (thread isolation) engine on the pinned CPU plugin.
+pub fn thread_engine() -> &'static Engine {
+    static E: OnceLock<Engine> = OnceLock::new();
     E.get_or_init(|| {
-        let mut c = EngineConfig::default();
-        c.plugin(plugin());
-        Engine::new(&c).expect("engine on the pinned CPU plugin")
+        let mut c = config();
+        c.compile.isolation(xlaguard::compile::Isolation::Thread);
+        Engine::new(&c).expect("in-process engine on the pinned CPU plugin")
     })
 }
 
