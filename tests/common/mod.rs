@@ -64,3 +64,37 @@ pub fn numbered(dir: &Path, prefix: &str) -> Vec<Tensor> {
     }
     v
 }
+
+/// StableHLO text of a straight chain of `n` sine ops on `tensor<64xf32>`: compile time and
+/// memory grow faster than its size (PJRT_NOTES.md: n = 2,000 takes ~3 s and 0.2 GB).
+pub fn slow_module(n: usize) -> String {
+    let mut s = String::from(
+        "func.func public @main(%arg0: tensor<64xf32>) -> tensor<64xf32> {\n  %0 = stablehlo.sine %arg0 : tensor<64xf32>\n",
+    );
+    for i in 1..n {
+        s.push_str(&format!(
+            "  %{i} = stablehlo.sine %{} : tensor<64xf32>\n",
+            i - 1
+        ));
+    }
+    s.push_str(&format!("  return %{} : tensor<64xf32>\n}}\n", n - 1));
+    s
+}
+
+/// The records of a JSON-lines audit log.
+pub fn audit_lines(path: &Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("every audit line is JSON"))
+        .collect()
+}
+
+/// Compiles and runs the digits model on `engine`, checking JAX's output.
+pub fn digits_still_work(engine: &Engine) {
+    let dir = fixture("digits");
+    let m = engine.load_file(&dir.join("model.jaxexport")).unwrap();
+    let ins = numbered(&dir, "in");
+    let out = m.run(&[ins[0].view()]).unwrap();
+    assert_eq!(out[1].bytes(), numbered(&dir, "out")[1].bytes());
+}
