@@ -7,6 +7,7 @@ use std::time::Instant;
 use anyhow::{anyhow, bail, Context, Result};
 use clap::{Parser, Subcommand};
 use xlaguard::artifact::{self, Artifact};
+use xlaguard::compile::Isolation;
 use xlaguard::plugin::{self, DeviceKind};
 use xlaguard::signature::{Dim, TensorSpec};
 use xlaguard::{Engine, EngineConfig, Model, Tensor, TensorRef};
@@ -29,6 +30,18 @@ struct Cli {
     /// Device kind to look for when discovering a plugin.
     #[arg(long, global = true, value_parser = ["cpu", "cuda", "tpu", "auto"])]
     device: Option<String>,
+    /// Where compiles run: in a jailed worker process (default) or in this process.
+    #[arg(long, global = true, value_parser = ["process", "thread"])]
+    isolation: Option<String>,
+    /// Cache compiled executables (authenticated) in this folder.
+    #[arg(long, global = true)]
+    cache_dir: Option<PathBuf>,
+    /// Append a JSON-lines audit record of every compile to this file.
+    #[arg(long, global = true)]
+    audit_log: Option<PathBuf>,
+    /// Kill a compile that runs longer than this many seconds.
+    #[arg(long, global = true)]
+    compile_timeout: Option<f64>,
     #[command(subcommand)]
     cmd: Cmd,
 }
@@ -103,6 +116,17 @@ fn config(cli: &Cli) -> Result<EngineConfig> {
         Some("tpu") => Some(DeviceKind::Tpu),
         Some(other) => bail!("unknown device '{other}'"),
     };
+    if cli.isolation.as_deref() == Some("thread") {
+        c.compile.isolation(Isolation::Thread);
+    }
+    c.compile.cache_dir.clone_from(&cli.cache_dir);
+    c.compile.audit_log.clone_from(&cli.audit_log);
+    if let Some(t) = cli.compile_timeout {
+        if !(t.is_finite() && t > 0.0) {
+            bail!("--compile-timeout must be a positive number of seconds");
+        }
+        c.compile.deadline(std::time::Duration::from_secs_f64(t));
+    }
     Ok(c)
 }
 
@@ -182,11 +206,19 @@ fn inspect(cfg: &EngineConfig, model: &str, json: bool) -> Result<()> {
     // the MLIR bytecode, surfaced by XLA) and, for HLO protos or bytecode, the shapes.
     let mut sig = a.signature.clone();
     let mut note = None;
-    if unsupported.is_none() {
-        match Engine::new(cfg).and_then(|e| e.load_artifact(a.clone())) {
-            Ok(m) => sig = Some(m.signature().clone()),
-            Err(e) => note = Some(format!("not compiled: {e}")),
+    let mut jail = None;
+    match Engine::new(cfg) {
+        Ok(e) => {
+            jail = Some((e.isolation(), e.sandbox_report().clone()));
+            if unsupported.is_none() {
+                match e.load_artifact(a.clone()) {
+                    Ok(m) => sig = Some(m.signature().clone()),
+                    Err(e) => note = Some(format!("not compiled: {e}")),
+                }
+            }
         }
+        Err(e) if unsupported.is_none() => note = Some(format!("not compiled: {e}")),
+        Err(_) => {}
     }
     let sig = sig.unwrap_or_default();
     let plugin_desc = match &found {
@@ -210,6 +242,7 @@ fn inspect(cfg: &EngineConfig, model: &str, json: bool) -> Result<()> {
             "plugin": found.as_ref().ok().map(|f| serde_json::json!({"path": f.path, "source": format!("{:?}", f.source), "kind": f.kind.name()})),
             "unsupported": unsupported,
             "note": note,
+            "compile": jail.as_ref().map(|(i, r)| serde_json::json!({"isolation": i.name(), "jail": r})),
         });
         println!("{}", serde_json::to_string_pretty(&v)?);
         return Ok(());
@@ -245,6 +278,24 @@ fn inspect(cfg: &EngineConfig, model: &str, json: bool) -> Result<()> {
         println!("calling convention: {v}");
     }
     println!("plugin: {plugin_desc}");
+    if let Some((isolation, r)) = &jail {
+        match isolation {
+            Isolation::Process => {
+                println!("compile: jailed worker process (pid {} reported)", r.pid);
+                println!("  landlock:     {}", r.landlock);
+                println!("  seccomp:      {}", r.seccomp);
+                println!("  network:      {}", r.network);
+                println!("  capabilities: {}", r.capabilities);
+                println!("  no_new_privs: {}", r.no_new_privs);
+                println!("  rlimits:      {}", r.rlimits);
+                println!("  affinity:     {}", r.affinity);
+            }
+            Isolation::Thread => println!("compile: in this process (thread isolation)"),
+        }
+        for u in &r.unenforced {
+            println!("  NOT ENFORCED: {u}");
+        }
+    }
     if let Some(u) = unsupported {
         println!("NOT RUNNABLE: {u}");
     }

@@ -355,7 +355,6 @@ pub const ALLOWED_XLA_FLAGS: &[&str] = &[
     "xla_cpu_strict_dot_conv_math",
     "xla_cpu_use_thunk_runtime",
     "xla_cpu_use_xnnpack",
-    "xla_cpu_disable_loop_unrolling",
     "xla_llvm_disable_expensive_passes",
     "xla_disable_hlo_passes",
     "xla_force_host_platform_device_count",
