@@ -50,13 +50,13 @@ pub enum Error {
     },
     /// A compile ran past its deadline or CPU limit; its worker was killed (504).
     #[error("compile timed out: {0}")]
-    Timeout(crate::compile::WorkerFailure),
+    Timeout(Box<crate::compile::WorkerFailure>),
     /// The compile worker crashed (abort, fault, memory limit), or broke the protocol (500).
     #[error("compile failed: {0}")]
-    WorkerCrashed(crate::compile::WorkerFailure),
+    WorkerCrashed(Box<crate::compile::WorkerFailure>),
     /// The compile worker made a system call its sandbox forbids and was killed (500).
     #[error("sandbox violation: {0}")]
-    SandboxViolation(crate::compile::WorkerFailure),
+    SandboxViolation(Box<crate::compile::WorkerFailure>),
     /// Something is larger than its configured limit (413).
     #[error("{what} of {actual} bytes exceeds the limit of {limit} bytes")]
     TooLarge {

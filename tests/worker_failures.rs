@@ -29,7 +29,7 @@ fn fails_alone(e: &Engine, bad: impl FnOnce() -> Error) -> WorkerFailure {
         let err = bad();
         good.join().expect("the concurrent compile succeeded");
         let f = match err {
-            Error::WorkerCrashed(f) | Error::Timeout(f) | Error::SandboxViolation(f) => f,
+            Error::WorkerCrashed(f) | Error::Timeout(f) | Error::SandboxViolation(f) => *f,
             other => panic!("expected a worker failure, got {other}"),
         };
         // Replaced: the next compile runs in another process and succeeds.

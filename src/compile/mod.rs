@@ -313,7 +313,7 @@ impl std::fmt::Display for WorkerFailure {
 impl std::error::Error for WorkerFailure {}
 
 impl WorkerFailure {
-    fn into_error(self) -> Error {
+    fn into_error(self: Box<Self>) -> Error {
         match self.cause {
             FailureCause::SeccompKill => Error::SandboxViolation(self),
             FailureCause::Timeout(_) | FailureCause::CpuLimit(_) => Error::Timeout(self),
@@ -601,7 +601,7 @@ impl Compiler {
     fn limits_json(&self) -> serde_json::Value {
         let l = &self.config.limits;
         json!({
-            "deadline_ms": l.deadline.as_millis() as u64,
+            "deadline_ms": u64::try_from(l.deadline.as_millis()).unwrap_or(u64::MAX),
             "address_space_bytes": l.address_space_bytes,
             "cpu_seconds": l.cpu_seconds,
             "open_files": l.open_files,
@@ -866,14 +866,14 @@ impl Compiler {
                     message: r.message,
                 }))
             }
-            Kind::Fatal => Err(Error::WorkerCrashed(WorkerFailure {
+            Kind::Fatal => Err(Error::WorkerCrashed(Box::new(WorkerFailure {
                 pid: done.pid,
                 cause: FailureCause::Setup(String::from_utf8_lossy(&done.frame.payload).into()),
                 exit: done.exit,
                 usage: done.usage,
                 wall: done.wall,
                 stderr_tail: String::new(),
-            })),
+            }))),
             k => Err(Error::WorkerCrashed(protocol_failure(
                 &done,
                 ProtocolError::Unexpected(k),
@@ -1003,15 +1003,15 @@ impl Compiler {
     }
 }
 
-fn protocol_failure(done: &pool::Done, e: ProtocolError) -> WorkerFailure {
-    WorkerFailure {
+fn protocol_failure(done: &pool::Done, e: ProtocolError) -> Box<WorkerFailure> {
+    Box::new(WorkerFailure {
         pid: done.pid,
         cause: FailureCause::Protocol(e),
         exit: done.exit,
         usage: done.usage,
         wall: done.wall,
         stderr_tail: String::new(),
-    }
+    })
 }
 
 fn pool_error(e: PoolError) -> Error {

@@ -36,7 +36,7 @@ pub(crate) struct Done {
 #[derive(Debug)]
 pub(crate) enum PoolError {
     Busy { running: usize, queued: usize },
-    Failed(WorkerFailure),
+    Failed(Box<WorkerFailure>),
 }
 
 /// The pool's settings.
@@ -308,7 +308,7 @@ fn lock(m: &Mutex<State>) -> MutexGuard<'_, State> {
 }
 
 impl Inner {
-    fn failure(&self, p: &mut Proc, b: Broken) -> WorkerFailure {
+    fn failure(&self, p: &mut Proc, b: Broken) -> Box<WorkerFailure> {
         let reaped = p.kill_and_reap();
         let (exit, usage) = match reaped {
             Some((e, u)) => (Some(e), u),
@@ -322,27 +322,29 @@ impl Inner {
             }
             (c, _) => c,
         };
-        WorkerFailure {
+        Box::new(WorkerFailure {
             pid: u32::try_from(p.pid).unwrap_or(0),
             cause,
             exit,
             usage,
             wall: p.started.elapsed(),
             stderr_tail: stderr,
-        }
+        })
     }
 
     /// Starts a worker and waits until it is jailed and ready.
-    fn start(&self) -> Result<Warm, WorkerFailure> {
+    fn start(&self) -> Result<Warm, Box<WorkerFailure>> {
         self.stats.bump(Counter::WorkersSpawned);
         let started = Instant::now();
-        let spawn_failed = |e: String| WorkerFailure {
-            pid: 0,
-            cause: FailureCause::Spawn(e),
-            exit: None,
-            usage: ChildUsage::default(),
-            wall: started.elapsed(),
-            stderr_tail: String::new(),
+        let spawn_failed = |e: String| {
+            Box::new(WorkerFailure {
+                pid: 0,
+                cause: FailureCause::Spawn(e),
+                exit: None,
+                usage: ChildUsage::default(),
+                wall: started.elapsed(),
+                stderr_tail: String::new(),
+            })
         };
         let mut cmd = Command::new(&self.cfg.exe);
         cmd.arg(WORKER_ARG)
@@ -428,7 +430,7 @@ impl Pool {
     pub(crate) fn new(
         cfg: PoolConfig,
         stats: Arc<CompileStats>,
-    ) -> Result<(Pool, JailReport), WorkerFailure> {
+    ) -> Result<(Pool, JailReport), Box<WorkerFailure>> {
         let inner = Arc::new(Inner {
             cfg,
             state: Mutex::new(State::default()),

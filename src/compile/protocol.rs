@@ -306,7 +306,12 @@ pub fn encode_compile(format: &str, options: &[u8], program: &[u8]) -> Vec<u8> {
     };
     let mut v = Vec::with_capacity(5 + options.len() + program.len());
     v.push(f);
-    v.extend_from_slice(&(options.len() as u32).to_le_bytes());
+    // Options are a few bytes (bounded by MAX_SMALL on decode).
+    v.extend_from_slice(
+        &u32::try_from(options.len())
+            .unwrap_or(u32::MAX)
+            .to_le_bytes(),
+    );
     v.extend_from_slice(options);
     v.extend_from_slice(program);
     v
@@ -339,7 +344,11 @@ pub fn decode_compile(p: &[u8]) -> Result<(&'static str, &[u8], &[u8]), Protocol
 /// A compiled reply's payload: stats JSON length, stats JSON, executable bytes.
 pub fn encode_compiled(stats_json: &[u8], exe: &[u8]) -> Vec<u8> {
     let mut v = Vec::with_capacity(4 + stats_json.len() + exe.len());
-    v.extend_from_slice(&(stats_json.len() as u32).to_le_bytes());
+    v.extend_from_slice(
+        &u32::try_from(stats_json.len())
+            .unwrap_or(u32::MAX)
+            .to_le_bytes(),
+    );
     v.extend_from_slice(stats_json);
     v.extend_from_slice(exe);
     v
