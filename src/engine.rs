@@ -6,6 +6,7 @@ use std::sync::Arc;
 use crate::artifact::{self, Artifact, ArtifactKind, ProgramFormat};
 use crate::compile::{
     CompileConfig, CompileInput, CompileSummary, Compiler, JailReport, StatsSnapshot,
+    TrustedExecutable,
 };
 use crate::error::Error;
 use crate::pjrt::{
@@ -111,22 +112,21 @@ impl Engine {
         self.compiler.isolation()
     }
 
-    /// Loads an artifact with an executable serialized earlier (by [`LoadedExecutable::serialize`]
-    /// on the same plugin), without compiling.
-    ///
-    /// # Safety
-    /// A serialized executable is machine code and runs with this process's rights: `executable`
-    /// must come from a trusted source (this crate's own compile of this very artifact, kept
-    /// where nobody else could change it). The built-in cache authenticates its entries instead.
+    /// Loads an artifact with an executable serialized earlier (by
+    /// [`Model::serialized_executable`] on the same plugin), without compiling. Building the
+    /// [`TrustedExecutable`] is the `unsafe` step: see its safety contract.
     ///
     /// # Errors
     /// The plugin's error if it cannot load the bytes, or as [`Engine::load_artifact`].
-    pub unsafe fn load_serialized(&self, a: Artifact, executable: &[u8]) -> Result<Model, Error> {
+    pub fn load_serialized(
+        &self,
+        a: Artifact,
+        executable: TrustedExecutable<'_>,
+    ) -> Result<Model, Error> {
         a.check_supported()?;
         let platform_index = a.platform_index(self.client.platform())?;
         let started = std::time::Instant::now();
-        // SAFETY: the caller vouches for the bytes (this function's contract).
-        let exe = unsafe { self.client.deserialize(executable) }?;
+        let exe = crate::compile::load_trusted(&self.client, executable)?;
         let summary = CompileSummary {
             isolation: self.compiler.isolation(),
             cache_hit: false,
@@ -142,7 +142,7 @@ impl Engine {
             started.elapsed(),
             summary,
         )?;
-        m.serialized = Some(Arc::from(executable));
+        m.serialized = Some(Arc::from(executable.bytes()));
         Ok(m)
     }
 

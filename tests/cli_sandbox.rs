@@ -65,7 +65,8 @@ fn compile_writes_a_loadable_executable_and_an_audit_trail() {
     let bytes = std::fs::read(&exe).unwrap();
     let a = xlaguard::artifact::load_file(&fixture("digits").join("model.jaxexport")).unwrap();
     // SAFETY: written a moment ago by our own binary, in a folder only this test uses.
-    let m = unsafe { common::engine().load_serialized(a, &bytes) }.unwrap();
+    let trusted = unsafe { xlaguard::compile::TrustedExecutable::new(&bytes) };
+    let m = common::engine().load_serialized(a, trusted).unwrap();
     let ins = common::numbered(&fixture("digits"), "in");
     let got = m.run(&[ins[0].view()]).unwrap();
     assert_eq!(

@@ -118,8 +118,10 @@ fn a_compile_past_the_deadline_is_killed() {
 
 #[test]
 fn a_compile_over_the_memory_limit_fails() {
-    // The limit: what an idle worker (plugin loaded, client created) peaks at, plus 192 MiB:
-    // enough for digits (the concurrent compile), far too little for 3,000 chained sines.
+    // The limit: what an idle worker (plugin loaded, client created) peaks at, plus 64 MiB:
+    // enough for digits (the concurrent compile needs < 24 MiB more), far too little for 4,000
+    // chained sines (3,000 need > 96 MiB more). Workers run with MALLOC_ARENA_MAX=2, so address
+    // space tracks memory use rather than the number of threads.
     let probe = Engine::new(&common::config()).unwrap();
     let pid = probe.spare_worker_pids(Duration::from_secs(30))[0];
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
@@ -133,13 +135,13 @@ fn a_compile_over_the_memory_limit_fails() {
         .parse()
         .unwrap();
     drop(probe);
-    let limit = (peak_kb << 10) + (192 << 20);
+    let limit = (peak_kb << 10) + (64 << 20);
     let dir = tempfile::tempdir().unwrap();
     let log = dir.path().join("audit.jsonl");
     let e = engine_with_audit(&log, |c| {
         c.compile.limits.address_space_bytes = Some(limit);
     });
-    let slow = common::slow_module(3000);
+    let slow = common::slow_module(4000);
     let f = fails_alone(&e, || e.load_bytes(slow.as_bytes()).unwrap_err());
     assert_eq!(f.cause, FailureCause::MemoryLimit(limit), "{f}");
     // glibc or libstdc++ said so on the way down.

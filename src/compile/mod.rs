@@ -157,6 +157,9 @@ pub struct CompileConfig {
     pub queue: usize,
     /// Workers kept started and jailed ahead of need.
     pub spare_workers: usize,
+    /// Have each worker compile a small module of its own before it takes a request, so the
+    /// compiler's one-time start-up is paid ahead of need (by spares, in the background).
+    pub warm_up_workers: bool,
     /// Limits of each compile.
     pub limits: Limits,
     /// The jail.
@@ -178,6 +181,7 @@ impl Default for CompileConfig {
             workers: 2,
             queue: 16,
             spare_workers: 1,
+            warm_up_workers: true,
             limits: Limits::default(),
             sandbox: SandboxOptions::default(),
             worker_exe: None,
@@ -335,6 +339,39 @@ pub struct CompileSummary {
     pub usage: Option<ChildUsage>,
     /// What the worker measured.
     pub worker: Option<WorkerStats>,
+}
+
+/// Serialized executable bytes the caller vouches for. A serialized executable is machine
+/// code that runs with this process's rights, so making one is `unsafe`; loading it
+/// ([`Engine::load_serialized`](crate::Engine::load_serialized)) is then safe.
+#[derive(Clone, Copy, Debug)]
+pub struct TrustedExecutable<'a>(&'a [u8]);
+
+impl<'a> TrustedExecutable<'a> {
+    /// Vouches for `bytes`.
+    ///
+    /// # Safety
+    /// `bytes` must be an executable serialized by this crate's own compile (of the artifact it
+    /// will be loaded with, on the same plugin), kept where nobody else could change it since.
+    /// The built-in cache does not need this: it authenticates its entries.
+    pub unsafe fn new(bytes: &'a [u8]) -> TrustedExecutable<'a> {
+        TrustedExecutable(bytes)
+    }
+
+    /// The bytes.
+    pub fn bytes(&self) -> &'a [u8] {
+        self.0
+    }
+}
+
+/// Loads vouched-for executable bytes.
+pub(crate) fn load_trusted(
+    client: &Client,
+    exe: TrustedExecutable<'_>,
+) -> Result<LoadedExecutable, PjrtError> {
+    // SAFETY: a TrustedExecutable is only made through its `unsafe` constructor, whose caller
+    // guarantees the bytes are this crate's own serialized executable.
+    unsafe { client.deserialize(exe.0) }
 }
 
 /// XLA flags a worker (or thread-isolated client) may be given through `XLA_FLAGS`. Checked
@@ -516,6 +553,7 @@ impl Compiler {
                     client_options: client_options.clone(),
                     limits: config.limits.clone(),
                     sandbox: config.sandbox.clone(),
+                    warm_up: config.warm_up_workers,
                     read_paths,
                 };
                 let init = serde_json::to_vec(&init)
@@ -523,10 +561,12 @@ impl Compiler {
                     .and_then(|b| {
                         protocol::encode(Kind::Init, &b).map_err(|e| Error::Internal(e.to_string()))
                     })?;
-                let env: Vec<(String, OsString)> = ENV_ALLOWLIST
+                let mut env: Vec<(String, OsString)> = ENV_ALLOWLIST
                     .iter()
+                    .filter(|k| **k != "MALLOC_ARENA_MAX")
                     .filter_map(|k| std::env::var_os(k).map(|v| (k.to_string(), v)))
                     .collect();
+                env.push(("MALLOC_ARENA_MAX".into(), "2".into()));
                 let cfg = PoolConfig {
                     exe,
                     init,

@@ -412,6 +412,15 @@ pub(crate) struct Pool {
     inner: Arc<Inner>,
 }
 
+/// Starts spares when dropped (at the end of a request, whatever its outcome).
+struct Replenish<'a>(&'a Pool);
+
+impl Drop for Replenish<'_> {
+    fn drop(&mut self) {
+        self.0.replenish();
+    }
+}
+
 /// Holds a running slot; frees it on drop.
 struct Slot<'a>(&'a Inner);
 
@@ -514,7 +523,9 @@ impl Pool {
             Some(w) => w,
             None => self.inner.start().map_err(PoolError::Failed)?,
         };
-        self.replenish();
+        // The next spare starts once this request is done, not during it: starting a worker
+        // (plugin load, client, warm-up compile) would compete for the same cores.
+        let _replenish = Replenish(self);
         let mut p = warm.proc;
         let frame = protocol::encode(kind, payload)
             .map_err(|e| PoolError::Failed(self.inner.failure(&mut p, Broken::Protocol(e))))?;
