@@ -55,6 +55,10 @@ fn a_full_queue_is_busy() {
     let s = e.compile_stats();
     assert_eq!((s.busy, s.running, s.queued), (1, 0, 0));
     assert_eq!(s.succeeded, 1);
+    let lines = common::audit_lines(&log);
+    let busy: Vec<_> = lines.iter().filter(|l| l["event"] == "busy").collect();
+    assert_eq!(busy.len(), 1, "{lines:#?}");
+    assert!(busy[0]["error"].as_str().unwrap().contains("queue full"));
 }
 
 #[test]

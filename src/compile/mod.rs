@@ -843,7 +843,13 @@ impl Compiler {
                 if outcome == "sandbox_violation" {
                     self.audit("sandbox_violation", fields.clone());
                 }
-                self.audit("compile_failed", fields);
+                // A request refused for a full queue never reached a compiler.
+                let event = if outcome == "busy" {
+                    "busy"
+                } else {
+                    "compile_failed"
+                };
+                self.audit(event, fields);
                 Err(e)
             }
         }

@@ -67,7 +67,7 @@ pub struct CompileStats {
 pub struct StatsSnapshot {
     /// `process` or `thread`.
     pub isolation: &'static str,
-    /// Compiles started (cache misses that reached a compiler).
+    /// Compile requests past the cache and the size cap (including those then refused `busy`).
     pub started: u64,
     /// Compiles that produced an executable.
     pub succeeded: u64,
