@@ -11,6 +11,7 @@ fn bench(c: &mut Criterion) {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let mut cfg = EngineConfig::default();
     cfg.plugin(root.join("third_party/pjrt-cpu/pjrt_c_api_cpu_plugin.so"));
+    cfg.compile.worker_exe(env!("CARGO_BIN_EXE_xlaguard"));
     let engine = Engine::new(&cfg).expect("run scripts/fetch-plugin.sh first");
     for name in ["tiny", "digits"] {
         let dir = root.join("hlo").join(name);

@@ -89,6 +89,7 @@ struct Digits {
 fn digits() -> Digits {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let mut cfg = EngineConfig::default();
+    cfg.compile.worker_exe(env!("CARGO_BIN_EXE_xlaguard"));
     cfg.plugin(root.join("third_party/pjrt-cpu/pjrt_c_api_cpu_plugin.so"));
     let engine = Engine::new(&cfg).expect("run scripts/fetch-plugin.sh first");
     let file = root.join("hlo/digits/model.jaxexport");

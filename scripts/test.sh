@@ -9,4 +9,4 @@ scripts/setup-test-venv.sh
 cargo fmt --check
 # Lints cover the CUDA code too (cudarc builds without a CUDA toolkit; nothing of it runs here).
 cargo clippy --locked --all-targets --features cuda -- -D warnings
-cargo test --locked "$@"
+cargo test --locked --features test-hooks "$@"

@@ -4,6 +4,10 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use crate::artifact::{self, Artifact, ArtifactError, ArtifactKind, ProgramFormat};
+use crate::compile::{
+    CompileConfig, CompileInput, CompileSummary, Compiler, JailReport, StatsSnapshot,
+    TrustedExecutable,
+};
 use crate::error::Error;
 use crate::pjrt::deps::preload_nvidia_libraries;
 use crate::pjrt::{
@@ -29,6 +33,8 @@ pub struct EngineConfig {
     /// Client create options; when `None`, [`ClientOptions::cpu`] on a CPU plugin (one
     /// device, synchronous) and the plugin's defaults elsewhere.
     pub client_options: Option<ClientOptions>,
+    /// How compiles run: isolation, jail, limits, cache, audit log.
+    pub compile: CompileConfig,
 }
 
 impl EngineConfig {
@@ -51,14 +57,22 @@ pub struct Engine {
     client: Client,
     plugin: FoundPlugin,
     allow_platform_mismatch: bool,
+    compiler: Arc<Compiler>,
 }
 
 impl Engine {
-    /// Finds and loads the plugin, and creates a client.
+    /// Finds and loads the plugin, creates a client, and sets up compilation: with process
+    /// isolation (the default) the first compile worker is started, jailed, and its jail
+    /// report kept ([`Engine::sandbox_report`]).
     ///
     /// # Errors
-    /// [`Error::PluginNotFound`], [`Error::PluginLoad`], or the plugin's client-creation error.
+    /// [`Error::PluginNotFound`], [`Error::PluginLoad`], the plugin's client-creation error,
+    /// [`Error::Config`] for a disallowed `XLA_FLAGS`, or a worker error if no compile worker
+    /// can be started (e.g. the worker executable does not call
+    /// [`crate::compile::worker_main_if_requested`]).
     pub fn new(config: &EngineConfig) -> Result<Engine, Error> {
+        // An unknown flag in XLA_FLAGS aborts XLA at client creation: check it first.
+        crate::compile::validate_xla_flags(&std::env::var("XLA_FLAGS").unwrap_or_default())?;
         let found = plugin::discover(config.plugin.as_deref(), config.device)?;
         // A CUDA plugin from pip needs the NVIDIA wheels beside it loaded first (as JAX does).
         let libraries =
@@ -70,31 +84,130 @@ impl Engine {
             }),
             (_, e) => Error::PluginLoad(e),
         })?;
+        let api_version = api.version();
         let options = match &config.client_options {
             Some(o) => o.clone(),
             None if found.kind == DeviceKind::Cpu => ClientOptions::cpu(),
             None => ClientOptions::new(),
         };
-        let client = match Client::new(api.clone(), &options) {
+        let (client, options) = match Client::new(api.clone(), &options) {
             // A CPU plugin that does not know our default options: fall back to its defaults.
             Err(e)
                 if config.client_options.is_none()
                     && e.code() == Some(ErrorCode::InvalidArgument)
                     && !options.values().is_empty() =>
             {
-                Client::new(api, &ClientOptions::new())?
+                (
+                    Client::new(api, &ClientOptions::new())?,
+                    ClientOptions::new(),
+                )
             }
-            r => r.map_err(|source| Error::ClientCreate {
-                plugin: found.path.clone(),
-                source,
-                libraries: libraries.as_ref().map(|l| l.describe()).unwrap_or_default(),
-            })?,
+            r => (
+                r.map_err(|source| Error::ClientCreate {
+                    plugin: found.path.clone(),
+                    source,
+                    libraries: libraries.as_ref().map(|l| l.describe()).unwrap_or_default(),
+                })?,
+                options,
+            ),
         };
+        // The jail's syscall and file allowlists are the CPU plugin's; a GPU plugin needs the
+        // driver's device files and ioctls, so it compiles in-process until it has a profile.
+        let mut compile = config.compile.clone();
+        let mut gpu_note = None;
+        if found.kind != DeviceKind::Cpu && compile.isolation == crate::compile::Isolation::Process
+        {
+            let why = format!(
+                "the compile jail has a profile for the CPU plugin only; the {} plugin compiles in \
+                 this process (thread isolation)",
+                found.kind.name()
+            );
+            if compile.sandbox.strict {
+                return Err(Error::Config(why));
+            }
+            compile.isolation = crate::compile::Isolation::Thread;
+            gpu_note = Some(why);
+        }
+        let mut compiler = Compiler::new(&compile, &found.path, api_version, &options)?;
+        if let Some(why) = gpu_note {
+            compiler.note_unenforced(why);
+        }
         Ok(Engine {
             client,
             plugin: found,
             allow_platform_mismatch: config.allow_platform_mismatch,
+            compiler: Arc::new(compiler),
         })
+    }
+
+    /// What the compile jail enforces (and what it cannot), as the first worker reported it;
+    /// for thread isolation, a report saying that nothing is enforced.
+    pub fn sandbox_report(&self) -> &JailReport {
+        self.compiler.report()
+    }
+
+    /// Counters and histograms of this engine's compiles (for metrics).
+    pub fn compile_stats(&self) -> StatsSnapshot {
+        self.compiler.stats()
+    }
+
+    /// Where this engine compiles.
+    pub fn isolation(&self) -> crate::compile::Isolation {
+        self.compiler.isolation()
+    }
+
+    /// Loads an artifact with an executable serialized earlier (by
+    /// [`Model::serialized_executable`] on the same plugin), without compiling. Building the
+    /// [`TrustedExecutable`] is the `unsafe` step: see its safety contract.
+    ///
+    /// # Errors
+    /// The plugin's error if it cannot load the bytes, or as [`Engine::load_artifact`].
+    pub fn load_serialized(
+        &self,
+        a: Artifact,
+        executable: TrustedExecutable<'_>,
+    ) -> Result<Model, Error> {
+        a.check_supported()?;
+        let platform_index = a.platform_index(self.client.platform())?;
+        let started = std::time::Instant::now();
+        let exe = crate::compile::load_trusted(&self.client, executable)?;
+        let summary = CompileSummary {
+            isolation: self.compiler.isolation(),
+            cache_hit: false,
+            worker_pid: None,
+            usage: None,
+            worker: None,
+        };
+        let mut m = Model::new(
+            self.clone(),
+            a,
+            exe,
+            platform_index,
+            started.elapsed(),
+            summary,
+        )?;
+        m.serialized = Some(Arc::from(executable.bytes()));
+        Ok(m)
+    }
+
+    /// Runs a test-only request in a jailed compile worker (test builds only).
+    ///
+    /// # Errors
+    /// The worker's fate as a typed error.
+    #[cfg(feature = "test-hooks")]
+    #[doc(hidden)]
+    pub fn test_request(
+        &self,
+        req: &crate::compile::TestRequest,
+    ) -> Result<crate::compile::TestResult, Error> {
+        self.compiler.test_request(&self.client, req)
+    }
+
+    /// Pids of the warm, jailed spare workers, waiting up to `wait` for one (test builds only).
+    #[cfg(feature = "test-hooks")]
+    #[doc(hidden)]
+    pub fn spare_worker_pids(&self, wait: std::time::Duration) -> Vec<u32> {
+        self.compiler.spare_pids(wait)
     }
 
     /// The PJRT client.
@@ -152,12 +265,24 @@ impl Engine {
             ProgramFormat::Hlo => "hlo",
         };
         let started = std::time::Instant::now();
-        let exe = self
-            .client
-            .compile(&a.program, format, &CompileOptions::new())
-            .map_err(Error::CompileRejected)?;
+        let inputs = a
+            .signature
+            .as_ref()
+            .map(|s| s.inputs.iter().map(TensorSpec::type_string).collect())
+            .unwrap_or_default();
+        let (exe, summary, serialized) = self.compiler.compile(
+            &self.client,
+            &CompileInput {
+                program: &a.program,
+                format,
+                options: &CompileOptions::new(),
+                inputs,
+            },
+        )?;
         let compile_time = started.elapsed();
-        Model::new(self.clone(), a, exe, platform_index, compile_time)
+        let mut m = Model::new(self.clone(), a, exe, platform_index, compile_time, summary)?;
+        m.serialized = serialized.map(Arc::from);
+        Ok(m)
     }
 }
 
@@ -176,8 +301,10 @@ pub struct ModelInfo {
     pub platform_index: Option<i32>,
     /// Where the signature came from: the artifact's metadata or the compiled executable.
     pub signature_source: &'static str,
-    /// Wall time of the compile.
+    /// Wall time of the compile (or of the cache load).
     pub compile_time: std::time::Duration,
+    /// Where the compile ran, whether the cache served it, and what the worker used.
+    pub compile: CompileSummary,
 }
 
 /// A compiled model: signature, executable, and what the module needs besides user inputs.
@@ -186,6 +313,8 @@ pub struct Model {
     signature: Signature,
     info: ModelInfo,
     exe: LoadedExecutable,
+    /// The bytes the executable was loaded from (worker reply or cache entry), if any.
+    serialized: Option<Arc<[u8]>>,
     /// Resident i32 scalar for the platform-index argument.
     platform_buffer: Option<Buffer>,
     /// The value policy, bound to the signature.
@@ -217,6 +346,7 @@ impl Model {
         exe: LoadedExecutable,
         platform_index: Option<i32>,
         compile_time: std::time::Duration,
+        compile: CompileSummary,
     ) -> Result<Model, Error> {
         let compiled_outputs: Vec<TensorSpec> = exe
             .output_types()
@@ -301,8 +431,10 @@ impl Model {
                 platform_index,
                 signature_source: source,
                 compile_time,
+                compile,
             },
             exe,
+            serialized: None,
             platform_buffer,
         })
     }
@@ -325,6 +457,19 @@ impl Model {
     /// The compiled executable.
     pub fn executable(&self) -> &LoadedExecutable {
         &self.exe
+    }
+
+    /// The serialized executable: the bytes it was loaded from when it came from a compile
+    /// worker or the cache (serializing a deserialized CPU executable again loses functions),
+    /// else a fresh `PJRT_Executable_Serialize`.
+    ///
+    /// # Errors
+    /// The plugin's error.
+    pub fn serialized_executable(&self) -> Result<crate::pjrt::SerializedExecutable, Error> {
+        match &self.serialized {
+            Some(b) => Ok(crate::pjrt::SerializedExecutable(b.to_vec())),
+            None => Ok(self.exe.serialize()?),
+        }
     }
 
     /// Checks positional inputs against the signature (count, dtype, rank, dims, byte length)

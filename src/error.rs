@@ -68,6 +68,36 @@ pub enum Error {
         /// The OS error.
         source: std::io::Error,
     },
+    /// The compile queue is full: retry later (503).
+    #[error("compile queue full ({running} compiles running, {queued} waiting)")]
+    Busy {
+        /// Compiles running.
+        running: usize,
+        /// Compiles waiting.
+        queued: usize,
+    },
+    /// A compile ran past its deadline or CPU limit; its worker was killed (504).
+    #[error("compile timed out: {0}")]
+    Timeout(Box<crate::compile::WorkerFailure>),
+    /// The compile worker crashed (abort, fault, memory limit), or broke the protocol (500).
+    #[error("compile failed: {0}")]
+    WorkerCrashed(Box<crate::compile::WorkerFailure>),
+    /// The compile worker made a system call its sandbox forbids and was killed (500).
+    #[error("sandbox violation: {0}")]
+    SandboxViolation(Box<crate::compile::WorkerFailure>),
+    /// Something is larger than its configured limit (413).
+    #[error("{what} of {actual} bytes exceeds the limit of {limit} bytes")]
+    TooLarge {
+        /// What was too large.
+        what: &'static str,
+        /// Its size.
+        actual: u64,
+        /// The limit.
+        limit: u64,
+    },
+    /// The configuration is invalid (e.g. an unknown flag in `XLA_FLAGS`) (500).
+    #[error("configuration: {0}")]
+    Config(String),
     /// The compiled module disagrees with the artifact's own signature (a broken artifact, or a
     /// bug): refused rather than run.
     #[error("internal: {0}")]

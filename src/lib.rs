@@ -7,6 +7,8 @@
 //! ```no_run
 //! use xlaguard::{Engine, Tensor};
 //! # fn main() -> Result<(), xlaguard::Error> {
+//! // Compiles run in a jailed child: this same executable, re-run in worker mode.
+//! xlaguard::compile::worker_main_if_requested();
 //! let engine = Engine::new(&xlaguard::EngineConfig::default())?;
 //! let model = engine.load_file("hlo/tiny/model.jaxexport".as_ref())?;
 //! let x = Tensor::from_slice(&[8, 16], &[1.0f32; 128]).unwrap();
@@ -17,6 +19,7 @@
 #![deny(missing_docs)]
 
 pub mod artifact;
+pub mod compile;
 mod engine;
 mod error;
 pub mod pjrt;

@@ -7,6 +7,7 @@ use std::time::Instant;
 use anyhow::{anyhow, bail, Context, Result};
 use clap::{Parser, Subcommand};
 use xlaguard::artifact::{self, Artifact};
+use xlaguard::compile::Isolation;
 use xlaguard::plugin::{self, DeviceKind};
 use xlaguard::signature::{Dim, TensorSpec};
 use xlaguard::validate::Policy;
@@ -42,6 +43,18 @@ struct Cli {
     /// CUDA: the GPUs the client may use, e.g. `0` or `0,1`.
     #[arg(long, global = true, value_delimiter = ',')]
     gpu_visible_devices: Option<Vec<i64>>,
+    /// Where compiles run: in a jailed worker process (default) or in this process.
+    #[arg(long, global = true, value_parser = ["process", "thread"])]
+    isolation: Option<String>,
+    /// Cache compiled executables (authenticated) in this folder.
+    #[arg(long, global = true)]
+    cache_dir: Option<PathBuf>,
+    /// Append a JSON-lines audit record of every compile to this file.
+    #[arg(long, global = true)]
+    audit_log: Option<PathBuf>,
+    /// Kill a compile that runs longer than this many seconds.
+    #[arg(long, global = true)]
+    compile_timeout: Option<f64>,
     #[command(subcommand)]
     cmd: Cmd,
 }
@@ -133,6 +146,8 @@ enum PolicyCmd {
 }
 
 fn main() -> ExitCode {
+    // A compile worker: jail, compile one module, exit. Must come before anything else.
+    xlaguard::compile::worker_main_if_requested();
     let cli = Cli::parse();
     match real_main(cli) {
         Ok(()) => ExitCode::SUCCESS,
@@ -155,6 +170,17 @@ fn config(cli: &Cli) -> Result<EngineConfig> {
         Some("tpu") => Some(DeviceKind::Tpu),
         Some(other) => bail!("unknown device '{other}'"),
     };
+    if cli.isolation.as_deref() == Some("thread") {
+        c.compile.isolation(Isolation::Thread);
+    }
+    c.compile.cache_dir.clone_from(&cli.cache_dir);
+    c.compile.audit_log.clone_from(&cli.audit_log);
+    if let Some(t) = cli.compile_timeout {
+        if !(t.is_finite() && t > 0.0) {
+            bail!("--compile-timeout must be a positive number of seconds");
+        }
+        c.compile.deadline(std::time::Duration::from_secs_f64(t));
+    }
     if cli.gpu_memory_fraction.is_some()
         || cli.gpu_no_preallocate
         || cli.gpu_visible_devices.is_some()
@@ -249,7 +275,7 @@ fn real_main(cli: Cli) -> Result<()> {
             let engine = Engine::new(&cfg)?;
             let t = Instant::now();
             let m = engine.load_artifact(read_artifact(model)?)?;
-            let ser = m.executable().serialize()?;
+            let ser = m.serialized_executable()?;
             std::fs::write(output, &ser.0).with_context(|| output.display().to_string())?;
             println!(
                 "compiled in {:.1} ms; {} bytes written to {}",
@@ -331,17 +357,25 @@ fn inspect(cfg: &EngineConfig, model: &str, json: bool, policy: Option<&Path>) -
     let mut sig = a.signature.clone();
     let mut note = None;
     let mut bound = None;
-    if unsupported.is_none() {
-        match Engine::new(cfg).and_then(|e| e.load_artifact(a.clone())) {
-            Ok(mut m) => {
-                sig = Some(m.signature().clone());
-                if let Some((p, _)) = &policy {
-                    m.set_policy(p.clone())?;
+    let mut jail = None;
+    match Engine::new(cfg) {
+        Ok(e) => {
+            jail = Some((e.isolation(), e.sandbox_report().clone()));
+            if unsupported.is_none() {
+                match e.load_artifact(a.clone()) {
+                    Ok(mut m) => {
+                        sig = Some(m.signature().clone());
+                        if let Some((p, _)) = &policy {
+                            m.set_policy(p.clone())?;
+                        }
+                        bound = Some(m);
+                    }
+                    Err(e) => note = Some(format!("not compiled: {e}")),
                 }
-                bound = Some(m);
             }
-            Err(e) => note = Some(format!("not compiled: {e}")),
         }
+        Err(e) if unsupported.is_none() => note = Some(format!("not compiled: {e}")),
+        Err(_) => {}
     }
     let policy_file = policy.as_ref().map(|(_, f)| f.clone());
     let sig = sig.unwrap_or_default();
@@ -371,6 +405,7 @@ fn inspect(cfg: &EngineConfig, model: &str, json: bool, policy: Option<&Path>) -
                 v["file"] = serde_json::json!(policy_file);
                 v
             }),
+            "compile": jail.as_ref().map(|(i, r)| serde_json::json!({"isolation": i.name(), "jail": r})),
         });
         println!("{}", serde_json::to_string_pretty(&v)?);
         return Ok(());
@@ -418,6 +453,24 @@ fn inspect(cfg: &EngineConfig, model: &str, json: bool, policy: Option<&Path>) -
         println!("calling convention: {v}");
     }
     println!("plugin: {plugin_desc}");
+    if let Some((isolation, r)) = &jail {
+        match isolation {
+            Isolation::Process => {
+                println!("compile: jailed worker process (pid {} reported)", r.pid);
+                println!("  landlock:     {}", r.landlock);
+                println!("  seccomp:      {}", r.seccomp);
+                println!("  network:      {}", r.network);
+                println!("  capabilities: {}", r.capabilities);
+                println!("  no_new_privs: {}", r.no_new_privs);
+                println!("  rlimits:      {}", r.rlimits);
+                println!("  affinity:     {}", r.affinity);
+            }
+            Isolation::Thread => println!("compile: in this process (thread isolation)"),
+        }
+        for u in &r.unenforced {
+            println!("  NOT ENFORCED: {u}");
+        }
+    }
     if let Some(u) = unsupported {
         println!("NOT RUNNABLE: {u}");
     }

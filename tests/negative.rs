@@ -213,8 +213,7 @@ fn an_export_for_another_platform_is_refused_unless_allowed() {
         "{e}"
     );
     // Explicitly allowed: the tiny module's StableHLO is platform-neutral and runs on the CPU.
-    let mut c = EngineConfig::default();
-    c.plugin(common::plugin());
+    let mut c = common::config();
     c.allow_platform_mismatch = true;
     let lenient = Engine::new(&c).unwrap();
     let m = lenient

@@ -27,14 +27,16 @@ pub(crate) use api_fn;
 
 /// A loaded PJRT plugin: the library handle and its function table.
 ///
-/// The library is never unloaded while an `Api` (or anything holding an `Arc<Api>`) is alive.
+/// The library is never unloaded (see the `_lib` field).
 pub struct Api {
     table: *const PJRT_Api,
     path: PathBuf,
     version: (i32, i32),
     table_size: usize,
-    // Last: dropped after every use of `table`.
-    _lib: libloading::Library,
+    // Never unloaded: XLA registers thread-local destructors and atexit handlers in the
+    // threads that call it, which would run into unmapped code after a dlclose (the process
+    // crashed at exit once an engine had been dropped). JAX never unloads plugins either.
+    _lib: std::mem::ManuallyDrop<libloading::Library>,
 }
 
 // SAFETY: the PJRT C API is thread-safe by contract (JAX calls it from many threads); the table
@@ -125,7 +127,7 @@ impl Api {
             path: path.to_path_buf(),
             version: (major, minor),
             table_size,
-            _lib: lib,
+            _lib: std::mem::ManuallyDrop::new(lib),
         };
         let init = api_fn!(api, PJRT_Plugin_Initialize).map_err(|e| LoadError::Init {
             path: path.to_path_buf(),

@@ -12,7 +12,7 @@ use super::{buffer_type, PjrtError};
 use crate::signature::DType;
 
 /// A value of a client create option.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub enum OptionValue {
     /// A string.
     Str(String),
@@ -27,7 +27,7 @@ pub enum OptionValue {
 }
 
 /// Options for `PJRT_Client_Create`: named, typed values the plugin checks.
-#[derive(Clone, Debug, Default, PartialEq)]
+#[derive(Clone, Debug, Default, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct ClientOptions {
     values: Vec<(String, OptionValue)>,
 }
@@ -271,16 +271,37 @@ impl Client {
         format: &'static str,
         options: &CompileOptions,
     ) -> Result<LoadedExecutable, PjrtError> {
+        // The options always hold both counts (see options.rs), which the plugin requires.
+        self.compile_encoded(program, format, &options.encode())
+    }
+
+    /// Compiles with raw `CompileOptionsProto` bytes. Test builds only: empty or incomplete
+    /// options make the plugin abort the process (which is what the worker tests need).
+    #[cfg(feature = "test-hooks")]
+    #[doc(hidden)]
+    pub fn compile_with_raw_options(
+        &self,
+        program: &[u8],
+        format: &'static str,
+        options: &[u8],
+    ) -> Result<LoadedExecutable, PjrtError> {
+        self.compile_encoded(program, format, options)
+    }
+
+    fn compile_encoded(
+        &self,
+        program: &[u8],
+        format: &'static str,
+        opts: &[u8],
+    ) -> Result<LoadedExecutable, PjrtError> {
         let f = api_fn!(self.inner.api, PJRT_Client_Compile)?;
         let prog = ffi::PJRT_Program::new(program, format);
-        let opts = options.encode();
         let mut args = ffi::PJRT_Client_Compile_Args::new();
         args.client = self.inner.raw;
         args.program = &prog;
         args.compile_options = opts.as_ptr().cast::<c_char>();
         args.compile_options_size = opts.len();
-        // SAFETY: live client; `prog` borrows `program` and `opts`, alive for the call; the
-        // options always hold both counts (see options.rs), which the plugin requires.
+        // SAFETY: live client; `prog` borrows `program` and `opts`, alive for the call.
         let err = unsafe { f(&mut args) };
         self.inner.api.check(err, "PJRT_Client_Compile")?;
         LoadedExecutable::from_raw(&self.inner, args.executable, "PJRT_Client_Compile")

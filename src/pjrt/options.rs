@@ -87,6 +87,29 @@ impl CompileOptions {
     }
 }
 
+impl CompileOptions {
+    /// Decodes options produced by [`CompileOptions::encode`]. Returns `None` for bytes that
+    /// do not decode, or that lack a replica or partition count (which would abort the plugin).
+    pub fn decode(bytes: &[u8]) -> Option<CompileOptions> {
+        let p = CompileOptionsProto::decode(bytes).ok()?;
+        let b = p.executable_build_options?;
+        let count = |n: i64| u32::try_from(n).ok().and_then(NonZeroU32::new);
+        Some(CompileOptions {
+            num_replicas: count(b.num_replicas)?,
+            num_partitions: count(b.num_partitions)?,
+            device_ordinal: match b.device_ordinal {
+                -1 => None,
+                n => Some(u32::try_from(n).ok()?),
+            },
+        })
+    }
+
+    /// Replicas and partitions.
+    pub fn counts(&self) -> (u32, u32) {
+        (self.num_replicas.get(), self.num_partitions.get())
+    }
+}
+
 impl Default for CompileOptions {
     fn default() -> Self {
         CompileOptions::new()
@@ -103,6 +126,16 @@ mod tests {
         o.device_ordinal(Some(0));
         // device_ordinal 0 is proto3's default and is omitted: exactly the probe's 6 bytes.
         assert_eq!(o.encode(), [0x1a, 0x04, 0x20, 0x01, 0x28, 0x01]);
+    }
+
+    #[test]
+    fn decode_round_trips_and_refuses_incomplete_options() {
+        let mut o = CompileOptions::new();
+        o.num_partitions(NonZeroU32::new(3).unwrap());
+        assert_eq!(CompileOptions::decode(&o.encode()), Some(o));
+        assert_eq!(CompileOptions::decode(&[]), None);
+        // field 3 with only num_replicas = 1: the plugin would abort on it.
+        assert_eq!(CompileOptions::decode(&[0x1a, 0x02, 0x20, 0x01]), None);
     }
 
     #[test]

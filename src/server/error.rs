@@ -25,10 +25,17 @@ pub fn status_for(e: &Error) -> StatusCode {
         Error::PluginNotFound(_) | Error::PluginLoad(_) | Error::ClientCreate { .. } => {
             StatusCode::SERVICE_UNAVAILABLE
         }
+        // The compiler is saturated, or a compile ran out of time.
+        Error::Busy { .. } => StatusCode::SERVICE_UNAVAILABLE,
+        Error::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
+        Error::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
         // Failures on our side.
-        Error::Plugin(_) | Error::Io { .. } | Error::Internal(_) => {
-            StatusCode::INTERNAL_SERVER_ERROR
-        }
+        Error::Plugin(_)
+        | Error::Io { .. }
+        | Error::Internal(_)
+        | Error::WorkerCrashed(_)
+        | Error::SandboxViolation(_)
+        | Error::Config(_) => StatusCode::INTERNAL_SERVER_ERROR,
         #[cfg(feature = "cuda")]
         Error::Cuda(_) => StatusCode::INTERNAL_SERVER_ERROR,
     }

@@ -27,13 +27,28 @@ pub fn plugin() -> PathBuf {
     p
 }
 
+/// The default config on the pinned CPU plugin, compiling in jailed workers run by the
+/// `xlaguard` binary (a test binary cannot serve as its own worker).
+pub fn config() -> EngineConfig {
+    let mut c = EngineConfig::default();
+    c.plugin(plugin());
+    c.compile.worker_exe(env!("CARGO_BIN_EXE_xlaguard"));
+    c
+}
+
 /// One engine on the pinned CPU plugin, shared by the tests of a binary.
 pub fn engine() -> &'static Engine {
     static E: OnceLock<Engine> = OnceLock::new();
+    E.get_or_init(|| Engine::new(&config()).expect("engine on the pinned CPU plugin"))
+}
+
+/// One in-process (thread isolation) engine on the pinned CPU plugin.
+pub fn thread_engine() -> &'static Engine {
+    static E: OnceLock<Engine> = OnceLock::new();
     E.get_or_init(|| {
-        let mut c = EngineConfig::default();
-        c.plugin(plugin());
-        Engine::new(&c).expect("engine on the pinned CPU plugin")
+        let mut c = config();
+        c.compile.isolation(xlaguard::compile::Isolation::Thread);
+        Engine::new(&c).expect("in-process engine on the pinned CPU plugin")
     })
 }
 
@@ -48,4 +63,38 @@ pub fn numbered(dir: &Path, prefix: &str) -> Vec<Tensor> {
         v.push(Tensor::read_npy(&p).unwrap());
     }
     v
+}
+
+/// StableHLO text of a straight chain of `n` sine ops on `tensor<64xf32>`: compile time and
+/// memory grow faster than its size (PJRT_NOTES.md: n = 2,000 takes ~3 s and 0.2 GB).
+pub fn slow_module(n: usize) -> String {
+    let mut s = String::from(
+        "func.func public @main(%arg0: tensor<64xf32>) -> tensor<64xf32> {\n  %0 = stablehlo.sine %arg0 : tensor<64xf32>\n",
+    );
+    for i in 1..n {
+        s.push_str(&format!(
+            "  %{i} = stablehlo.sine %{} : tensor<64xf32>\n",
+            i - 1
+        ));
+    }
+    s.push_str(&format!("  return %{} : tensor<64xf32>\n}}\n", n - 1));
+    s
+}
+
+/// The records of a JSON-lines audit log.
+pub fn audit_lines(path: &Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("every audit line is JSON"))
+        .collect()
+}
+
+/// Compiles and runs the digits model on `engine`, checking JAX's output.
+pub fn digits_still_work(engine: &Engine) {
+    let dir = fixture("digits");
+    let m = engine.load_file(&dir.join("model.jaxexport")).unwrap();
+    let ins = numbered(&dir, "in");
+    let out = m.run(&[ins[0].view()]).unwrap();
+    assert_eq!(out[1].bytes(), numbered(&dir, "out")[1].bytes());
 }

@@ -1,0 +1,1074 @@
+//! Restricted, monitored compilation.
+//!
+//! By default every compile runs in a *compile worker*: the host executable re-executed with
+//! a hidden argument ([`WORKER_ARG`]), which jails itself (see [`sandbox`]), loads the plugin,
+//! compiles the module it receives over a pipe, and returns `PJRT_Executable_Serialize` bytes.
+//! The parent loads them with `DeserializeAndLoad`. A worker that aborts, faults, hangs or
+//! breaks the protocol costs one typed error and is replaced; the parent is unharmed.
+//!
+//! Programs that embed xlaguard call [`worker_main_if_requested`] first thing in `main` (the
+//! `xlaguard` binary does), or point [`CompileConfig::worker_exe`] (or `$XLAGUARD_WORKER_EXE`)
+//! at a binary that does.
+//!
+//! Every compile is counted in [`CompileStats`], recorded in the optional JSON-lines
+//! [`audit`] log, and its executable may be kept in the authenticated [`cache`].
+
+pub mod audit;
+pub mod cache;
+mod pool;
+pub mod protocol;
+pub mod sandbox;
+pub mod stats;
+mod worker;
+
+use std::ffi::OsString;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+
+pub use audit::AuditLog;
+pub use cache::{Cache, CacheKey, CacheRejection};
+pub use protocol::ProtocolError;
+pub use sandbox::{ChildUsage, ExitInfo, JailReport};
+pub use stats::{CompileStats, Histogram, StatsSnapshot};
+#[cfg(feature = "test-hooks")]
+pub use worker::{TestRequest, TestResult};
+pub use worker::{WorkerStats, ENV_ALLOWLIST};
+
+use crate::error::Error;
+use crate::pjrt::{Client, ClientOptions, CompileOptions, ErrorCode, LoadedExecutable, PjrtError};
+use pool::{Pool, PoolConfig, PoolError};
+use protocol::Kind;
+use stats::Counter;
+
+/// The hidden first argument that turns the host executable into a compile worker.
+pub const WORKER_ARG: &str = "__xlaguard-compile-worker";
+
+/// Environment variable naming the worker executable (when [`CompileConfig::worker_exe`] is
+/// not set).
+pub const WORKER_EXE_ENV: &str = "XLAGUARD_WORKER_EXE";
+
+/// If this process was started as a compile worker, runs the worker and exits; otherwise
+/// returns at once. Call it first thing in `main`, before any thread starts.
+pub fn worker_main_if_requested() {
+    if std::env::args_os().nth(1).as_deref() == Some(std::ffi::OsStr::new(WORKER_ARG)) {
+        let code = worker::run();
+        sandbox::fast_exit(code);
+    }
+}
+
+/// Where compilation runs.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Isolation {
+    /// In a jailed worker process (the default).
+    #[default]
+    Process,
+    /// In this process, on the caller's thread, bounded by the same worker and queue limits.
+    /// No jail, no deadline, no memory limit: for embedders who accept the risk.
+    Thread,
+}
+
+impl Isolation {
+    /// `process` or `thread`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Isolation::Process => "process",
+            Isolation::Thread => "thread",
+        }
+    }
+}
+
+/// Resource limits of one compile.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Limits {
+    /// Wall-clock deadline of a compile; the worker is killed when it passes.
+    pub deadline: Duration,
+    /// How long a worker may take to start (jail, plugin load, client).
+    pub startup_timeout: Duration,
+    /// `RLIMIT_AS` of a worker (`None`: unlimited).
+    pub address_space_bytes: Option<u64>,
+    /// `RLIMIT_CPU` of a worker, seconds (`None`: unlimited).
+    pub cpu_seconds: Option<u64>,
+    /// `RLIMIT_NOFILE` of a worker.
+    pub open_files: u64,
+    /// Largest module accepted, bytes (checked before any worker sees it).
+    pub max_module_bytes: usize,
+    /// Largest serialized executable accepted from a worker, bytes.
+    pub max_executable_bytes: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            deadline: Duration::from_secs(120),
+            startup_timeout: Duration::from_secs(60),
+            address_space_bytes: Some(16 << 30),
+            cpu_seconds: Some(600),
+            open_files: 64,
+            max_module_bytes: 64 << 20,
+            max_executable_bytes: 1 << 30,
+        }
+    }
+}
+
+/// Which protections the worker applies. Each one the kernel cannot enforce is reported in
+/// [`JailReport::unenforced`]; with `strict`, the worker refuses to start instead.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SandboxOptions {
+    /// Landlock filesystem (read-only allowlist), network and signal restrictions.
+    pub landlock: bool,
+    /// The seccomp-bpf allowlist.
+    pub seccomp: bool,
+    /// A new network namespace.
+    pub network_namespace: bool,
+    /// CPU cores the worker (and XLA's thread pool) may use; `None` keeps the inherited set.
+    pub cores: Option<Vec<usize>>,
+    /// Extra read-only paths for Landlock (e.g. device files and libraries of a GPU plugin).
+    pub extra_read_paths: Vec<PathBuf>,
+    /// Refuse to compile unless every protection is in force.
+    pub strict: bool,
+}
+
+impl Default for SandboxOptions {
+    fn default() -> Self {
+        SandboxOptions {
+            landlock: true,
+            seccomp: true,
+            network_namespace: true,
+            cores: None,
+            extra_read_paths: Vec::new(),
+            strict: false,
+        }
+    }
+}
+
+/// How an [`Engine`](crate::Engine) compiles.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CompileConfig {
+    /// Process (default) or thread isolation.
+    pub isolation: Isolation,
+    /// Compiles that may run at once.
+    pub workers: usize,
+    /// Compiles that may wait for a worker; beyond, [`Error::Busy`].
+    pub queue: usize,
+    /// Workers kept started and jailed ahead of need.
+    pub spare_workers: usize,
+    /// Have each worker compile a small module of its own before it takes a request, so the
+    /// compiler's one-time start-up is paid ahead of need (by spares, in the background).
+    pub warm_up_workers: bool,
+    /// Limits of each compile.
+    pub limits: Limits,
+    /// The jail.
+    pub sandbox: SandboxOptions,
+    /// The worker executable (default: `$XLAGUARD_WORKER_EXE`, else this executable).
+    pub worker_exe: Option<PathBuf>,
+    /// A cache folder for compiled executables (`None`: no cache).
+    pub cache_dir: Option<PathBuf>,
+    /// The cache's HMAC key file (default: `cache_dir/hmac.key`).
+    pub cache_key_file: Option<PathBuf>,
+    /// A JSON-lines audit log to append to (`None`: none).
+    pub audit_log: Option<PathBuf>,
+}
+
+impl Default for CompileConfig {
+    fn default() -> Self {
+        CompileConfig {
+            isolation: Isolation::Process,
+            workers: 2,
+            queue: 16,
+            spare_workers: 1,
+            warm_up_workers: true,
+            limits: Limits::default(),
+            sandbox: SandboxOptions::default(),
+            worker_exe: None,
+            cache_dir: None,
+            cache_key_file: None,
+            audit_log: None,
+        }
+    }
+}
+
+impl CompileConfig {
+    /// Sets the isolation.
+    pub fn isolation(&mut self, i: Isolation) -> &mut Self {
+        self.isolation = i;
+        self
+    }
+
+    /// Sets the worker executable.
+    pub fn worker_exe(&mut self, p: impl Into<PathBuf>) -> &mut Self {
+        self.worker_exe = Some(p.into());
+        self
+    }
+
+    /// Sets the cache folder.
+    pub fn cache_dir(&mut self, p: impl Into<PathBuf>) -> &mut Self {
+        self.cache_dir = Some(p.into());
+        self
+    }
+
+    /// Sets the audit log.
+    pub fn audit_log(&mut self, p: impl Into<PathBuf>) -> &mut Self {
+        self.audit_log = Some(p.into());
+        self
+    }
+
+    /// Sets the per-compile deadline.
+    pub fn deadline(&mut self, d: Duration) -> &mut Self {
+        self.limits.deadline = d;
+        self
+    }
+}
+
+/// Why a worker produced no executable.
+#[derive(Clone, Debug, PartialEq)]
+#[non_exhaustive]
+pub enum FailureCause {
+    /// The worker could not be started.
+    Spawn(String),
+    /// The worker started but could not jail itself or load the plugin.
+    Setup(String),
+    /// Killed by a signal it raised or caused (abort, segfault...).
+    Signal(i32),
+    /// Exited without replying.
+    Exit(i32),
+    /// Killed by seccomp (`SIGSYS`): it made a forbidden system call.
+    SeccompKill,
+    /// Killed at the wall-clock deadline.
+    Timeout(Duration),
+    /// Hit the CPU-time limit (seconds).
+    CpuLimit(u64),
+    /// Ran out of address space under the memory limit (bytes).
+    MemoryLimit(u64),
+    /// Broke the protocol (and was killed).
+    Protocol(ProtocolError),
+    /// The pipes failed.
+    Io(String),
+}
+
+impl std::fmt::Display for FailureCause {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            FailureCause::Spawn(e) => write!(f, "could not start: {e}"),
+            FailureCause::Setup(e) => write!(f, "could not set up: {e}"),
+            FailureCause::Signal(s) => write!(f, "killed by {}", sandbox::signal_name(*s)),
+            FailureCause::Exit(c) => write!(f, "exited with code {c} without replying"),
+            FailureCause::SeccompKill => {
+                write!(f, "killed by seccomp (SIGSYS) for a forbidden system call")
+            }
+            FailureCause::Timeout(d) => {
+                write!(f, "killed at the {:.1} s deadline", d.as_secs_f64())
+            }
+            FailureCause::CpuLimit(s) => write!(f, "hit the CPU limit of {s} s"),
+            FailureCause::MemoryLimit(b) => {
+                write!(f, "ran out of memory under the {} MiB limit", b >> 20)
+            }
+            FailureCause::Protocol(e) => write!(f, "broke the protocol: {e}"),
+            FailureCause::Io(e) => write!(f, "pipe error: {e}"),
+        }
+    }
+}
+
+/// A compile worker that failed: what happened, and what it used.
+#[derive(Clone, Debug, PartialEq)]
+pub struct WorkerFailure {
+    /// The worker's pid (0 if it never started).
+    pub pid: u32,
+    /// What happened.
+    pub cause: FailureCause,
+    /// How the process ended, when known.
+    pub exit: Option<ExitInfo>,
+    /// CPU time and peak RSS (from `wait4`).
+    pub usage: ChildUsage,
+    /// Wall time from start to death.
+    pub wall: Duration,
+    /// The end of its stderr (XLA's `Check failed: ...` lands here).
+    pub stderr_tail: String,
+}
+
+impl std::fmt::Display for WorkerFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "compile worker {} {}", self.pid, self.cause)?;
+        if let Some(e) = self.exit {
+            write!(f, " ({e})")?;
+        }
+        let last: Vec<&str> = self
+            .stderr_tail
+            .lines()
+            .filter(|l| !l.trim().is_empty())
+            .collect();
+        if let Some(l) = last
+            .iter()
+            .rev()
+            .find(|l| l.contains("Check failed") || l.contains("error") || l.contains("Error"))
+        {
+            write!(f, "; stderr: {}", l.trim())?;
+        } else if let Some(l) = last.last() {
+            write!(f, "; stderr: {}", l.trim())?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for WorkerFailure {}
+
+impl WorkerFailure {
+    fn into_error(self: Box<Self>) -> Error {
+        match self.cause {
+            FailureCause::SeccompKill => Error::SandboxViolation(self),
+            FailureCause::Timeout(_) | FailureCause::CpuLimit(_) => Error::Timeout(self),
+            _ => Error::WorkerCrashed(self),
+        }
+    }
+}
+
+/// How a model's executable was obtained.
+#[derive(Clone, Debug, PartialEq)]
+pub struct CompileSummary {
+    /// Where the compile ran.
+    pub isolation: Isolation,
+    /// Whether the executable came from the cache.
+    pub cache_hit: bool,
+    /// The worker's pid (process isolation, not cached).
+    pub worker_pid: Option<u32>,
+    /// The worker's CPU time and peak RSS.
+    pub usage: Option<ChildUsage>,
+    /// What the worker measured.
+    pub worker: Option<WorkerStats>,
+}
+
+/// Serialized executable bytes the caller vouches for. A serialized executable is machine
+/// code that runs with this process's rights, so making one is `unsafe`; loading it
+/// ([`Engine::load_serialized`](crate::Engine::load_serialized)) is then safe.
+#[derive(Clone, Copy, Debug)]
+pub struct TrustedExecutable<'a>(&'a [u8]);
+
+impl<'a> TrustedExecutable<'a> {
+    /// Vouches for `bytes`.
+    ///
+    /// # Safety
+    /// `bytes` must be an executable serialized by this crate's own compile (of the artifact it
+    /// will be loaded with, on the same plugin), kept where nobody else could change it since.
+    /// The built-in cache does not need this: it authenticates its entries.
+    pub unsafe fn new(bytes: &'a [u8]) -> TrustedExecutable<'a> {
+        TrustedExecutable(bytes)
+    }
+
+    /// The bytes.
+    pub fn bytes(&self) -> &'a [u8] {
+        self.0
+    }
+}
+
+/// Loads vouched-for executable bytes.
+pub(crate) fn load_trusted(
+    client: &Client,
+    exe: TrustedExecutable<'_>,
+) -> Result<LoadedExecutable, PjrtError> {
+    // SAFETY: a TrustedExecutable is only made through its `unsafe` constructor, whose caller
+    // guarantees the bytes are this crate's own serialized executable.
+    unsafe { client.deserialize(exe.0) }
+}
+
+/// XLA flags a worker (or thread-isolated client) may be given through `XLA_FLAGS`. Checked
+/// against the pinned CPU plugin; an unknown flag would abort XLA at client creation, and
+/// dump/debug flags would try to write files.
+pub const ALLOWED_XLA_FLAGS: &[&str] = &[
+    "xla_backend_optimization_level",
+    "xla_cpu_enable_fast_math",
+    "xla_cpu_enable_fast_min_max",
+    "xla_cpu_fast_math_honor_nans",
+    "xla_cpu_fast_math_honor_infs",
+    "xla_cpu_fast_math_honor_division",
+    "xla_cpu_fast_math_honor_functions",
+    "xla_cpu_multi_thread_eigen",
+    "xla_cpu_parallel_codegen_split_count",
+    "xla_cpu_prefer_vector_width",
+    "xla_cpu_max_isa",
+    "xla_cpu_strict_dot_conv_math",
+    "xla_cpu_use_thunk_runtime",
+    "xla_cpu_use_xnnpack",
+    "xla_llvm_disable_expensive_passes",
+    "xla_disable_hlo_passes",
+    "xla_force_host_platform_device_count",
+];
+
+/// Checks an `XLA_FLAGS` value: every token must be `--NAME` or `--NAME=VALUE` with `NAME` in
+/// [`ALLOWED_XLA_FLAGS`] and a plain `VALUE`.
+///
+/// # Errors
+/// [`Error::Config`] naming the first offending token.
+pub fn validate_xla_flags(flags: &str) -> Result<(), Error> {
+    for tok in flags.split_whitespace() {
+        let Some(body) = tok.strip_prefix("--") else {
+            return Err(Error::Config(format!(
+                "XLA_FLAGS: '{tok}' is not of the form --name=value"
+            )));
+        };
+        let (name, value) = body.split_once('=').unwrap_or((body, ""));
+        if !ALLOWED_XLA_FLAGS.contains(&name) {
+            return Err(Error::Config(format!(
+                "XLA_FLAGS: --{name} is not an allowed flag (allowed: {})",
+                ALLOWED_XLA_FLAGS.join(", ")
+            )));
+        }
+        if !value
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "_.,:+-".contains(c))
+        {
+            return Err(Error::Config(format!(
+                "XLA_FLAGS: --{name} has a value with characters outside [A-Za-z0-9_.,:+-]"
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Files the CPU plugin reads while it creates a client, compiles and serializes (measured
+/// with strace; see PJRT_NOTES.md), besides the plugin file itself.
+pub const CPU_PLUGIN_READS: &[&str] = &[
+    "/sys/devices/system/cpu/online",
+    "/sys/devices/system/cpu/possible",
+    "/sys/devices/system/cpu/present",
+    "/sys/devices/system/cpu/kernel_max",
+    "/sys/devices/system/cpu/cpu0/tsc_freq_khz",
+    "/proc/cpuinfo",
+    "/proc/sys/vm/overcommit_memory",
+    "/proc/self/maps",
+];
+
+/// The plugin's identity for the cache and the audit log.
+#[derive(Clone, Debug)]
+struct PluginIdentity {
+    path: PathBuf,
+    sha256: Option<[u8; 32]>,
+    api: (i32, i32),
+}
+
+/// What a compile needs besides the program.
+pub(crate) struct CompileInput<'a> {
+    pub program: &'a [u8],
+    pub format: &'static str,
+    pub options: &'a CompileOptions,
+    /// Input avals for the audit log (`f32[1,64]`).
+    pub inputs: Vec<String>,
+}
+
+/// The compile machinery of one engine.
+pub(crate) struct Compiler {
+    config: CompileConfig,
+    pool: Option<Pool>,
+    gate: Gate,
+    cache: Option<Cache>,
+    audit: Option<AuditLog>,
+    stats: Arc<CompileStats>,
+    report: JailReport,
+    plugin: OnceLock<PluginIdentity>,
+    plugin_path: PathBuf,
+    client_options: ClientOptions,
+    xla_flags: String,
+}
+
+impl std::fmt::Debug for Compiler {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Compiler")
+            .field("isolation", &self.config.isolation)
+            .field("report", &self.report)
+            .finish()
+    }
+}
+
+/// Admission control for thread isolation (the pool has its own).
+#[derive(Default)]
+struct Gate {
+    state: Mutex<(usize, usize)>,
+    cv: std::sync::Condvar,
+}
+
+fn warn_once(report: &JailReport) {
+    static WARNED: OnceLock<()> = OnceLock::new();
+    if report.unenforced.is_empty() || WARNED.set(()).is_err() {
+        return;
+    }
+    eprintln!(
+        "xlaguard: warning: compile sandbox incomplete: {}",
+        report.unenforced.join("; ")
+    );
+}
+
+impl Compiler {
+    /// Sets up compilation for a plugin: opens the audit log and the cache, and for process
+    /// isolation starts the first worker, whose jail report is kept (and printed once to
+    /// stderr if anything is not enforced).
+    pub(crate) fn new(
+        config: &CompileConfig,
+        plugin_path: &Path,
+        api_version: (i32, i32),
+        client_options: &ClientOptions,
+    ) -> Result<Compiler, Error> {
+        let xla_flags = std::env::var("XLA_FLAGS").unwrap_or_default();
+        validate_xla_flags(&xla_flags)?;
+        if config.workers == 0 {
+            return Err(Error::Config("compile workers must be at least 1".into()));
+        }
+        let audit = match &config.audit_log {
+            Some(p) => Some(AuditLog::open(p).map_err(|e| Error::Io {
+                path: p.display().to_string(),
+                source: e,
+            })?),
+            None => None,
+        };
+        let cache = match &config.cache_dir {
+            Some(d) => Some(
+                Cache::open(d, config.cache_key_file.as_deref()).map_err(|e| Error::Io {
+                    path: d.display().to_string(),
+                    source: e,
+                })?,
+            ),
+            None => None,
+        };
+        let stats = Arc::new(CompileStats::default());
+        let plugin_path = std::fs::canonicalize(plugin_path).unwrap_or(plugin_path.to_path_buf());
+        let (pool, report) = match config.isolation {
+            Isolation::Thread => (None, JailReport::thread()),
+            Isolation::Process => {
+                let exe = match &config.worker_exe {
+                    Some(p) => p.clone(),
+                    None => match std::env::var_os(WORKER_EXE_ENV).filter(|v| !v.is_empty()) {
+                        Some(p) => PathBuf::from(p),
+                        None => std::env::current_exe().map_err(|e| {
+                            Error::Config(format!("cannot find the worker executable: {e}"))
+                        })?,
+                    },
+                };
+                let mut read_paths = vec![plugin_path.clone()];
+                read_paths.extend(CPU_PLUGIN_READS.iter().map(PathBuf::from));
+                read_paths.extend(config.sandbox.extra_read_paths.iter().cloned());
+                let init = worker::WorkerInit {
+                    plugin: plugin_path.clone(),
+                    client_options: client_options.clone(),
+                    limits: config.limits.clone(),
+                    sandbox: config.sandbox.clone(),
+                    warm_up: config.warm_up_workers,
+                    read_paths,
+                };
+                let init = serde_json::to_vec(&init)
+                    .map_err(|e| Error::Internal(format!("encoding the worker init: {e}")))
+                    .and_then(|b| {
+                        protocol::encode(Kind::Init, &b).map_err(|e| Error::Internal(e.to_string()))
+                    })?;
+                let mut env: Vec<(String, OsString)> = ENV_ALLOWLIST
+                    .iter()
+                    .filter(|k| **k != "MALLOC_ARENA_MAX")
+                    .filter_map(|k| std::env::var_os(k).map(|v| (k.to_string(), v)))
+                    .collect();
+                env.push(("MALLOC_ARENA_MAX".into(), "2".into()));
+                let cfg = PoolConfig {
+                    exe,
+                    init,
+                    env,
+                    limits: config.limits.clone(),
+                    workers: config.workers,
+                    queue: config.queue,
+                    spares: config.spare_workers,
+                };
+                let (pool, report) =
+                    Pool::new(cfg, stats.clone()).map_err(WorkerFailure::into_error)?;
+                (Some(pool), report)
+            }
+        };
+        let c = Compiler {
+            config: config.clone(),
+            pool,
+            gate: Gate::default(),
+            cache,
+            audit,
+            stats,
+            report,
+            plugin: OnceLock::new(),
+            plugin_path,
+            client_options: client_options.clone(),
+            xla_flags,
+        };
+        let _ = c.plugin_identity(api_version);
+        warn_once(&c.report);
+        c.audit(
+            "sandbox_report",
+            json!({ "isolation": c.config.isolation.name(), "jail": c.report }),
+        );
+        Ok(c)
+    }
+
+    /// The jail report (for `inspect`).
+    pub(crate) fn report(&self) -> &JailReport {
+        &self.report
+    }
+
+    /// Adds a line to what is not enforced (said once at start-up, shown by `inspect`).
+    pub(crate) fn note_unenforced(&mut self, why: String) {
+        eprintln!("xlaguard: not enforced: {why}");
+        self.report.unenforced.push(why);
+    }
+
+    /// The live statistics.
+    pub(crate) fn stats(&self) -> StatsSnapshot {
+        self.stats.snapshot(self.config.isolation.name())
+    }
+
+    pub(crate) fn isolation(&self) -> Isolation {
+        self.config.isolation
+    }
+
+    fn plugin_identity(&self, api: (i32, i32)) -> &PluginIdentity {
+        self.plugin.get_or_init(|| PluginIdentity {
+            path: self.plugin_path.clone(),
+            // Hashing a 200 MB plugin takes a moment: only done when something records it.
+            sha256: if self.cache.is_some() || self.audit.is_some() {
+                cache::sha256_file(&self.plugin_path).ok()
+            } else {
+                None
+            },
+            api,
+        })
+    }
+
+    fn audit(&self, event: &str, fields: serde_json::Value) {
+        if let Some(a) = &self.audit {
+            if a.record(event, fields).is_err() {
+                self.stats.bump(Counter::AuditErrors);
+            }
+        }
+    }
+
+    fn limits_json(&self) -> serde_json::Value {
+        let l = &self.config.limits;
+        json!({
+            "deadline_ms": u64::try_from(l.deadline.as_millis()).unwrap_or(u64::MAX),
+            "address_space_bytes": l.address_space_bytes,
+            "cpu_seconds": l.cpu_seconds,
+            "open_files": l.open_files,
+            "max_module_bytes": l.max_module_bytes,
+            "workers": self.config.workers,
+            "queue": self.config.queue,
+        })
+    }
+
+    /// Compiles (or loads from the cache) a program for `client`. Returns the executable
+    /// and, when there are some, the serialized bytes it was loaded from (a deserialized CPU
+    /// executable does not serialize again faithfully, so these are the ones to keep).
+    pub(crate) fn compile(
+        &self,
+        client: &Client,
+        input: &CompileInput<'_>,
+    ) -> Result<(LoadedExecutable, CompileSummary, Option<Vec<u8>>), Error> {
+        let api = client.api().version();
+        let plugin = self.plugin_identity(api);
+        let options = input.options.encode();
+        let module_sha = cache::hex(&cache::sha256(input.program));
+        let (replicas, partitions) = input.options.counts();
+        let base = json!({
+            "isolation": self.config.isolation.name(),
+            "module": {
+                "sha256": module_sha,
+                "size": input.program.len(),
+                "format": input.format,
+                "inputs": input.inputs,
+            },
+            "plugin": {
+                "path": plugin.path,
+                "sha256": plugin.sha256.map(|s| cache::hex(&s)),
+                "api_version": format!("{}.{}", plugin.api.0, plugin.api.1),
+            },
+            "options": {"num_replicas": replicas, "num_partitions": partitions, "hex": cache::hex(&options)},
+            "limits": self.limits_json(),
+        });
+        let with = |extra: serde_json::Value| {
+            let mut v = base.clone();
+            if let (Some(o), serde_json::Value::Object(e)) = (v.as_object_mut(), extra) {
+                o.extend(e);
+            }
+            v
+        };
+        let limit = self.config.limits.max_module_bytes;
+        if input.program.len() > limit {
+            self.stats.bump(Counter::TooLarge);
+            let e = Error::TooLarge {
+                what: "module",
+                actual: input.program.len() as u64,
+                limit: limit as u64,
+            };
+            self.audit(
+                "compile_failed",
+                with(json!({"outcome": "too_large", "error": e.to_string()})),
+            );
+            return Err(e);
+        }
+        // The cache, when configured and the plugin's identity is known.
+        let key = match (&self.cache, plugin.sha256) {
+            (Some(_), Some(sha)) => Some(CacheKey::new(
+                input.program,
+                input.format,
+                &options,
+                sha,
+                plugin.api,
+                &format!("{:?}", self.client_options),
+                &self.xla_flags,
+            )),
+            _ => None,
+        };
+        if let (Some(c), Some(k)) = (&self.cache, &key) {
+            let t = Instant::now();
+            match c.get(k) {
+                Ok(Some(bytes)) => {
+                    // SAFETY: the bytes passed HMAC-SHA256 verification with this install's
+                    // secret key and carry the key of exactly this module, options and plugin:
+                    // they are an executable this install compiled earlier.
+                    match unsafe { client.deserialize(&bytes) } {
+                        Ok(exe) => {
+                            self.stats.bump(Counter::CacheHits);
+                            self.audit(
+                                "cache_hit",
+                                with(json!({"entry": k.hex(), "duration_ms": t.elapsed().as_secs_f64() * 1e3})),
+                            );
+                            return Ok((
+                                exe,
+                                CompileSummary {
+                                    isolation: self.config.isolation,
+                                    cache_hit: true,
+                                    worker_pid: None,
+                                    usage: None,
+                                    worker: None,
+                                },
+                                Some(bytes),
+                            ));
+                        }
+                        Err(e) => {
+                            self.stats.bump(Counter::CacheRejected);
+                            self.audit(
+                                "cache_rejected",
+                                with(json!({"entry": k.hex(), "error": format!("the plugin refused it: {e}")})),
+                            );
+                            c.remove(k);
+                        }
+                    }
+                }
+                Ok(None) => self.stats.bump(Counter::CacheMisses),
+                Err(why) => {
+                    self.stats.bump(Counter::CacheRejected);
+                    self.audit(
+                        "cache_rejected",
+                        with(json!({"entry": k.hex(), "error": why.to_string()})),
+                    );
+                    c.remove(k);
+                }
+            }
+        }
+        self.stats.bump(Counter::Started);
+        self.audit("compile_start", base.clone());
+        let t = Instant::now();
+        let result = match &self.pool {
+            Some(pool) => self.compile_in_worker(pool, client, input, &options),
+            None => self.compile_in_thread(client, input),
+        };
+        let wall = t.elapsed();
+        match result {
+            Ok((exe, summary, serialized)) => {
+                self.stats.bump(Counter::Succeeded);
+                let usage = summary.usage;
+                self.stats.observe(
+                    wall.as_secs_f64(),
+                    usage.map(|u| (u.user + u.sys).as_secs_f64()),
+                    usage.map(|u| u.peak_rss_bytes),
+                );
+                let mut stored = None;
+                let mut serialized = serialized;
+                if let (Some(c), Some(k)) = (&self.cache, &key) {
+                    if serialized.is_none() {
+                        serialized = exe.serialize().ok().map(|s| s.0);
+                    }
+                    if let Some(b) = &serialized {
+                        if c.put(k, b).is_ok() {
+                            self.stats.bump(Counter::CacheStores);
+                            stored = Some(k.hex());
+                        }
+                    }
+                }
+                self.audit(
+                    "compile_end",
+                    with(json!({
+                        "outcome": "ok",
+                        "duration_ms": wall.as_secs_f64() * 1e3,
+                        "worker_pid": summary.worker_pid,
+                        "cpu_user_ms": usage.map(|u| u.user.as_secs_f64() * 1e3),
+                        "cpu_sys_ms": usage.map(|u| u.sys.as_secs_f64() * 1e3),
+                        "peak_rss_bytes": usage.map(|u| u.peak_rss_bytes),
+                        "exit": "exit code 0",
+                        "cache_entry": stored,
+                    })),
+                );
+                Ok((exe, summary, serialized))
+            }
+            Err(e) => {
+                let (outcome, fail) = match &e {
+                    Error::CompileRejected(_) => ("rejected", None),
+                    Error::Busy { .. } => ("busy", None),
+                    Error::Timeout(f) => ("timeout", Some(f)),
+                    Error::SandboxViolation(f) => ("sandbox_violation", Some(f)),
+                    Error::WorkerCrashed(f) => ("crashed", Some(f)),
+                    _ => ("error", None),
+                };
+                match outcome {
+                    "rejected" => self.stats.bump(Counter::Rejected),
+                    "timeout" => self.stats.bump(Counter::Timeouts),
+                    "sandbox_violation" => self.stats.bump(Counter::SandboxViolations),
+                    "crashed" => self.stats.bump(Counter::Crashed),
+                    _ => {}
+                }
+                if let Some(f) = fail {
+                    self.stats.observe(
+                        wall.as_secs_f64(),
+                        Some((f.usage.user + f.usage.sys).as_secs_f64()),
+                        Some(f.usage.peak_rss_bytes),
+                    );
+                }
+                let fields = with(json!({
+                    "outcome": outcome,
+                    "duration_ms": wall.as_secs_f64() * 1e3,
+                    "worker_pid": fail.map(|f| f.pid),
+                    "cpu_user_ms": fail.map(|f| f.usage.user.as_secs_f64() * 1e3),
+                    "cpu_sys_ms": fail.map(|f| f.usage.sys.as_secs_f64() * 1e3),
+                    "peak_rss_bytes": fail.map(|f| f.usage.peak_rss_bytes),
+                    "exit": fail.and_then(|f| f.exit).map(|x| x.to_string()),
+                    "error": e.to_string(),
+                    "stderr_tail": fail.map(|f| f.stderr_tail.chars().rev().take(2000).collect::<String>().chars().rev().collect::<String>()),
+                }));
+                if outcome == "sandbox_violation" {
+                    self.audit("sandbox_violation", fields.clone());
+                }
+                // A request refused for a full queue never reached a compiler.
+                let event = if outcome == "busy" {
+                    "busy"
+                } else {
+                    "compile_failed"
+                };
+                self.audit(event, fields);
+                Err(e)
+            }
+        }
+    }
+
+    fn compile_in_worker(
+        &self,
+        pool: &Pool,
+        client: &Client,
+        input: &CompileInput<'_>,
+        options: &[u8],
+    ) -> Result<(LoadedExecutable, CompileSummary, Option<Vec<u8>>), Error> {
+        let payload = protocol::encode_compile(input.format, options, input.program);
+        let done = pool.run(Kind::Compile, &payload).map_err(pool_error)?;
+        self.finish_worker_reply(client, done)
+    }
+
+    fn finish_worker_reply(
+        &self,
+        client: &Client,
+        done: pool::Done,
+    ) -> Result<(LoadedExecutable, CompileSummary, Option<Vec<u8>>), Error> {
+        match done.frame.kind {
+            Kind::Compiled => {
+                let (stats, exe) = protocol::decode_compiled(&done.frame.payload)
+                    .map_err(|e| Error::WorkerCrashed(protocol_failure(&done, e)))?;
+                let worker: Option<WorkerStats> = serde_json::from_slice(stats).ok();
+                // SAFETY: the bytes are the reply of our own worker process, read from its pipe
+                // moments ago; the worker is this crate's code compiling with the same plugin.
+                // (A worker compromised by the module could return hostile bytes: executables
+                // from a worker are trusted exactly as much as the jail that built them.)
+                let loaded = unsafe { client.deserialize(exe) }?;
+                let bytes = Some(exe.to_vec());
+                Ok((
+                    loaded,
+                    CompileSummary {
+                        isolation: Isolation::Process,
+                        cache_hit: false,
+                        worker_pid: Some(done.pid),
+                        usage: Some(done.usage),
+                        worker,
+                    },
+                    bytes,
+                ))
+            }
+            Kind::Rejected => {
+                let r: worker::Rejection =
+                    serde_json::from_slice(&done.frame.payload).map_err(|e| {
+                        Error::WorkerCrashed(protocol_failure(
+                            &done,
+                            ProtocolError::Malformed {
+                                kind: Kind::Rejected,
+                                detail: e.to_string(),
+                            },
+                        ))
+                    })?;
+                Err(Error::CompileRejected(PjrtError::Call {
+                    function: "PJRT_Client_Compile",
+                    code: ErrorCode::from_raw(r.code.unwrap_or(2)),
+                    message: r.message,
+                }))
+            }
+            Kind::Fatal => Err(Error::WorkerCrashed(Box::new(WorkerFailure {
+                pid: done.pid,
+                cause: FailureCause::Setup(String::from_utf8_lossy(&done.frame.payload).into()),
+                exit: done.exit,
+                usage: done.usage,
+                wall: done.wall,
+                stderr_tail: String::new(),
+            }))),
+            k => Err(Error::WorkerCrashed(protocol_failure(
+                &done,
+                ProtocolError::Unexpected(k),
+            ))),
+        }
+    }
+
+    fn compile_in_thread(
+        &self,
+        client: &Client,
+        input: &CompileInput<'_>,
+    ) -> Result<(LoadedExecutable, CompileSummary, Option<Vec<u8>>), Error> {
+        // Admission: the same bounds as the process pool.
+        {
+            let mut s = self.gate.state.lock().unwrap_or_else(|p| p.into_inner());
+            if s.0 >= self.config.workers {
+                if s.1 >= self.config.queue {
+                    self.stats.bump(Counter::Busy);
+                    return Err(Error::Busy {
+                        running: s.0,
+                        queued: s.1,
+                    });
+                }
+                s.1 += 1;
+                while s.0 >= self.config.workers {
+                    s = self.gate.cv.wait(s).unwrap_or_else(|p| p.into_inner());
+                }
+                s.1 -= 1;
+            }
+            s.0 += 1;
+            self.stats.set_load(s.0, s.1);
+        }
+        let r = client
+            .compile(input.program, input.format, input.options)
+            .map_err(Error::CompileRejected);
+        {
+            let mut s = self.gate.state.lock().unwrap_or_else(|p| p.into_inner());
+            s.0 -= 1;
+            self.stats.set_load(s.0, s.1);
+        }
+        self.gate.cv.notify_one();
+        Ok((
+            r?,
+            CompileSummary {
+                isolation: Isolation::Thread,
+                cache_hit: false,
+                worker_pid: None,
+                usage: None,
+                worker: None,
+            },
+            None,
+        ))
+    }
+
+    /// Pids of warm spare workers, waiting up to `wait` for one (test builds).
+    #[cfg(feature = "test-hooks")]
+    pub(crate) fn spare_pids(&self, wait: Duration) -> Vec<u32> {
+        self.pool
+            .as_ref()
+            .map(|p| p.spare_pids(wait))
+            .unwrap_or_default()
+    }
+
+    /// Runs a test-only request in a jailed worker (test builds). A raw-options compile that
+    /// succeeds answers `ret = 0, detail = "compiled"`.
+    #[cfg(feature = "test-hooks")]
+    pub(crate) fn test_request(
+        &self,
+        client: &Client,
+        req: &TestRequest,
+    ) -> Result<TestResult, Error> {
+        let Some(pool) = &self.pool else {
+            return Err(Error::Config("test requests need process isolation".into()));
+        };
+        let body = serde_json::to_vec(req).map_err(|e| Error::Internal(e.to_string()))?;
+        let t = Instant::now();
+        let r = pool
+            .run(Kind::Test, &body)
+            .map_err(pool_error)
+            .and_then(|done| {
+                if done.frame.kind == Kind::TestResult {
+                    serde_json::from_slice(&done.frame.payload)
+                        .map_err(|e| Error::Internal(e.to_string()))
+                } else {
+                    self.finish_worker_reply(client, done).map(|_| TestResult {
+                        ret: 0,
+                        errno: 0,
+                        detail: "compiled".into(),
+                    })
+                }
+            });
+        if let Err(e) = &r {
+            self.record_test_failure(e, t.elapsed());
+        }
+        r
+    }
+
+    #[cfg(feature = "test-hooks")]
+    fn record_test_failure(&self, e: &Error, wall: Duration) {
+        let (outcome, f) = match e {
+            Error::Timeout(f) => ("timeout", f),
+            Error::SandboxViolation(f) => ("sandbox_violation", f),
+            Error::WorkerCrashed(f) => ("crashed", f),
+            _ => return,
+        };
+        let fields = json!({
+            "isolation": "process",
+            "request": "test",
+            "outcome": outcome,
+            "duration_ms": wall.as_secs_f64() * 1e3,
+            "worker_pid": f.pid,
+            "cpu_user_ms": f.usage.user.as_secs_f64() * 1e3,
+            "cpu_sys_ms": f.usage.sys.as_secs_f64() * 1e3,
+            "peak_rss_bytes": f.usage.peak_rss_bytes,
+            "exit": f.exit.map(|x| x.to_string()),
+            "error": e.to_string(),
+        });
+        match outcome {
+            "timeout" => self.stats.bump(Counter::Timeouts),
+            "sandbox_violation" => {
+                self.stats.bump(Counter::SandboxViolations);
+                self.audit("sandbox_violation", fields.clone());
+            }
+            _ => self.stats.bump(Counter::Crashed),
+        }
+        self.audit("compile_failed", fields);
+    }
+}
+
+fn protocol_failure(done: &pool::Done, e: ProtocolError) -> Box<WorkerFailure> {
+    Box::new(WorkerFailure {
+        pid: done.pid,
+        cause: FailureCause::Protocol(e),
+        exit: done.exit,
+        usage: done.usage,
+        wall: done.wall,
+        stderr_tail: String::new(),
+    })
+}
+
+fn pool_error(e: PoolError) -> Error {
+    match e {
+        PoolError::Busy { running, queued } => Error::Busy { running, queued },
+        PoolError::Failed(f) => f.into_error(),
+    }
+}

@@ -1,0 +1,456 @@
+//! The parent ⇄ worker wire protocol: length-prefixed, versioned frames with bounded sizes.
+//!
+//! A frame is a 12-byte header followed by the payload:
+//!
+//! | bytes | field |
+//! |---|---|
+//! | 0..4 | magic `XLGW` |
+//! | 4 | protocol version ([`VERSION`]) |
+//! | 5 | message kind ([`Kind`]) |
+//! | 6..8 | reserved, zero |
+//! | 8..12 | payload length, little-endian `u32` |
+//!
+//! Every kind has its own size bound, checked before the payload is read, so a broken or
+//! hostile peer can neither make the reader allocate without limit nor desynchronise it.
+
+use std::io::{Read, Write};
+
+/// Frame magic.
+pub const MAGIC: [u8; 4] = *b"XLGW";
+/// Protocol version; a peer speaking another one is refused.
+pub const VERSION: u8 = 1;
+/// Header length in bytes.
+pub const HEADER_LEN: usize = 12;
+
+/// Bound for small JSON messages (init, ready, errors, probes).
+pub const MAX_SMALL: usize = 1 << 20;
+
+/// What a frame carries.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Kind {
+    /// Parent → worker: the (trusted) jail and plugin configuration, JSON.
+    Init,
+    /// Parent → worker: a compile request (the untrusted module).
+    Compile,
+    /// Parent → worker: a test-only request (compiled into test builds only).
+    Test,
+    /// Worker → parent: jailed and ready; the jail report, JSON.
+    Ready,
+    /// Worker → parent: the serialized executable and compile statistics.
+    Compiled,
+    /// Worker → parent: the plugin rejected the module, JSON.
+    Rejected,
+    /// Worker → parent: the worker could not set itself up, JSON.
+    Fatal,
+    /// Worker → parent: the answer to a test-only request, JSON.
+    TestResult,
+}
+
+impl Kind {
+    fn code(self) -> u8 {
+        match self {
+            Kind::Init => 1,
+            Kind::Compile => 2,
+            Kind::Test => 3,
+            Kind::Ready => 10,
+            Kind::Compiled => 11,
+            Kind::Rejected => 12,
+            Kind::Fatal => 13,
+            Kind::TestResult => 14,
+        }
+    }
+
+    fn from_code(c: u8) -> Option<Kind> {
+        Some(match c {
+            1 => Kind::Init,
+            2 => Kind::Compile,
+            3 => Kind::Test,
+            10 => Kind::Ready,
+            11 => Kind::Compiled,
+            12 => Kind::Rejected,
+            13 => Kind::Fatal,
+            14 => Kind::TestResult,
+            _ => return None,
+        })
+    }
+}
+
+/// A protocol violation by the peer.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ProtocolError {
+    /// The frame does not start with `XLGW` (e.g. the worker binary is not an xlaguard worker).
+    #[error("bad frame magic {0:02x?} (is the worker binary calling xlaguard::compile::worker_main_if_requested()?)")]
+    BadMagic([u8; 4]),
+    /// Another protocol version.
+    #[error("protocol version {got}, expected {VERSION}")]
+    BadVersion {
+        /// The peer's version.
+        got: u8,
+    },
+    /// A kind this version does not know.
+    #[error("unknown message kind {0}")]
+    UnknownKind(u8),
+    /// The payload is longer than the bound for its kind.
+    #[error("{kind:?} message of {len} bytes exceeds the limit of {max}")]
+    TooLarge {
+        /// The kind.
+        kind: Kind,
+        /// The announced length.
+        len: usize,
+        /// The bound.
+        max: usize,
+    },
+    /// The stream ended inside a frame.
+    #[error("stream ended after {got} of {want} bytes")]
+    Truncated {
+        /// Bytes expected.
+        want: usize,
+        /// Bytes received.
+        got: usize,
+    },
+    /// A message of a kind not expected at this point.
+    #[error("unexpected {0:?} message")]
+    Unexpected(Kind),
+    /// The payload does not decode.
+    #[error("malformed {kind:?} message: {detail}")]
+    Malformed {
+        /// The kind.
+        kind: Kind,
+        /// What was wrong.
+        detail: String,
+    },
+}
+
+/// One decoded frame.
+#[derive(Debug)]
+pub struct Frame {
+    /// The kind.
+    pub kind: Kind,
+    /// The payload.
+    pub payload: Vec<u8>,
+}
+
+/// Encodes a frame.
+///
+/// # Errors
+/// [`ProtocolError::TooLarge`] if the payload does not fit a `u32` length.
+pub fn encode(kind: Kind, payload: &[u8]) -> Result<Vec<u8>, ProtocolError> {
+    let len = u32::try_from(payload.len()).map_err(|_| ProtocolError::TooLarge {
+        kind,
+        len: payload.len(),
+        max: u32::MAX as usize,
+    })?;
+    let mut v = Vec::with_capacity(HEADER_LEN + payload.len());
+    v.extend_from_slice(&MAGIC);
+    v.push(VERSION);
+    v.push(kind.code());
+    v.extend_from_slice(&[0, 0]);
+    v.extend_from_slice(&len.to_le_bytes());
+    v.extend_from_slice(payload);
+    Ok(v)
+}
+
+/// Parses a header; `max` gives the bound for each kind.
+///
+/// # Errors
+/// A [`ProtocolError`] for a bad magic, version, kind, or an over-long payload.
+pub fn parse_header(
+    h: &[u8; HEADER_LEN],
+    max: impl Fn(Kind) -> usize,
+) -> Result<(Kind, usize), ProtocolError> {
+    let magic = [h[0], h[1], h[2], h[3]];
+    if magic != MAGIC {
+        return Err(ProtocolError::BadMagic(magic));
+    }
+    if h[4] != VERSION {
+        return Err(ProtocolError::BadVersion { got: h[4] });
+    }
+    let kind = Kind::from_code(h[5]).ok_or(ProtocolError::UnknownKind(h[5]))?;
+    let len = u32::from_le_bytes([h[8], h[9], h[10], h[11]]) as usize;
+    let bound = max(kind);
+    if len > bound {
+        return Err(ProtocolError::TooLarge {
+            kind,
+            len,
+            max: bound,
+        });
+    }
+    Ok((kind, len))
+}
+
+/// Reads one frame from a blocking reader (the worker side).
+///
+/// # Errors
+/// `Ok(Err(..))` for a protocol violation, `Err` for an I/O error.
+pub fn read_frame(
+    r: &mut impl Read,
+    max: impl Fn(Kind) -> usize,
+) -> std::io::Result<Result<Frame, ProtocolError>> {
+    let mut h = [0u8; HEADER_LEN];
+    let got = read_full(r, &mut h)?;
+    if got < HEADER_LEN {
+        return Ok(Err(ProtocolError::Truncated {
+            want: HEADER_LEN,
+            got,
+        }));
+    }
+    let (kind, len) = match parse_header(&h, max) {
+        Ok(x) => x,
+        Err(e) => return Ok(Err(e)),
+    };
+    let mut payload = vec![0u8; len];
+    let got = read_full(r, &mut payload)?;
+    if got < len {
+        return Ok(Err(ProtocolError::Truncated { want: len, got }));
+    }
+    Ok(Ok(Frame { kind, payload }))
+}
+
+fn read_full(r: &mut impl Read, buf: &mut [u8]) -> std::io::Result<usize> {
+    let mut at = 0;
+    while at < buf.len() {
+        match r.read(&mut buf[at..]) {
+            Ok(0) => break,
+            Ok(n) => at += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(at)
+}
+
+/// Writes one frame to a blocking writer (the worker side) and flushes it.
+///
+/// # Errors
+/// I/O errors; an over-long payload as `InvalidInput`.
+pub fn write_frame(w: &mut impl Write, kind: Kind, payload: &[u8]) -> std::io::Result<()> {
+    let bytes = encode(kind, payload)
+        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
+    w.write_all(&bytes)?;
+    w.flush()
+}
+
+/// An incremental frame decoder for the parent's non-blocking reads.
+#[derive(Debug, Default)]
+pub struct Decoder {
+    buf: Vec<u8>,
+    want: Option<(Kind, usize)>,
+}
+
+impl Decoder {
+    /// Bytes buffered so far.
+    pub fn buffered(&self) -> usize {
+        self.buf.len()
+    }
+
+    /// Feeds bytes; returns a frame once one is complete. Bytes after the first frame are an
+    /// error (one request, one reply).
+    ///
+    /// # Errors
+    /// A [`ProtocolError`] as soon as the header is known to be bad.
+    pub fn feed(
+        &mut self,
+        bytes: &[u8],
+        max: &impl Fn(Kind) -> usize,
+    ) -> Result<Option<Frame>, ProtocolError> {
+        self.buf.extend_from_slice(bytes);
+        if self.want.is_none() && self.buf.len() >= HEADER_LEN {
+            let mut h = [0u8; HEADER_LEN];
+            h.copy_from_slice(&self.buf[..HEADER_LEN]);
+            self.want = Some(parse_header(&h, max)?);
+            self.buf.drain(..HEADER_LEN);
+            if let Some((_, len)) = self.want {
+                self.buf.reserve(len.saturating_sub(self.buf.len()));
+            }
+        }
+        match self.want {
+            Some((kind, len)) if self.buf.len() >= len => {
+                if self.buf.len() > len {
+                    return Err(ProtocolError::Malformed {
+                        kind,
+                        detail: format!("{} trailing bytes after the frame", self.buf.len() - len),
+                    });
+                }
+                self.want = None;
+                Ok(Some(Frame {
+                    kind,
+                    payload: std::mem::take(&mut self.buf),
+                }))
+            }
+            _ => Ok(None),
+        }
+    }
+
+    /// The error for an end of stream now.
+    pub fn truncated(&self) -> ProtocolError {
+        match self.want {
+            Some((_, len)) => ProtocolError::Truncated {
+                want: len,
+                got: self.buf.len(),
+            },
+            None => ProtocolError::Truncated {
+                want: HEADER_LEN,
+                got: self.buf.len(),
+            },
+        }
+    }
+}
+
+/// A compile request's payload: format byte, options length, options, program.
+pub fn encode_compile(format: &str, options: &[u8], program: &[u8]) -> Vec<u8> {
+    let f = match format {
+        "hlo" => 1u8,
+        _ => 0u8,
+    };
+    let mut v = Vec::with_capacity(5 + options.len() + program.len());
+    v.push(f);
+    // Options are a few bytes (bounded by MAX_SMALL on decode).
+    v.extend_from_slice(
+        &u32::try_from(options.len())
+            .unwrap_or(u32::MAX)
+            .to_le_bytes(),
+    );
+    v.extend_from_slice(options);
+    v.extend_from_slice(program);
+    v
+}
+
+/// Decodes [`encode_compile`]: `(format, options, program)`.
+///
+/// # Errors
+/// [`ProtocolError::Malformed`].
+pub fn decode_compile(p: &[u8]) -> Result<(&'static str, &[u8], &[u8]), ProtocolError> {
+    let bad = |d: &str| ProtocolError::Malformed {
+        kind: Kind::Compile,
+        detail: d.to_string(),
+    };
+    if p.len() < 5 {
+        return Err(bad("shorter than its header"));
+    }
+    let format = match p[0] {
+        0 => "mlir",
+        1 => "hlo",
+        _ => return Err(bad("unknown program format")),
+    };
+    let n = u32::from_le_bytes([p[1], p[2], p[3], p[4]]) as usize;
+    if n > MAX_SMALL || p.len() - 5 < n {
+        return Err(bad("options length out of range"));
+    }
+    Ok((format, &p[5..5 + n], &p[5 + n..]))
+}
+
+/// A compiled reply's payload: stats JSON length, stats JSON, executable bytes.
+pub fn encode_compiled(stats_json: &[u8], exe: &[u8]) -> Vec<u8> {
+    let mut v = Vec::with_capacity(4 + stats_json.len() + exe.len());
+    v.extend_from_slice(
+        &u32::try_from(stats_json.len())
+            .unwrap_or(u32::MAX)
+            .to_le_bytes(),
+    );
+    v.extend_from_slice(stats_json);
+    v.extend_from_slice(exe);
+    v
+}
+
+/// Decodes [`encode_compiled`]: `(stats JSON, executable)`.
+///
+/// # Errors
+/// [`ProtocolError::Malformed`].
+pub fn decode_compiled(p: &[u8]) -> Result<(&[u8], &[u8]), ProtocolError> {
+    let bad = |d: &str| ProtocolError::Malformed {
+        kind: Kind::Compiled,
+        detail: d.to_string(),
+    };
+    if p.len() < 4 {
+        return Err(bad("shorter than its header"));
+    }
+    let n = u32::from_le_bytes([p[0], p[1], p[2], p[3]]) as usize;
+    if n > MAX_SMALL || p.len() - 4 < n {
+        return Err(bad("stats length out of range"));
+    }
+    let exe = &p[4 + n..];
+    if exe.is_empty() {
+        return Err(bad("empty executable"));
+    }
+    Ok((&p[4..4 + n], exe))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn max(_: Kind) -> usize {
+        100
+    }
+
+    #[test]
+    fn round_trip_in_pieces() {
+        let f = encode(Kind::Ready, b"hello").unwrap();
+        let mut d = Decoder::default();
+        let mut got = None;
+        for b in f.chunks(3) {
+            if let Some(fr) = d.feed(b, &max).unwrap() {
+                got = Some(fr);
+            }
+        }
+        let fr = got.unwrap();
+        assert_eq!(
+            (fr.kind, fr.payload.as_slice()),
+            (Kind::Ready, &b"hello"[..])
+        );
+    }
+
+    #[test]
+    fn violations_are_typed() {
+        let mut d = Decoder::default();
+        assert!(matches!(
+            d.feed(b"running 0 tests\n", &max),
+            Err(ProtocolError::BadMagic(_))
+        ));
+        let mut f = encode(Kind::Ready, b"x").unwrap();
+        f[4] = 9;
+        assert_eq!(
+            Decoder::default().feed(&f, &max).unwrap_err(),
+            ProtocolError::BadVersion { got: 9 }
+        );
+        let mut f = encode(Kind::Ready, b"x").unwrap();
+        f[5] = 77;
+        assert_eq!(
+            Decoder::default().feed(&f, &max).unwrap_err(),
+            ProtocolError::UnknownKind(77)
+        );
+        let f = encode(Kind::Compiled, &[0u8; 101]).unwrap();
+        assert!(matches!(
+            Decoder::default().feed(&f[..HEADER_LEN], &max),
+            Err(ProtocolError::TooLarge { len: 101, .. })
+        ));
+        let mut f = encode(Kind::Ready, b"x").unwrap();
+        f.push(0);
+        assert!(matches!(
+            Decoder::default().feed(&f, &max),
+            Err(ProtocolError::Malformed { .. })
+        ));
+        let f = encode(Kind::Ready, b"xyz").unwrap();
+        let mut d = Decoder::default();
+        assert!(d.feed(&f[..13], &max).unwrap().is_none());
+        assert_eq!(d.truncated(), ProtocolError::Truncated { want: 3, got: 1 });
+    }
+
+    #[test]
+    fn compile_payload_round_trip_and_bounds() {
+        let p = encode_compile("hlo", &[1, 2], b"prog");
+        assert_eq!(
+            decode_compile(&p).unwrap(),
+            ("hlo", &[1u8, 2][..], &b"prog"[..])
+        );
+        let mut bad = p.clone();
+        bad[1] = 200;
+        assert!(decode_compile(&bad).is_err());
+        assert!(decode_compile(&[0, 1]).is_err());
+        let c = encode_compiled(b"{}", b"exe");
+        assert_eq!(decode_compiled(&c).unwrap(), (&b"{}"[..], &b"exe"[..]));
+        assert!(decode_compiled(&encode_compiled(b"{}", b"")).is_err());
+    }
+}

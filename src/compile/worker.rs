@@ -1,0 +1,432 @@
+//! The compile worker: the host executable re-executed with [`super::WORKER_ARG`].
+//!
+//! 1. close inherited descriptors; read the (trusted) init message from the parent;
+//! 2. jail itself (see [`super::sandbox`]), loading the plugin library just before Landlock;
+//! 3. create the client (its threads inherit the jail), report `Ready` with the jail report;
+//! 4. read one request (the untrusted module), compile, serialize, reply, exit.
+//!
+//! Anything the worker cannot do is reported as a `Fatal` or `Rejected` message; anything worse
+//! (an abort, a fault, a seccomp kill) is seen by the parent as the death of the process.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::time::Instant;
+
+use serde::{Deserialize, Serialize};
+
+use super::protocol::{self, Kind, MAX_SMALL};
+use super::sandbox::{self, JailReport};
+use super::{Limits, SandboxOptions};
+use crate::pjrt::{Api, Client, ClientOptions, CompileOptions, PjrtError};
+
+/// Environment variables a worker keeps (all others are removed). `XLA_FLAGS` is validated by
+/// the parent first; `MALLOC_ARENA_MAX` is always set by the parent (to 2: glibc reserves 64 MiB
+/// of address space per malloc arena, which would make the address-space limit track the
+/// number of threads rather than memory use).
+pub const ENV_ALLOWLIST: &[&str] = &[
+    "XLA_FLAGS",
+    "TF_CPP_MIN_LOG_LEVEL",
+    "LD_LIBRARY_PATH",
+    "MALLOC_ARENA_MAX",
+];
+
+/// A module of our own, compiled once by every worker before it is ready.
+const WARM_UP: &str = "func.func public @main(%arg0: tensor<8xf32>, %arg1: tensor<8x8xf32>) -> tensor<8xf32> {\n  %0 = stablehlo.dot_general %arg1, %arg0, contracting_dims = [1] x [0] : (tensor<8x8xf32>, tensor<8xf32>) -> tensor<8xf32>\n  %1 = stablehlo.tanh %0 : tensor<8xf32>\n  return %1 : tensor<8xf32>\n}\n";
+
+/// The init message: everything the worker needs to jail itself and load the plugin.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub(crate) struct WorkerInit {
+    pub plugin: PathBuf,
+    pub client_options: ClientOptions,
+    pub limits: Limits,
+    pub sandbox: SandboxOptions,
+    /// Compile a module of our own before reporting ready.
+    pub warm_up: bool,
+    /// Read-only paths for Landlock (the plugin, the few /sys and /proc files XLA reads, extras).
+    pub read_paths: Vec<PathBuf>,
+}
+
+/// What the worker reports with a compiled executable.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct WorkerStats {
+    /// Client creation and warm-up compile time, ms (spent before the request arrived).
+    pub client_ms: f64,
+    /// `PJRT_Client_Compile` time, ms.
+    pub compile_ms: f64,
+    /// `PJRT_Executable_Serialize` time, ms.
+    pub serialize_ms: f64,
+}
+
+/// A compile error from the plugin, carried over the pipe.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub(crate) struct Rejection {
+    pub function: String,
+    pub code: Option<i32>,
+    pub message: String,
+}
+
+/// Test-only requests (test builds only).
+#[cfg(feature = "test-hooks")]
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub enum TestRequest {
+    /// Open a file for reading.
+    Open(PathBuf),
+    /// Create and write a file.
+    Write(PathBuf),
+    /// Create a TCP socket.
+    Socket,
+    /// Execute a program.
+    Exec(String),
+    /// Fork.
+    Fork,
+    /// Touch an unmapped page.
+    Segfault,
+    /// Sleep forever.
+    Hang,
+    /// Compile with raw option bytes (empty ones abort the real plugin).
+    CompileRawOptions {
+        /// `mlir` or `hlo`.
+        format: String,
+        /// Raw `CompileOptionsProto` bytes.
+        options: Vec<u8>,
+        /// The program.
+        program: Vec<u8>,
+    },
+}
+
+/// The answer to a [`TestRequest`] (when the worker survives it).
+#[cfg(feature = "test-hooks")]
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct TestResult {
+    /// The raw return value.
+    pub ret: i64,
+    /// `errno` after the call (0 on success).
+    pub errno: i32,
+    /// Free text.
+    pub detail: String,
+}
+
+fn fatal(out: &mut impl Write, msg: &str) -> i32 {
+    let _ = protocol::write_frame(out, Kind::Fatal, msg.as_bytes());
+    2
+}
+
+/// Runs the worker; returns the exit code.
+pub(crate) fn run() -> i32 {
+    // Step 1, before anything else: no inherited descriptor survives.
+    let closed = sandbox::close_inherited_fds();
+    let stdin = std::io::stdin();
+    let stdout = std::io::stdout();
+    let mut input = stdin.lock();
+    let mut out = stdout.lock();
+    if let Err(e) = closed {
+        return fatal(&mut out, &e);
+    }
+    let init: WorkerInit = match protocol::read_frame(&mut input, |_| MAX_SMALL) {
+        Ok(Ok(f)) if f.kind == Kind::Init => match serde_json::from_slice(&f.payload) {
+            Ok(i) => i,
+            Err(e) => return fatal(&mut out, &format!("malformed init: {e}")),
+        },
+        Ok(Ok(f)) => return fatal(&mut out, &format!("expected init, got {:?}", f.kind)),
+        Ok(Err(e)) => return fatal(&mut out, &format!("init: {e}")),
+        Err(e) => return fatal(&mut out, &format!("init: {e}")),
+    };
+    let (report, client) = match jail_and_load(&init) {
+        Ok(x) => x,
+        Err(e) => return fatal(&mut out, &e),
+    };
+    let Ok(report_json) = serde_json::to_vec(&report) else {
+        return fatal(&mut out, "cannot encode the jail report");
+    };
+    if protocol::write_frame(&mut out, Kind::Ready, &report_json).is_err() {
+        return 3;
+    }
+    // Only now the untrusted bytes.
+    let max_module = init.limits.max_module_bytes.saturating_add(MAX_SMALL);
+    let frame = match protocol::read_frame(&mut input, |k| match k {
+        Kind::Compile => max_module,
+        _ => MAX_SMALL,
+    }) {
+        Ok(Ok(f)) => f,
+        // The parent went away or broke the protocol: nothing to answer.
+        Ok(Err(_)) | Err(_) => return 4,
+    };
+    let code = match frame.kind {
+        Kind::Compile => compile(&client.0, &frame.payload, client.1, &mut out),
+        #[cfg(feature = "test-hooks")]
+        Kind::Test => test_request(&client.0, &frame.payload, &mut out),
+        _ => 5,
+    };
+    let _ = out.flush();
+    code
+}
+
+type Loaded = (Client, f64);
+
+fn jail_and_load(init: &WorkerInit) -> Result<(JailReport, Loaded), String> {
+    let sb = &init.sandbox;
+    let mut unenforced = Vec::new();
+    let weak = |what: String, unenforced: &mut Vec<String>| -> Result<(), String> {
+        if sb.strict {
+            Err(format!("strict sandbox: {what}"))
+        } else {
+            unenforced.push(what);
+            Ok(())
+        }
+    };
+    // Step 2: environment.
+    let env = sandbox::clear_env(ENV_ALLOWLIST);
+    // Step 3: resource limits (never optional).
+    let rlimits = sandbox::set_rlimits(&init.limits)?;
+    // Step 4: CPU affinity.
+    let affinity = match &sb.cores {
+        Some(c) => sandbox::set_affinity(c)?,
+        None => format!("inherited: cores {:?}", sandbox::allowed_cpus()),
+    };
+    // Step 5: no new privileges (also required by seccomp without CAP_SYS_ADMIN).
+    sandbox::no_new_privs()?;
+    // Step 6: network namespace.
+    let network = if sb.network_namespace {
+        match sandbox::new_network_namespace() {
+            Ok(s) => s,
+            Err(e) => {
+                weak(e.clone(), &mut unenforced)?;
+                format!("shared with the host ({e})")
+            }
+        }
+    } else {
+        weak(
+            "network namespace disabled by configuration".into(),
+            &mut unenforced,
+        )?;
+        "shared with the host (disabled)".into()
+    };
+    // Step 7: capabilities.
+    let capabilities = match sandbox::drop_capabilities() {
+        Ok(s) => s,
+        Err(e) => {
+            weak(e.clone(), &mut unenforced)?;
+            format!("kept ({e})")
+        }
+    };
+    // The plugin library: trusted code, loaded while the worker is still single-threaded and
+    // before Landlock (so its dependencies need no rule). Plugin_Initialize starts no thread;
+    // Landlock checks that.
+    let api = Api::load(&init.plugin).map_err(|e| e.to_string())?;
+    // Step 8: Landlock.
+    let landlock = if sb.landlock {
+        match sandbox::landlock(&init.read_paths) {
+            Ok((s, full)) => {
+                if !full {
+                    weak(format!("Landlock {s}"), &mut unenforced)?;
+                }
+                s
+            }
+            Err(e) => {
+                weak(e.clone(), &mut unenforced)?;
+                format!("not applied ({e})")
+            }
+        }
+    } else {
+        weak("Landlock disabled by configuration".into(), &mut unenforced)?;
+        "disabled".into()
+    };
+    // Step 9: seccomp, last.
+    let seccomp = if sb.seccomp {
+        match sandbox::seccomp() {
+            Ok(s) => s,
+            Err(e) => {
+                weak(e.clone(), &mut unenforced)?;
+                format!("not applied ({e})")
+            }
+        }
+    } else {
+        weak("seccomp disabled by configuration".into(), &mut unenforced)?;
+        "disabled".into()
+    };
+    // The client's threads are born inside the jail.
+    let t = Instant::now();
+    let client = Client::new(api, &init.client_options).map_err(|e| e.to_string())?;
+    // Warm-up: the first compile in a process pays for initializing the compiler (LLVM
+    // targets, pass pipelines); a spare pays it with a module of our own, before any request.
+    if init.warm_up {
+        if let Ok(exe) = client.compile(WARM_UP.as_bytes(), "mlir", &CompileOptions::new()) {
+            let _ = exe.serialize();
+        }
+    }
+    let client_ms = t.elapsed().as_secs_f64() * 1e3;
+    let report = JailReport {
+        isolation: "process".into(),
+        pid: std::process::id(),
+        landlock,
+        seccomp,
+        no_new_privs: true,
+        network,
+        capabilities,
+        rlimits,
+        affinity,
+        env,
+        unenforced,
+    };
+    Ok((report, (client, client_ms)))
+}
+
+fn reject(out: &mut impl Write, e: &PjrtError) -> i32 {
+    let (function, code, message) = match e {
+        PjrtError::Call {
+            function,
+            code,
+            message,
+        } => (function.to_string(), Some(code.raw()), message.clone()),
+        other => ("PJRT_Client_Compile".to_string(), None, other.to_string()),
+    };
+    let r = Rejection {
+        function,
+        code,
+        message,
+    };
+    let body = serde_json::to_vec(&r).unwrap_or_default();
+    match protocol::write_frame(out, Kind::Rejected, &body) {
+        Ok(()) => 0,
+        Err(_) => 3,
+    }
+}
+
+fn compile(client: &Client, payload: &[u8], client_ms: f64, out: &mut impl Write) -> i32 {
+    let (format, options, program) = match protocol::decode_compile(payload) {
+        Ok(x) => x,
+        Err(e) => return fatal(out, &e.to_string()),
+    };
+    // Options are re-validated here: incomplete ones would abort the plugin.
+    let Some(options) = CompileOptions::decode(options) else {
+        return fatal(out, "compile options without replica and partition counts");
+    };
+    let t = Instant::now();
+    let exe = match client.compile(program, format, &options) {
+        Ok(e) => e,
+        Err(e) => return reject(out, &e),
+    };
+    let compile_ms = t.elapsed().as_secs_f64() * 1e3;
+    reply_compiled(&exe, client_ms, compile_ms, out)
+}
+
+fn reply_compiled(
+    exe: &crate::pjrt::LoadedExecutable,
+    client_ms: f64,
+    compile_ms: f64,
+    out: &mut impl Write,
+) -> i32 {
+    let t = Instant::now();
+    let ser = match exe.serialize() {
+        Ok(s) => s,
+        Err(e) => return reject(out, &e),
+    };
+    let stats = WorkerStats {
+        client_ms,
+        compile_ms,
+        serialize_ms: t.elapsed().as_secs_f64() * 1e3,
+    };
+    let stats = serde_json::to_vec(&stats).unwrap_or_default();
+    match protocol::write_frame(
+        out,
+        Kind::Compiled,
+        &protocol::encode_compiled(&stats, &ser.0),
+    ) {
+        Ok(()) => 0,
+        Err(_) => 3,
+    }
+}
+
+#[cfg(feature = "test-hooks")]
+fn test_request(client: &Client, payload: &[u8], out: &mut impl Write) -> i32 {
+    let req: TestRequest = match serde_json::from_slice(payload) {
+        Ok(r) => r,
+        Err(e) => return fatal(out, &format!("malformed test request: {e}")),
+    };
+    let errno = |e: &std::io::Error| e.raw_os_error().unwrap_or(-1);
+    let result = match req {
+        TestRequest::Open(p) => match std::fs::File::open(&p) {
+            Ok(mut f) => {
+                use std::io::Read;
+                let mut b = [0u8; 64];
+                let n = f.read(&mut b).map(|n| n as i64).unwrap_or(-1);
+                TestResult {
+                    ret: n,
+                    errno: 0,
+                    detail: String::from_utf8_lossy(&b[..usize::try_from(n).unwrap_or(0)])
+                        .into_owned(),
+                }
+            }
+            Err(e) => TestResult {
+                ret: -1,
+                errno: errno(&e),
+                detail: e.to_string(),
+            },
+        },
+        TestRequest::Write(p) => {
+            match std::fs::OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .open(&p)
+                .and_then(|mut f| f.write_all(b"escaped"))
+            {
+                Ok(()) => TestResult {
+                    ret: 0,
+                    errno: 0,
+                    detail: "written".into(),
+                },
+                Err(e) => TestResult {
+                    ret: -1,
+                    errno: errno(&e),
+                    detail: e.to_string(),
+                },
+            }
+        }
+        TestRequest::Socket => {
+            let (ret, errno) = sandbox::hooks::socket();
+            TestResult {
+                ret,
+                errno,
+                detail: "socket returned".into(),
+            }
+        }
+        TestRequest::Exec(p) => {
+            let (ret, errno) = sandbox::hooks::execve(&p);
+            TestResult {
+                ret,
+                errno,
+                detail: "execve returned".into(),
+            }
+        }
+        TestRequest::Fork => {
+            let (ret, errno) = sandbox::hooks::fork();
+            TestResult {
+                ret,
+                errno,
+                detail: "fork returned".into(),
+            }
+        }
+        TestRequest::Segfault => sandbox::hooks::segfault(),
+        TestRequest::Hang => loop {
+            std::thread::sleep(std::time::Duration::from_secs(3600));
+        },
+        TestRequest::CompileRawOptions {
+            format,
+            options,
+            program,
+        } => {
+            let format = if format == "hlo" { "hlo" } else { "mlir" };
+            let t = Instant::now();
+            return match client.compile_with_raw_options(&program, format, &options) {
+                Ok(exe) => reply_compiled(&exe, 0.0, t.elapsed().as_secs_f64() * 1e3, out),
+                Err(e) => reject(out, &e),
+            };
+        }
+    };
+    let body = serde_json::to_vec(&result).unwrap_or_default();
+    match protocol::write_frame(out, Kind::TestResult, &body) {
+        Ok(()) => 0,
+        Err(_) => 3,
+    }
+}
