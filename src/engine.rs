@@ -633,20 +633,22 @@ impl Model {
     }
 
     /// Runs inputs that already live on the GPU (feature `cuda`): checks dtype and shape
-    /// against the signature, scans every input's values on the device (NaN and ±Inf rejected
-    /// for float inputs, `bounds[i]` where given), then hands the memory to PJRT without a copy.
+    /// against the signature, then every input's values against the model's policy with one
+    /// fused scan on the device (NaN, ±Inf, min, max — the same rules and messages as the host
+    /// scan), then hands the memory to PJRT without a copy. Device inputs are checked, never
+    /// rewritten: a policy that would sanitize one (clip, replace, normalize) is refused.
     ///
     /// # Errors
-    /// [`Error::InvalidInput`] for a signature mismatch, [`Error::DeviceValueRejected`] for a
-    /// failed value check, [`Error::Cuda`] for a CUDA failure, or the plugin's error.
+    /// [`Error::InvalidInput`] for a signature mismatch, [`Error::PolicyViolation`] for a
+    /// failed value check, [`Error::Cuda`] for a CUDA failure or a sanitizing rule, or the
+    /// plugin's error.
     #[cfg(feature = "cuda")]
     pub fn run_device<'a>(
         &self,
         scanner: &crate::pjrt::cuda::DeviceScanner,
         inputs: &[&dyn crate::pjrt::cuda::DeviceInput<'a>],
-        bounds: &[crate::pjrt::cuda::Bounds],
     ) -> Result<Vec<Tensor>, Error> {
-        use crate::pjrt::cuda::{judge, Bounds};
+        use crate::pjrt::cuda::{bounds_of, judge, sanitizes, CudaError};
         if inputs.len() != self.signature.inputs.len() {
             return Err(validate::InputError::Count {
                 expected: self.signature.inputs.len(),
@@ -665,11 +667,17 @@ impl Model {
             // The byte length was checked when the DeviceTensor was made.
             validate::check_type(spec, i, t.dtype(), t.shape())?;
         }
-        for (i, (spec, t)) in self.signature.inputs.iter().zip(inputs).enumerate() {
-            let b = bounds.get(i).copied().unwrap_or(Bounds::default());
-            let stats = t.scan(scanner, b).map_err(Error::Cuda)?;
-            if let Some(rej) = judge(&spec.name, *t, scanner, &stats, b).map_err(Error::Cuda)? {
-                return Err(Error::DeviceValueRejected(rej));
+        for (rules, t) in self.policy.inputs().iter().zip(inputs) {
+            if sanitizes(rules) {
+                return Err(Error::Cuda(CudaError(format!(
+                    "input '{}': the policy rewrites values (clip, replace or normalize), which \
+                     device inputs do not support; pass this input from the host",
+                    rules.name()
+                ))));
+            }
+            let stats = t.scan(scanner, bounds_of(rules)).map_err(Error::Cuda)?;
+            if let Some(v) = judge(rules, *t, scanner, &stats).map_err(Error::Cuda)? {
+                return Err(Error::PolicyViolation(Box::new(v)));
             }
         }
         let client = &self.engine.client;

@@ -52,11 +52,7 @@ pub enum Error {
     /// A PJRT call failed at run time (500).
     #[error(transparent)]
     Plugin(#[from] PjrtError),
-    /// A value check on the GPU rejected an input (400).
-    #[cfg(feature = "cuda")]
-    #[error(transparent)]
-    DeviceValueRejected(crate::pjrt::cuda::DeviceRejection),
-    /// A CUDA call failed (500).
+    /// A CUDA call failed, or a device input met a policy rule it cannot follow (500).
     #[cfg(feature = "cuda")]
     #[error(transparent)]
     Cuda(crate::pjrt::cuda::CudaError),

@@ -12,6 +12,7 @@ use half::{bf16, f16};
 use xlaguard::pjrt::cuda::{Bounds, DeviceInput, DeviceScanner, DeviceTensor};
 use xlaguard::pjrt::ClientOptions;
 use xlaguard::plugin::DeviceKind;
+use xlaguard::validate::policy::{OutOfRange, Policy};
 use xlaguard::{DType, Engine, EngineConfig, Error, Tensor};
 
 fn engine() -> &'static Engine {
@@ -182,27 +183,28 @@ fn every_nan_payload_in_bf16_and_f16_is_caught_in_their_own_width() {
     assert_eq!((st.min, st.max), (Some(-65504.0), Some(65504.0)));
 }
 
+/// The digits model with the policy `pixels in [0, 16]` (default NaN/Inf rejection).
+fn digits_with_range() -> xlaguard::Model {
+    let m = engine()
+        .load_file(&fixture("digits").join("model.jaxexport"))
+        .unwrap();
+    let mut p = Policy::new();
+    p.input("pixels").range(0.0, 16.0);
+    m.with_policy(p).unwrap()
+}
+
 #[test]
 fn device_inputs_run_without_a_host_round_trip_and_match_the_host_path() {
     let s = scanner();
     let dir = fixture("digits");
-    let m = engine().load_file(&dir.join("model.jaxexport")).unwrap();
+    let m = digits_with_range();
     let x = Tensor::read_npy(&dir.join("in0.npy")).unwrap();
     let host_out = m.run(&[x.view()]).unwrap();
     let xs = x.to_array::<f32>().unwrap();
     let d = s.stream().clone_htod(xs.as_slice().unwrap()).unwrap();
     let t = DeviceTensor::new(&d, DType::F32, &[1, 64]).unwrap();
     let inputs: [&dyn DeviceInput<'_>; 1] = [&t];
-    let out = m
-        .run_device(
-            s,
-            &inputs,
-            &[Bounds {
-                min: Some(0.0),
-                max: Some(16.0),
-            }],
-        )
-        .unwrap();
+    let out = m.run_device(s, &inputs).unwrap();
     assert_eq!(out, host_out);
     // JAX on the CPU predicted 2 for this digit; the GPU must agree.
     assert_eq!(out[0].to_array::<i32>().unwrap()[[0]], 2);
@@ -211,45 +213,52 @@ fn device_inputs_run_without_a_host_round_trip_and_match_the_host_path() {
 #[test]
 fn device_values_are_rejected_with_the_host_message_format() {
     let s = scanner();
-    let m = engine()
-        .load_file(&fixture("digits").join("model.jaxexport"))
-        .unwrap();
+    let m = digits_with_range();
     let mut host = vec![1.0f32; 64];
     host[41] = 255.0;
     host[50] = 300.0;
     host[63] = 17.0;
+    let dirty = Tensor::from_slice(&[1, 64], &host).unwrap();
+    // The host scan's refusal, for comparison: the device must say exactly the same.
+    let host_err = m.run(&[dirty.view()]).unwrap_err().to_string();
+    assert_eq!(
+        host_err,
+        "input 'pixels': 3 values above max 16.0; first at [0, 41] = 255.0"
+    );
     let d = s.stream().clone_htod(&host).unwrap();
     let t = DeviceTensor::new(&d, DType::F32, &[1, 64]).unwrap();
     let inputs: [&dyn DeviceInput<'_>; 1] = [&t];
-    let e = m
-        .run_device(
-            s,
-            &inputs,
-            &[Bounds {
-                min: Some(0.0),
-                max: Some(16.0),
-            }],
-        )
-        .unwrap_err();
-    assert!(matches!(e, Error::DeviceValueRejected(_)), "{e}");
-    assert_eq!(
-        e.to_string(),
-        "input 'pixels': 3 values above max 16.0; first at [0, 41] = 255"
-    );
+    let e = m.run_device(s, &inputs).unwrap_err();
+    assert!(matches!(e, Error::PolicyViolation(_)), "{e}");
+    assert_eq!(e.to_string(), host_err);
     host[41] = f32::NAN;
     let d = s.stream().clone_htod(&host).unwrap();
     let t = DeviceTensor::new(&d, DType::F32, &[1, 64]).unwrap();
     let inputs: [&dyn DeviceInput<'_>; 1] = [&t];
-    let e = m.run_device(s, &inputs, &[Bounds::default()]).unwrap_err();
+    let e = m.run_device(s, &inputs).unwrap_err();
     assert_eq!(
         e.to_string(),
-        "input 'pixels': 1 NaN values; first at [0, 41] = NaN"
+        m.run(&[Tensor::from_slice(&[1, 64], &host).unwrap().view()])
+            .unwrap_err()
+            .to_string()
     );
+    assert!(
+        e.to_string()
+            .starts_with("input 'pixels': 1 NaN value; first at [0, 41] = NaN"),
+        "{e}"
+    );
+    // A rule that rewrites values cannot apply to device inputs: refused, typed.
+    let mut p = Policy::new();
+    p.input("pixels")
+        .range(0.0, 16.0)
+        .out_of_range(OutOfRange::Clip);
+    let clip = digits_with_range().with_policy(p).unwrap();
+    assert!(matches!(clip.run_device(s, &inputs), Err(Error::Cuda(_))));
     // Wrong shape is caught before any scan.
     let t = DeviceTensor::new(&d, DType::F32, &[64]).unwrap();
     let inputs: [&dyn DeviceInput<'_>; 1] = [&t];
     assert!(matches!(
-        m.run_device(s, &inputs, &[]),
+        m.run_device(s, &inputs),
         Err(Error::InvalidInput(_))
     ));
 }

@@ -12,6 +12,9 @@ use cudarc::driver::{
 };
 
 use crate::signature::DType;
+use crate::validate::enforce::{InputRules, Offender, PolicyViolation, Rule};
+use crate::validate::policy::NonFinite;
+use crate::validate::scan::Value;
 
 /// CUDA C source of the scan kernels.
 const KERNEL: &str = r#"
@@ -565,11 +568,11 @@ impl<'a, T: cudarc::driver::DeviceRepr> DeviceTensor<'a, T> {
         scanner.scan(self.slice, self.dtype, self.len(), bounds)
     }
 
-    /// The value at flat index `i`, as f64 (one element copied to the host; for messages).
+    /// The value at flat index `i` (one element copied to the host; for messages).
     ///
     /// # Errors
     /// [`CudaError`] on a failed copy or an index out of range.
-    pub fn value_at(&self, scanner: &DeviceScanner, i: u64) -> Result<f64, CudaError> {
+    pub fn value_at(&self, scanner: &DeviceScanner, i: u64) -> Result<Value, CudaError> {
         let size = self.dtype.size();
         let byte = usize::try_from(i)
             .ok()
@@ -592,10 +595,10 @@ impl<'a, T: cudarc::driver::DeviceRepr> DeviceTensor<'a, T> {
             .get(off..off + size)
             .ok_or_else(|| CudaError("short copy".into()))?;
         Ok(match self.dtype {
-            DType::F32 => f64::from(f32::from_le_bytes([b[0], b[1], b[2], b[3]])),
-            DType::BF16 => half::bf16::from_le_bytes([b[0], b[1]]).to_f64(),
-            DType::F16 => half::f16::from_le_bytes([b[0], b[1]]).to_f64(),
-            DType::I32 => f64::from(i32::from_le_bytes([b[0], b[1], b[2], b[3]])),
+            DType::F32 => Value::F32(f32::from_le_bytes([b[0], b[1], b[2], b[3]])),
+            DType::BF16 => Value::BF16(half::bf16::from_le_bytes([b[0], b[1]])),
+            DType::F16 => Value::F16(half::f16::from_le_bytes([b[0], b[1]])),
+            DType::I32 => Value::Int(i64::from(i32::from_le_bytes([b[0], b[1], b[2], b[3]]))),
             other => return Err(CudaError(format!("value_at does not read {other}"))),
         })
     }
@@ -643,25 +646,6 @@ impl<'a, T: cudarc::driver::DeviceRepr> DeviceTensor<'a, T> {
     }
 }
 
-/// A value check on the device failed: the input, the rule, how many values broke it, and the
-/// first one (flat and multi-dimensional index, value).
-#[derive(Debug, Clone, PartialEq, thiserror::Error)]
-#[error("input '{input}': {count} {rule}; first at [{}] = {value}", index.iter().map(u64::to_string).collect::<Vec<_>>().join(", "))]
-pub struct DeviceRejection {
-    /// The input's name.
-    pub input: String,
-    /// The rule, worded for the message: `NaN values`, `values above max 16.0`, ...
-    pub rule: String,
-    /// Offending values.
-    pub count: u64,
-    /// Flat index of the first.
-    pub flat_index: u64,
-    /// Its multi-dimensional index.
-    pub index: Vec<u64>,
-    /// Its value.
-    pub value: f64,
-}
-
 /// Multi-dimensional index of flat index `i` in row-major `shape`.
 pub fn unravel(mut i: u64, shape: &[u64]) -> Vec<u64> {
     let mut out = vec![0; shape.len()];
@@ -689,7 +673,7 @@ pub trait DeviceInput<'a> {
     ///
     /// # Errors
     /// As [`DeviceTensor::value_at`].
-    fn value_at(&self, scanner: &DeviceScanner, i: u64) -> Result<f64, CudaError>;
+    fn value_at(&self, scanner: &DeviceScanner, i: u64) -> Result<Value, CudaError>;
     /// A PJRT view of the memory.
     ///
     /// # Errors
@@ -711,7 +695,7 @@ impl<'a, T: cudarc::driver::DeviceRepr> DeviceInput<'a> for DeviceTensor<'a, T> 
     fn scan(&self, scanner: &DeviceScanner, bounds: Bounds) -> Result<DeviceStats, CudaError> {
         DeviceTensor::scan(self, scanner, bounds)
     }
-    fn value_at(&self, scanner: &DeviceScanner, i: u64) -> Result<f64, CudaError> {
+    fn value_at(&self, scanner: &DeviceScanner, i: u64) -> Result<Value, CudaError> {
         DeviceTensor::value_at(self, scanner, i)
     }
     fn view(
@@ -723,50 +707,77 @@ impl<'a, T: cudarc::driver::DeviceRepr> DeviceInput<'a> for DeviceTensor<'a, T> 
     }
 }
 
-/// Applies the default float rule (NaN and ±Inf rejected) and `bounds` to a scan's result;
-/// the first broken rule becomes a [`DeviceRejection`], in the order NaN, Inf, below, above.
+/// The device scan's bounds for an input's policy rules.
+pub fn bounds_of(rules: &InputRules) -> Bounds {
+    Bounds {
+        min: rules.limits().min().map(|b| b.as_f64()),
+        max: rules.limits().max().map(|b| b.as_f64()),
+    }
+}
+
+/// True when the rules would change values (clip, replace, normalize), which device inputs do
+/// not support: they are checked, never rewritten.
+pub fn sanitizes(rules: &InputRules) -> bool {
+    rules.out_of_range() == crate::validate::policy::OutOfRange::Clip
+        && (rules.limits().min().is_some() || rules.limits().max().is_some())
+        || matches!(rules.nan(), NonFinite::Replace(_))
+        || matches!(rules.inf(), NonFinite::Replace(_))
+        || rules.normalize().is_some()
+}
+
+/// Applies an input's policy rules to a device scan: the first broken rule, in the order NaN,
+/// Inf, min, max, becomes the same [`PolicyViolation`] the host scan reports.
 ///
 /// # Errors
 /// [`CudaError`] if reading the offending value fails.
 pub fn judge(
-    name: &str,
+    rules: &InputRules,
     input: &dyn DeviceInput<'_>,
     scanner: &DeviceScanner,
     stats: &DeviceStats,
-    bounds: Bounds,
-) -> Result<Option<DeviceRejection>, CudaError> {
-    let mut rules: Vec<(u64, Option<u64>, String)> = Vec::new();
-    if input.dtype().is_float() {
-        rules.push((stats.nan, stats.first_nan, "NaN values".to_string()));
-        rules.push((
+) -> Result<Option<PolicyViolation>, CudaError> {
+    let float = input.dtype().is_float();
+    let mut checks: Vec<(Rule, u64, Option<u64>, Option<String>)> = Vec::new();
+    if float && rules.nan() == NonFinite::Reject {
+        checks.push((Rule::Nan, stats.nan, stats.first_nan, None));
+    }
+    if float && rules.inf() == NonFinite::Reject {
+        checks.push((
+            Rule::Inf,
             stats.pos_inf + stats.neg_inf,
             stats.first_inf,
-            "infinite values".to_string(),
+            None,
         ));
     }
-    if let Some(lo) = bounds.min {
-        rules.push((
+    if let Some(lo) = rules.limits().min() {
+        checks.push((
+            Rule::Min,
             stats.below,
             stats.first_below,
-            format!("values below min {lo:?}"),
+            Some(lo.to_string()),
         ));
     }
-    if let Some(hi) = bounds.max {
-        rules.push((
+    if let Some(hi) = rules.limits().max() {
+        checks.push((
+            Rule::Max,
             stats.above,
             stats.first_above,
-            format!("values above max {hi:?}"),
+            Some(hi.to_string()),
         ));
     }
-    for (count, first, rule) in rules {
+    for (rule, count, first, limit) in checks {
         if let (true, Some(i)) = (count > 0, first) {
-            return Ok(Some(DeviceRejection {
-                input: name.to_string(),
+            return Ok(Some(PolicyViolation {
+                input: Some(rules.name().to_string()),
                 rule,
                 count,
-                flat_index: i,
-                index: unravel(i, input.shape()),
-                value: input.value_at(scanner, i)?,
+                limit,
+                first: Some(Offender {
+                    flat: i,
+                    index: unravel(i, input.shape()),
+                    value: input.value_at(scanner, i)?,
+                }),
+                dim: None,
             }));
         }
     }

@@ -15,8 +15,6 @@ pub fn status_for(e: &Error) -> StatusCode {
         Error::InvalidInput(_) | Error::Tensor(_) | Error::PolicyViolation(_) => {
             StatusCode::BAD_REQUEST
         }
-        #[cfg(feature = "cuda")]
-        Error::DeviceValueRejected(_) => StatusCode::BAD_REQUEST,
         // The model (or its policy file) cannot be run as given.
         Error::Artifact(_) | Error::CompileRejected(_) | Error::Policy(_) => {
             StatusCode::UNPROCESSABLE_ENTITY
