@@ -12,6 +12,7 @@ use crate::error::Error;
 use crate::pjrt::deps::preload_nvidia_libraries;
 use crate::pjrt::{
     Api, Buffer, Client, ClientOptions, CompileOptions, ErrorCode, LoadError, LoadedExecutable,
+    StagingBuffer,
 };
 use crate::plugin::{self, DeviceKind, FoundPlugin};
 use crate::signature::{Dim, Signature, TensorSpec};
@@ -321,7 +322,13 @@ pub struct Model {
     policy: BoundPolicy,
     /// Told about every rejection and sanitization.
     observer: Option<Arc<dyn PolicyObserver>>,
+    /// CPU plugin: sets of resident input buffers refilled in place per call (one set per
+    /// concurrent call, up to [`STAGING_SLOTS`] kept).
+    staging: Option<std::sync::Mutex<Vec<Vec<StagingBuffer>>>>,
 }
+
+/// Most sets of resident input buffers a model keeps for reuse.
+const STAGING_SLOTS: usize = 8;
 
 impl std::fmt::Debug for Model {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -418,10 +425,13 @@ impl Model {
             None => None,
         };
         let policy = BoundPolicy::default_for(&signature);
+        let staging =
+            (engine.client.platform() == "cpu").then(|| std::sync::Mutex::new(Vec::new()));
         Ok(Model {
             engine,
             policy,
             observer: None,
+            staging,
             signature,
             info: ModelInfo {
                 kind: a.kind,
@@ -560,6 +570,30 @@ impl Model {
         self.execute_with_report(inputs).map(|(b, _)| b)
     }
 
+    /// A new set of resident input buffers (one per kept input), or `None` when the plugin
+    /// does not keep them in host memory.
+    fn new_staging_slot(&self) -> Result<Option<Vec<StagingBuffer>>, Error> {
+        let mut slot = Vec::new();
+        for (i, spec) in self.signature.inputs.iter().enumerate() {
+            if self
+                .info
+                .kept_inputs
+                .as_ref()
+                .is_some_and(|k| !k.contains(&i))
+            {
+                continue;
+            }
+            let shape = spec
+                .static_shape()
+                .ok_or_else(|| Error::Internal("symbolic input shape".into()))?;
+            match StagingBuffer::new(&self.engine.client, spec.dtype, &dims_i64(&shape)?)? {
+                Some(b) => slot.push(b),
+                None => return Ok(None),
+            }
+        }
+        Ok(Some(slot))
+    }
+
     /// [`Model::execute`], also returning what sanitization changed.
     ///
     /// # Errors
@@ -569,6 +603,37 @@ impl Model {
         inputs: &[TensorRef<'_>],
     ) -> Result<(Vec<Buffer>, RunReport), Error> {
         let prepared = self.policy.apply(inputs, self.observer.as_deref())?;
+        if let Some(pool) = &self.staging {
+            let reused = pool.lock().ok().and_then(|mut p| p.pop());
+            let slot = match reused {
+                Some(slot) => Some(slot),
+                None => self.new_staging_slot()?,
+            };
+            if let Some(mut slot) = slot {
+                let kept = inputs.iter().enumerate().filter(|(i, _)| {
+                    !self
+                        .info
+                        .kept_inputs
+                        .as_ref()
+                        .is_some_and(|k| !k.contains(i))
+                });
+                for (dst, (i, t)) in slot.iter_mut().zip(kept) {
+                    dst.fill(prepared.staged(i).unwrap_or(t.data))?;
+                }
+                let refs: Vec<&Buffer> = slot.iter().map(StagingBuffer::buffer).collect();
+                let outs = self.execute_buffers(&refs);
+                drop(refs);
+                // A failed execution may leave the buffers in any state: drop them.
+                if outs.is_ok() {
+                    if let Ok(mut p) = pool.lock() {
+                        if p.len() < STAGING_SLOTS {
+                            p.push(slot);
+                        }
+                    }
+                }
+                return Ok((outs?, self.policy.recycle(prepared)));
+            }
+        }
         let outs = {
             let mut bufs = Vec::with_capacity(inputs.len());
             for (i, t) in inputs.iter().enumerate() {

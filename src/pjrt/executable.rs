@@ -204,7 +204,12 @@ impl LoadedExecutable {
         let mut outs: Vec<*mut ffi::PJRT_Buffer> = vec![std::ptr::null_mut(); n_out.max(1)];
         let out_lists: [*mut *mut ffi::PJRT_Buffer; 1] = [outs.as_mut_ptr()];
         let mut events: [*mut ffi::PJRT_Event; 1] = [std::ptr::null_mut()];
+        // Never donate arguments: a donated buffer is consumed by the call, and callers (and
+        // resident staging buffers) expect their buffers to survive it.
+        let no_donation: Vec<i64> = (0..arg_ptrs.len() as i64).collect();
         let mut opts = ffi::PJRT_ExecuteOptions::new();
+        opts.non_donatable_input_indices = no_donation.as_ptr();
+        opts.num_non_donatable_input_indices = no_donation.len();
         let mut a = ffi::PJRT_LoadedExecutable_Execute_Args::new();
         a.executable = self.raw;
         a.options = &mut opts;

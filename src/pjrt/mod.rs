@@ -16,7 +16,7 @@ pub mod options;
 use std::path::PathBuf;
 
 pub use api::Api;
-pub use buffer::{BorrowedBuffer, Buffer};
+pub use buffer::{BorrowedBuffer, Buffer, StagingBuffer};
 pub use client::{Client, ClientOptions, OptionValue};
 pub use executable::{CompiledMemoryStats, LoadedExecutable, SerializedExecutable};
 pub use options::CompileOptions;
