@@ -18,7 +18,7 @@ use crate::plugin::{self, DeviceKind, FoundPlugin};
 use crate::signature::{Dim, Signature, TensorSpec};
 use crate::tensor::{Tensor, TensorRef};
 use crate::validate;
-use crate::validate::{BoundPolicy, Policy, PolicyObserver, RunReport};
+use crate::validate::{BoundPolicy, Policy, PolicyObserver, Prepared, RunReport};
 
 /// How to build an [`Engine`].
 #[derive(Clone, Debug, Default)]
@@ -542,17 +542,8 @@ impl Model {
     ) -> Result<(Vec<Buffer>, RunReport), Error> {
         let prepared = self.policy.apply(inputs, self.observer.as_deref())?;
         let mut out = Vec::with_capacity(inputs.len());
-        for (i, t) in inputs.iter().enumerate() {
-            if self
-                .info
-                .kept_inputs
-                .as_ref()
-                .is_some_and(|k| !k.contains(&i))
-            {
-                continue;
-            }
+        for (t, data) in self.to_upload(inputs, &prepared) {
             let dims = dims_i64(t.shape)?;
-            let data = prepared.staged(i).unwrap_or(t.data);
             out.push(self.engine.client.buffer_from_host(data, t.dtype, &dims)?);
         }
         Ok((out, self.policy.recycle(prepared)))
@@ -568,6 +559,29 @@ impl Model {
     /// the plugin's error.
     pub fn execute(&self, inputs: &[TensorRef<'_>]) -> Result<Vec<Buffer>, Error> {
         self.execute_with_report(inputs).map(|(b, _)| b)
+    }
+
+    /// True when the module takes user input `i` (the others are checked, then ignored).
+    fn keeps(&self, i: usize) -> bool {
+        self.info
+            .kept_inputs
+            .as_ref()
+            .is_none_or(|k| k.contains(&i))
+    }
+
+    /// The inputs the module takes, each with the bytes to upload: the policy's staging copy
+    /// where it sanitized, else the caller's.
+    fn to_upload<'a>(
+        &self,
+        inputs: &'a [TensorRef<'a>],
+        prepared: &'a Prepared,
+    ) -> Vec<(&'a TensorRef<'a>, &'a [u8])> {
+        inputs
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| self.keeps(*i))
+            .map(|(i, t)| (t, prepared.staged(i).unwrap_or(t.data)))
+            .collect()
     }
 
     /// A new set of resident input buffers (one per kept input), or `None` when the plugin
@@ -636,17 +650,8 @@ impl Model {
         }
         let outs = {
             let mut bufs = Vec::with_capacity(inputs.len());
-            for (i, t) in inputs.iter().enumerate() {
-                if self
-                    .info
-                    .kept_inputs
-                    .as_ref()
-                    .is_some_and(|k| !k.contains(&i))
-                {
-                    continue;
-                }
+            for (t, data) in self.to_upload(inputs, &prepared) {
                 let dims = dims_i64(t.shape)?;
-                let data = prepared.staged(i).unwrap_or(t.data);
                 bufs.push(
                     self.engine
                         .client
@@ -748,15 +753,9 @@ impl Model {
         let client = &self.engine.client;
         let mut views = Vec::with_capacity(inputs.len());
         for (i, t) in inputs.iter().enumerate() {
-            if self
-                .info
-                .kept_inputs
-                .as_ref()
-                .is_some_and(|k| !k.contains(&i))
-            {
-                continue;
+            if self.keeps(i) {
+                views.push(t.view(client, scanner)?);
             }
-            views.push(t.view(client, scanner)?);
         }
         let refs: Vec<&Buffer> = views.iter().map(|b| &**b).collect();
         let outs = self.execute_buffers(&refs)?;
