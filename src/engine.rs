@@ -624,15 +624,8 @@ impl Model {
                 None => self.new_staging_slot()?,
             };
             if let Some(mut slot) = slot {
-                let kept = inputs.iter().enumerate().filter(|(i, _)| {
-                    !self
-                        .info
-                        .kept_inputs
-                        .as_ref()
-                        .is_some_and(|k| !k.contains(i))
-                });
-                for (dst, (i, t)) in slot.iter_mut().zip(kept) {
-                    dst.fill(prepared.staged(i).unwrap_or(t.data))?;
+                for (dst, (_, data)) in slot.iter_mut().zip(self.to_upload(inputs, &prepared)) {
+                    dst.fill(data)?;
                 }
                 let refs: Vec<&Buffer> = slot.iter().map(StagingBuffer::buffer).collect();
                 let outs = self.execute_buffers(&refs);

@@ -618,7 +618,7 @@ impl BoundPolicy {
                 .try_fold(0u64, |a, (s, spec)| {
                     a.checked_add(product(s)?.checked_mul(spec.dtype.size() as u64)?)
                 });
-            if total.map_or(true, |t| t > limit) {
+            if total.is_none_or(|t| t > limit) {
                 return Err(policy.error(
                     "max_total_bytes".into(),
                     PolicyErrorKind::Unsatisfiable {
@@ -1017,7 +1017,7 @@ fn resolve(
     if let Some(shape) = spec.static_shape() {
         let elements = product(&shape);
         if let Some(limit) = ip.max_elements {
-            if elements.map_or(true, |n| n > limit) {
+            if elements.is_none_or(|n| n > limit) {
                 return Err(policy.error(
                     key("max_elements"),
                     PolicyErrorKind::Unsatisfiable {
@@ -1031,7 +1031,7 @@ fn resolve(
         }
         if let Some(limit) = ip.max_bytes {
             let bytes = elements.and_then(|n| n.checked_mul(dtype.size() as u64));
-            if bytes.map_or(true, |n| n > limit) {
+            if bytes.is_none_or(|n| n > limit) {
                 return Err(policy.error(
                     key("max_bytes"),
                     PolicyErrorKind::Unsatisfiable {

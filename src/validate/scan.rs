@@ -970,10 +970,10 @@ fn scan_scalar_t<T: Elem>(data: &[u8], lo: T, hi: T) -> (ScanSummary, Option<T>,
                 } else if k > hi {
                     s.above.bump(i);
                 }
-                if min.map_or(true, |m| k < m.key()) {
+                if min.is_none_or(|m| k < m.key()) {
                     min = Some(x);
                 }
-                if max.map_or(true, |m| k > m.key()) {
+                if max.is_none_or(|m| k > m.key()) {
                     max = Some(x);
                 }
             }
@@ -1066,12 +1066,12 @@ impl<T: Elem> Merge<T> {
         }
         self.s.elements += elements;
         if let Some(m) = min {
-            if self.min.map_or(true, |x| m.key() < x.key()) {
+            if self.min.is_none_or(|x| m.key() < x.key()) {
                 self.min = Some(m);
             }
         }
         if let Some(m) = max {
-            if self.max.map_or(true, |x| m.key() > x.key()) {
+            if self.max.is_none_or(|x| m.key() > x.key()) {
                 self.max = Some(m);
             }
         }
@@ -1247,12 +1247,12 @@ mod avx2 {
                 *a += b;
             }
             if let Some(t) = tmn {
-                if mn.map_or(true, |x| t.key() < x.key()) {
+                if mn.is_none_or(|x| t.key() < x.key()) {
                     mn = Some(t);
                 }
             }
             if let Some(t) = tmx {
-                if mx.map_or(true, |x| t.key() > x.key()) {
+                if mx.is_none_or(|x| t.key() > x.key()) {
                     mx = Some(t);
                 }
             }

@@ -229,10 +229,10 @@ trait Extreme {
 
 impl Extreme for Option<Value> {
     fn is_none_or_lt(&self, v: Value) -> bool {
-        self.map_or(true, |m| less(v, m))
+        self.is_none_or(|m| less(v, m))
     }
     fn is_none_or_gt(&self, v: Value) -> bool {
-        self.map_or(true, |m| less(m, v))
+        self.is_none_or(|m| less(m, v))
     }
 }
 
