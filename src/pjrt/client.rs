@@ -480,3 +480,42 @@ impl Drop for ClientInner {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn gpu_options_name_only_what_is_set() {
+        let o = ClientOptions::gpu(Some(0.5), Some(false), Some(&[0, 1]));
+        assert_eq!(
+            o.values(),
+            &[
+                ("memory_fraction".to_string(), OptionValue::Float(0.5)),
+                ("preallocate".to_string(), OptionValue::Bool(false)),
+                (
+                    "visible_devices".to_string(),
+                    OptionValue::IntList(vec![0, 1])
+                ),
+            ]
+        );
+        assert!(ClientOptions::gpu(None, None, None).values().is_empty());
+    }
+
+    #[test]
+    fn cpu_defaults_and_replacement() {
+        let mut o = ClientOptions::cpu();
+        assert_eq!(
+            o.values(),
+            &[
+                ("cpu_device_count".to_string(), OptionValue::Int(1)),
+                ("asynchronous".to_string(), OptionValue::Bool(false)),
+            ]
+        );
+        o.set("cpu_device_count", OptionValue::Int(4));
+        assert_eq!(o.values().len(), 2);
+        assert!(o
+            .values()
+            .contains(&("cpu_device_count".to_string(), OptionValue::Int(4))));
+    }
+}
