@@ -712,20 +712,7 @@ impl Model {
         inputs: &[&dyn crate::pjrt::cuda::DeviceInput<'a>],
     ) -> Result<Vec<Tensor>, Error> {
         use crate::pjrt::cuda::{bounds_of, judge, sanitizes, CudaError};
-        if inputs.len() != self.signature.inputs.len() {
-            return Err(validate::InputError::Count {
-                expected: self.signature.inputs.len(),
-                names: self
-                    .signature
-                    .inputs
-                    .iter()
-                    .map(|s| format!("'{}'", s.name))
-                    .collect::<Vec<_>>()
-                    .join(", "),
-                got: inputs.len(),
-            }
-            .into());
-        }
+        validate::check_count(&self.signature, inputs.len())?;
         for (i, (spec, t)) in self.signature.inputs.iter().zip(inputs).enumerate() {
             // The byte length was checked when the DeviceTensor was made.
             validate::check_type(spec, i, t.dtype(), t.shape())?;

@@ -4,14 +4,9 @@ mod common;
 
 use std::process::Command;
 
-use common::{fixture, numbered, plugin, root};
+use common::xlaguard_cmd as xlaguard;
+use common::{fixture, numbered};
 use xlaguard::Tensor;
-
-fn xlaguard() -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_xlaguard"));
-    c.current_dir(root()).arg("--plugin").arg(plugin());
-    c
-}
 
 #[test]
 fn inspect_json() {

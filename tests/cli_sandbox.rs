@@ -2,15 +2,8 @@
 
 mod common;
 
-use std::process::Command;
-
-use common::{fixture, plugin, root};
-
-fn xlaguard() -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_xlaguard"));
-    c.current_dir(root()).arg("--plugin").arg(plugin());
-    c
-}
+use common::fixture;
+use common::xlaguard_cmd as xlaguard;
 
 #[test]
 fn inspect_shows_the_jail() {

@@ -100,7 +100,8 @@ pub enum InputError {
     },
 }
 
-fn names(sig: &Signature) -> String {
+/// The model's input names, quoted and comma-separated, for messages.
+pub(crate) fn input_names(sig: &Signature) -> String {
     sig.inputs
         .iter()
         .map(|s| format!("'{}'", s.name))
@@ -161,18 +162,27 @@ pub fn check_input(spec: &TensorSpec, index: usize, t: &TensorRef<'_>) -> Result
     }
 }
 
+/// Checks that `got` inputs are what the signature takes.
+///
+/// # Errors
+/// [`InputError::Count`], naming the inputs expected.
+pub fn check_count(sig: &Signature, got: usize) -> Result<(), InputError> {
+    if got == sig.inputs.len() {
+        return Ok(());
+    }
+    Err(InputError::Count {
+        expected: sig.inputs.len(),
+        names: input_names(sig),
+        got,
+    })
+}
+
 /// Checks positional inputs: count, then each input.
 ///
 /// # Errors
 /// The first mismatch.
 pub fn check_inputs(sig: &Signature, inputs: &[TensorRef<'_>]) -> Result<(), InputError> {
-    if inputs.len() != sig.inputs.len() {
-        return Err(InputError::Count {
-            expected: sig.inputs.len(),
-            names: names(sig),
-            got: inputs.len(),
-        });
-    }
+    check_count(sig, inputs.len())?;
     for (i, (spec, t)) in sig.inputs.iter().zip(inputs).enumerate() {
         check_input(spec, i, t)?;
     }
@@ -191,7 +201,7 @@ pub fn order_named<T>(sig: &Signature, named: Vec<(String, T)>) -> Result<Vec<T>
             .input_index(&name)
             .ok_or_else(|| InputError::UnknownName {
                 name: name.clone(),
-                names: names(sig),
+                names: input_names(sig),
             })?;
         if slots[i].is_some() {
             return Err(InputError::Duplicate { name });

@@ -150,12 +150,7 @@ pub fn suggest(
     for (index, t) in samples {
         let spec = sig.inputs.get(*index).ok_or_else(|| InputError::Count {
             expected: sig.inputs.len(),
-            names: sig
-                .inputs
-                .iter()
-                .map(|s| format!("'{}'", s.name))
-                .collect::<Vec<_>>()
-                .join(", "),
+            names: crate::validate::input_names(sig),
             got: index + 1,
         })?;
         if t.dtype != spec.dtype {

@@ -27,6 +27,13 @@ pub fn plugin() -> PathBuf {
     p
 }
 
+/// The `xlaguard` binary, run from the repository root on the pinned plugin.
+pub fn xlaguard_cmd() -> std::process::Command {
+    let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_xlaguard"));
+    c.current_dir(root()).arg("--plugin").arg(plugin());
+    c
+}
+
 /// The default config on the pinned CPU plugin, compiling in jailed workers run by the
 /// `xlaguard` binary (a test binary cannot serve as its own worker).
 pub fn config() -> EngineConfig {
