@@ -11,8 +11,7 @@ use crate::compile::{
 use crate::error::Error;
 use crate::pjrt::deps::preload_nvidia_libraries;
 use crate::pjrt::{
-    Api, Buffer, Client, ClientOptions, CompileOptions, ErrorCode, LoadError, LoadedExecutable,
-    StagingBuffer,
+    Api, Buffer, Client, ClientOptions, ErrorCode, LoadError, LoadedExecutable, StagingBuffer,
 };
 use crate::plugin::{self, DeviceKind, FoundPlugin};
 use crate::signature::{Dim, Signature, TensorSpec};
@@ -276,7 +275,7 @@ impl Engine {
             &CompileInput {
                 program: &a.program,
                 format,
-                options: &CompileOptions::new(),
+                options: self.compiler.options(),
                 inputs,
             },
         )?;

@@ -471,6 +471,8 @@ pub(crate) struct Compiler {
     plugin_path: PathBuf,
     client_options: ClientOptions,
     xla_flags: String,
+    /// JAX's compile options with `XLA_FLAGS` applied: what every compile sends.
+    options: CompileOptions,
 }
 
 impl std::fmt::Debug for Compiler {
@@ -501,6 +503,11 @@ fn warn_once(report: &JailReport) {
 }
 
 impl Compiler {
+    /// The options every compile of this compiler sends: JAX's, with `XLA_FLAGS` applied.
+    pub(crate) fn options(&self) -> &CompileOptions {
+        &self.options
+    }
+
     /// Sets up compilation for a plugin: opens the audit log and the cache, and for process
     /// isolation starts the first worker, whose jail report is kept (and printed once to
     /// stderr if anything is not enforced).
@@ -512,6 +519,10 @@ impl Compiler {
     ) -> Result<Compiler, Error> {
         let xla_flags = std::env::var("XLA_FLAGS").unwrap_or_default();
         validate_xla_flags(&xla_flags)?;
+        let mut options = CompileOptions::new();
+        options
+            .xla_flags(&xla_flags)
+            .map_err(|e| Error::Config(e.to_string()))?;
         if config.workers == 0 {
             return Err(Error::Config("compile workers must be at least 1".into()));
         }
@@ -593,6 +604,7 @@ impl Compiler {
             plugin_path,
             client_options: client_options.clone(),
             xla_flags,
+            options,
         };
         let _ = c.plugin_identity(api_version);
         warn_once(&c.report);

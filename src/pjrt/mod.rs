@@ -19,7 +19,7 @@ pub use api::Api;
 pub use buffer::{BorrowedBuffer, Buffer, StagingBuffer};
 pub use client::{Client, ClientOptions, OptionValue};
 pub use executable::{CompiledMemoryStats, LoadedExecutable, SerializedExecutable};
-pub use options::CompileOptions;
+pub use options::{CompileOptions, XlaFlagError};
 
 use crate::signature::DType;
 
