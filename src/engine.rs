@@ -363,6 +363,7 @@ impl Model {
                 name: format!("out{i}"),
                 dtype: d,
                 shape: dims.iter().map(|&n| Dim::Static(n as u64)).collect(),
+                jax_type: None,
             })
             .collect();
         let (signature, source) = match a.signature.clone() {

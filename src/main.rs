@@ -219,7 +219,7 @@ fn dims_json(spec: &TensorSpec) -> serde_json::Value {
 fn specs_json(v: &[TensorSpec]) -> serde_json::Value {
     v.iter()
         .map(
-            |s| serde_json::json!({"name": s.name, "dtype": s.dtype.name(), "shape": dims_json(s)}),
+            |s| serde_json::json!({"name": s.name, "dtype": s.dtype.name(), "shape": dims_json(s), "jax_type": s.jax_type}),
         )
         .collect()
 }
@@ -417,7 +417,7 @@ fn inspect(cfg: &EngineConfig, model: &str, json: bool, policy: Option<&Path>) -
         println!(
             "  {i}: {} {}{}",
             s.name,
-            s.type_string(),
+            s.described_type(),
             if dropped {
                 "  (unused by the module; accepted and ignored)"
             } else {
@@ -427,7 +427,7 @@ fn inspect(cfg: &EngineConfig, model: &str, json: bool, policy: Option<&Path>) -
     }
     println!("outputs:");
     for (i, s) in sig.outputs.iter().enumerate() {
-        println!("  {i}: {} {}", s.name, s.type_string());
+        println!("  {i}: {} {}", s.name, s.described_type());
     }
     match (&bound, &policy_file) {
         (Some(m), file) => {

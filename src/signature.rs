@@ -35,11 +35,15 @@ pub enum DType {
     F32,
     /// `float64`.
     F64,
+    /// `complex64`: two `float32`s per element, real part first.
+    C64,
+    /// `complex128`: two `float64`s per element, real part first.
+    C128,
 }
 
 impl DType {
     /// Every supported dtype, in a fixed order.
-    pub const ALL: [DType; 13] = [
+    pub const ALL: [DType; 15] = [
         DType::Bool,
         DType::I8,
         DType::I16,
@@ -53,6 +57,8 @@ impl DType {
         DType::BF16,
         DType::F32,
         DType::F64,
+        DType::C64,
+        DType::C128,
     ];
 
     /// Size of one element in bytes.
@@ -61,7 +67,8 @@ impl DType {
             DType::Bool | DType::I8 | DType::U8 => 1,
             DType::I16 | DType::U16 | DType::F16 | DType::BF16 => 2,
             DType::I32 | DType::U32 | DType::F32 => 4,
-            DType::I64 | DType::U64 | DType::F64 => 8,
+            DType::I64 | DType::U64 | DType::F64 | DType::C64 => 8,
+            DType::C128 => 16,
         }
     }
 
@@ -81,6 +88,8 @@ impl DType {
             DType::BF16 => "bfloat16",
             DType::F32 => "float32",
             DType::F64 => "float64",
+            DType::C64 => "complex64",
+            DType::C128 => "complex128",
         }
     }
 
@@ -105,6 +114,8 @@ impl DType {
             "bf16" => DType::BF16,
             "f32" => DType::F32,
             "f64" => DType::F64,
+            "complex<f32>" => DType::C64,
+            "complex<f64>" => DType::C128,
             _ => return None,
         })
     }
@@ -112,6 +123,21 @@ impl DType {
     /// True for the floating-point dtypes.
     pub const fn is_float(self) -> bool {
         matches!(self, DType::F16 | DType::BF16 | DType::F32 | DType::F64)
+    }
+
+    /// True for `complex64` and `complex128`.
+    pub const fn is_complex(self) -> bool {
+        matches!(self, DType::C64 | DType::C128)
+    }
+
+    /// The real type of a complex dtype's parts (`float32` for `complex64`); `None` for the
+    /// others. A complex tensor of shape `[..]` has the bytes of its part type at `[.., 2]`.
+    pub const fn complex_part(self) -> Option<DType> {
+        match self {
+            DType::C64 => Some(DType::F32),
+            DType::C128 => Some(DType::F64),
+            _ => None,
+        }
     }
 }
 
@@ -148,6 +174,9 @@ pub struct TensorSpec {
     pub dtype: DType,
     /// Shape; empty for a scalar.
     pub shape: Vec<Dim>,
+    /// JAX's own type where it is not what the module takes: a typed PRNG key (`key<fry>[3]`)
+    /// is taken as its raw data, `uint32[3,2]`, which `dtype` and `shape` describe.
+    pub jax_type: Option<String>,
 }
 
 impl TensorSpec {
@@ -157,6 +186,7 @@ impl TensorSpec {
             name: name.into(),
             dtype,
             shape: shape.iter().map(|&d| Dim::Static(d)).collect(),
+            jax_type: None,
         }
     }
 
@@ -179,6 +209,15 @@ impl TensorSpec {
     /// `float32[8,16]`, the form used in every message.
     pub fn type_string(&self) -> String {
         format_type(self.dtype, self.shape.iter())
+    }
+
+    /// [`TensorSpec::type_string`], followed by JAX's own type where it differs:
+    /// `uint32[2] (key<fry>[])`.
+    pub fn described_type(&self) -> String {
+        match &self.jax_type {
+            Some(j) => format!("{} ({j})", self.type_string()),
+            None => self.type_string(),
+        }
     }
 }
 

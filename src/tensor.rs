@@ -333,7 +333,9 @@ impl Tensor {
         }
         let mut data = body.to_vec();
         if swap {
-            for c in data.chunks_exact_mut(dtype.size()) {
+            // A complex element is two floats, each swapped on its own.
+            let part = dtype.complex_part().unwrap_or(dtype);
+            for c in data.chunks_exact_mut(part.size()) {
                 c.reverse();
             }
         }
@@ -356,6 +358,8 @@ impl Tensor {
             DType::BF16 => "<V2",
             DType::F32 => "<f4",
             DType::F64 => "<f8",
+            DType::C64 => "<c8",
+            DType::C128 => "<c16",
         };
         let shape = match self.shape.len() {
             0 => "()".to_string(),
@@ -450,6 +454,8 @@ fn parse_descr(descr: &str) -> Option<(DType, bool)> {
         "V2" => DType::BF16,
         "f4" => DType::F32,
         "f8" => DType::F64,
+        "c8" => DType::C64,
+        "c16" => DType::C128,
         _ => return None,
     };
     Some((dtype, swap && dtype.size() > 1))

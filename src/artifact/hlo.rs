@@ -98,6 +98,8 @@ fn dtype(code: i32) -> Result<DType, ArtifactError> {
         11 => DType::F32,
         12 => DType::F64,
         16 => DType::BF16,
+        15 => DType::C64,
+        18 => DType::C128,
         _ => {
             let name = match code {
                 0 => "PRIMITIVE_TYPE_INVALID",
@@ -147,7 +149,12 @@ fn array_spec(name: String, s: &ShapeProto) -> Result<TensorSpec, ArtifactError>
             shape.push(Dim::Static(d));
         }
     }
-    Ok(TensorSpec { name, dtype, shape })
+    Ok(TensorSpec {
+        name,
+        dtype,
+        shape,
+        jax_type: None,
+    })
 }
 
 /// Flattens a (possibly nested) tuple into its array leaves.

@@ -461,10 +461,10 @@ fn dtype(code: i8) -> Result<DType, ArtifactError> {
         10 => DType::F32,
         11 => DType::F64,
         14 => DType::BF16,
+        12 => DType::C64,
+        13 => DType::C128,
         _ => {
             let name = match code {
-                12 => "complex64",
-                13 => "complex128",
                 15 => "int4",
                 16 => "uint4",
                 17 => "float8_e4m3b11fnuz",
@@ -477,9 +477,6 @@ fn dtype(code: i8) -> Result<DType, ArtifactError> {
                 24 => "float8_e3m4",
                 25 => "float8_e8m0fnu",
                 26 => "float4_e2m1fn",
-                27 => "key<fry>",
-                28 => "key<rbg>",
-                29 => "key<unsafe_rbg>",
                 _ => {
                     return Err(ArtifactError::corrupt(
                         WHAT,
@@ -489,7 +486,9 @@ fn dtype(code: i8) -> Result<DType, ArtifactError> {
             };
             return Err(ArtifactError::unsupported(
                 format!("dtype {name}"),
-                "supported dtypes are bool, (u)int8..64, float16, bfloat16, float32, float64",
+                "supported dtypes are bool, (u)int8..64, float16, bfloat16, float32, float64, \
+                 complex64, complex128 and typed PRNG keys; export with one of them (e.g. \
+                 `x.astype(jnp.float32)` at the boundary)",
             ));
         }
     })
@@ -520,6 +519,7 @@ pub(crate) fn parse_dim(s: &str, what: &'static str) -> Result<Dim, ArtifactErro
 struct Aval {
     dtype: DType,
     shape: Vec<Dim>,
+    jax_type: Option<String>,
 }
 
 fn read_aval(t: &Table<'_>) -> Result<Aval, ArtifactError> {
@@ -539,13 +539,34 @@ fn read_aval(t: &Table<'_>) -> Result<Aval, ArtifactError> {
             ))
         }
     }
-    let dtype = dtype(t.i8_or(aval::DTYPE, 0)?)?;
-    let shape = t
+    let code = t.i8_or(aval::DTYPE, 0)?;
+    let mut shape = t
         .strings(aval::SHAPE)?
         .into_iter()
         .map(|s| parse_dim(s, WHAT))
         .collect::<Result<Vec<_>, _>>()?;
-    Ok(Aval { dtype, shape })
+    // A typed PRNG key is passed to @main as its uint32 data: threefry keys are 2 words,
+    // rbg and unsafe_rbg keys 4 (jax/_src/prng.py key shapes).
+    if let Some((key, words)) = match code {
+        27 => Some(("fry", 2)),
+        28 => Some(("rbg", 4)),
+        29 => Some(("unsafe_rbg", 4)),
+        _ => None,
+    } {
+        let dims: Vec<String> = shape.iter().map(Dim::to_string).collect();
+        let jax_type = format!("key<{key}>[{}]", dims.join(","));
+        shape.push(Dim::Static(words));
+        return Ok(Aval {
+            dtype: DType::U32,
+            shape,
+            jax_type: Some(jax_type),
+        });
+    }
+    Ok(Aval {
+        dtype: dtype(code)?,
+        shape,
+        jax_type: None,
+    })
 }
 
 /// Reads one side's avals: the v10+ index form when present, else the pre-v10 table vector.
@@ -755,6 +776,7 @@ fn specs(avals: Vec<Aval>, names: Vec<String>) -> Vec<TensorSpec> {
             name,
             dtype: a.dtype,
             shape: a.shape,
+            jax_type: a.jax_type,
         })
         .collect()
 }

@@ -621,7 +621,12 @@ pub fn load_text(bytes: &[u8]) -> Result<Artifact, ArtifactError> {
         types
             .into_iter()
             .zip(names)
-            .map(|((dtype, shape), name)| TensorSpec { name, dtype, shape })
+            .map(|((dtype, shape), name)| TensorSpec {
+                name,
+                dtype,
+                shape,
+                jax_type: None,
+            })
             .collect()
     };
     let signature = Signature {

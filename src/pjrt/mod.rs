@@ -225,6 +225,8 @@ pub fn buffer_type(dtype: DType) -> ffi::PJRT_Buffer_Type {
         DType::BF16 => ffi::PJRT_Buffer_Type_BF16,
         DType::F32 => ffi::PJRT_Buffer_Type_F32,
         DType::F64 => ffi::PJRT_Buffer_Type_F64,
+        DType::C64 => ffi::PJRT_Buffer_Type_C64,
+        DType::C128 => ffi::PJRT_Buffer_Type_C128,
     }
 }
 

@@ -66,7 +66,19 @@ pub fn datatype_name(d: DType) -> &'static str {
         DType::F32 => "FP32",
         DType::F64 => "FP64",
         DType::BF16 => "BF16",
+        // KServe v2 has no complex datatype: (real, imag) pairs in a trailing dimension of 2.
+        DType::C64 => "FP32",
+        DType::C128 => "FP64",
     }
+}
+
+/// The shape a tensor has on the wire: a complex tensor gains a trailing dimension of 2.
+pub fn wire_shape(dtype: DType, shape: &[u64]) -> Vec<u64> {
+    let mut s = shape.to_vec();
+    if dtype.is_complex() {
+        s.push(2);
+    }
+    s
 }
 
 /// The dtype of a protocol datatype name (case-sensitive, as the protocol spells it).
@@ -493,7 +505,7 @@ fn parse_input(
             ));
         }
     };
-    let mut shape = Vec::with_capacity(input.shape.len());
+    let mut shape = Vec::with_capacity(input.shape.len() + 1);
     for &d in &input.shape {
         let d = u64::try_from(d).map_err(|_| {
             BadRequest::input(
@@ -508,6 +520,14 @@ fn parse_input(
         })?;
         shape.push(d);
     }
+    // A complex input arrives as its part type with a trailing dimension of 2.
+    let complex = spec.dtype.complex_part() == Some(dtype) && shape.last() == Some(&2);
+    let (dtype, shape) = if complex {
+        shape.pop();
+        (spec.dtype, shape)
+    } else {
+        (dtype, shape)
+    };
     // Datatype and shape against the signature, with the library's messages. Data is not
     // there yet: a length mismatch here only says the data is absent.
     match validate::check_input(
@@ -528,6 +548,14 @@ fn parse_input(
                     b.message,
                     " (datatype {}, expected {})",
                     datatype_name(dtype),
+                    datatype_name(spec.dtype)
+                );
+            }
+            if spec.dtype.is_complex() {
+                let _ = write!(
+                    b.message,
+                    "; {} is sent as {} with a trailing dimension of 2 (real, imag)",
+                    spec.dtype,
                     datatype_name(spec.dtype)
                 );
             }
@@ -621,8 +649,10 @@ fn parse_input(
             data
         }
         (None, Some(raw)) => {
-            let want = want_bytes / dtype.size();
-            Bytes::from(decode_json_data(raw.get(), dtype, want, name, &shape)?)
+            let part = dtype.complex_part().unwrap_or(dtype);
+            let want = want_bytes / part.size();
+            let wire = wire_shape(dtype, &shape);
+            Bytes::from(decode_json_data(raw.get(), part, want, name, &wire)?)
         }
     };
     Ok(InputTensor {
@@ -917,7 +947,7 @@ pub fn encode_response(
             s,
             ",\"datatype\":\"{}\",\"shape\":{}",
             datatype_name(o.tensor.dtype()),
-            shape_string(o.tensor.shape())
+            shape_string(&wire_shape(o.tensor.dtype(), o.tensor.shape()))
         );
         if o.binary {
             let n = o.tensor.bytes().len();
@@ -973,7 +1003,9 @@ fn write_f32(s: &mut String, v: f32) {
 /// Writes a tensor's elements as a flat comma-separated list of JSON numbers.
 fn write_json_data(s: &mut String, t: &Tensor) {
     let bytes = t.bytes();
-    let size = t.dtype().size();
+    // Complex elements are written as their parts (the wire shape has the trailing 2).
+    let dtype = t.dtype().complex_part().unwrap_or(t.dtype());
+    let size = dtype.size();
     for (k, c) in bytes.chunks_exact(size).enumerate() {
         if k > 0 {
             s.push(',');
@@ -988,7 +1020,7 @@ fn write_json_data(s: &mut String, t: &Tensor) {
             _ => {}
         }
         let first = c.first().copied().unwrap_or_default();
-        let _ = match t.dtype() {
+        let _ = match dtype {
             DType::Bool => {
                 s.push_str(if first != 0 { "true" } else { "false" });
                 Ok(())
@@ -1017,19 +1049,26 @@ fn write_json_data(s: &mut String, t: &Tensor) {
                 write_f64(s, f64::from_le_bytes(a8));
                 Ok(())
             }
+            DType::C64 | DType::C128 => Ok(()), // written as parts above
         };
     }
 }
 
 /// The `shape` of a spec as the protocol writes it: symbolic dimensions are `-1`.
+/// Complex specs gain the trailing dimension of 2 of their wire form.
 pub fn metadata_shape(spec: &TensorSpec) -> Vec<i64> {
-    spec.shape
+    let mut s: Vec<i64> = spec
+        .shape
         .iter()
         .map(|d| match d {
             Dim::Static(n) => i64::try_from(*n).unwrap_or(-1),
             Dim::Symbolic(_) => -1,
         })
-        .collect()
+        .collect();
+    if spec.dtype.is_complex() {
+        s.push(2);
+    }
+    s
 }
 
 /// `FP32[1,64]`, for messages.

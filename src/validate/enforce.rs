@@ -971,7 +971,9 @@ fn resolve(
 ) -> Result<InputRules, PolicyError> {
     let key = |k: &str| input_key(&spec.name, k);
     let dtype = spec.dtype;
-    let float = dtype.is_float();
+    // Complex inputs follow the float rules part by part (real and imaginary).
+    let part = dtype.complex_part().unwrap_or(dtype);
+    let float = part.is_float();
     // Attribute a bound error to the key that caused it.
     Limits::new(dtype, ip.min, None).map_err(|e| policy.error(key("min"), e.into()))?;
     Limits::new(dtype, None, ip.max).map_err(|e| policy.error(key("max"), e.into()))?;
@@ -987,6 +989,9 @@ fn resolve(
             },
         )
     };
+    if dtype.is_complex() && ip.normalize.is_some() {
+        return Err(float_only("normalize"));
+    }
     if !float {
         if ip.nan.is_some() {
             return Err(float_only("nan"));
@@ -1007,7 +1012,7 @@ fn resolve(
     let inf = ip.inf.unwrap_or(default_nf);
     for (k, rule) in [("nan", nan), ("inf", inf)] {
         if let NonFinite::Replace(v) = rule {
-            check_replacement(policy, &key(k), dtype, ip, v)?;
+            check_replacement(policy, &key(k), part, ip, v)?;
         }
     }
     let normalize = match &ip.normalize {

@@ -111,6 +111,9 @@ impl Value {
 
     /// Reads element `index` of `data` (little-endian) as `dtype`; `None` past the end.
     pub fn read(dtype: DType, data: &[u8], index: usize) -> Option<Value> {
+        if let Some(part) = dtype.complex_part() {
+            return Value::read(part, data, index);
+        }
         let n = dtype.size();
         let b = data.get(index.checked_mul(n)?..index.checked_mul(n)?.checked_add(n)?)?;
         Some(match dtype {
@@ -127,6 +130,7 @@ impl Value {
             DType::BF16 => bf16::load(b).value(),
             DType::F32 => f32::load(b).value(),
             DType::F64 => f64::load(b).value(),
+            DType::C64 | DType::C128 => return None, // handled above
         })
     }
 }
@@ -598,6 +602,15 @@ impl Limits {
             }};
         }
         let typed = match dtype {
+            // A complex tensor is scanned as its real and imaginary parts (twice as many
+            // floats): NaN and infinity rules apply to each part; ranges have no meaning.
+            DType::C64 | DType::C128 => {
+                if min.is_some() || max.is_some() {
+                    return Err(LimitError::NotApplicable { dtype });
+                }
+                let part = dtype.complex_part().unwrap_or(DType::F64);
+                return Limits::new(part, None, None);
+            }
             DType::Bool => {
                 if min.is_some() || max.is_some() {
                     return Err(LimitError::NotApplicable { dtype });
