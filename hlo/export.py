@@ -62,7 +62,7 @@ def sds(shape, dtype) -> jax.ShapeDtypeStruct:
 
 
 def np_dtype_name(dtype) -> str:
-    return np.dtype(dtype).name  # "bfloat16" for ml_dtypes.bfloat16
+    return str(dtype) if jax.dtypes.issubdtype(dtype, jax.dtypes.prng_key) else np.dtype(dtype).name  # "bfloat16", "key<fry>"
 
 
 def leaf_specs(tree_with_leaves, avals) -> list[dict]:
@@ -138,7 +138,7 @@ def write_model(
     hlo_pb: bool = False,
     notes: str = "",
     disabled_checks=(),
-    arg_specs: tuple | None = None,
+    arg_specs: tuple | None = None, max_bytes: int = MAX_FOLDER_BYTES,
 ) -> tuple[Path, export.Exported]:
     """Export `fn` (a python function) at `args` and write hlo/<name>/.
 
@@ -175,7 +175,7 @@ def write_model(
     flat_args = jax.tree.leaves(args)
     assert len(flat_args) == len(exp.in_avals)
     for i, (a, aval) in enumerate(zip(flat_args, exp.in_avals)):
-        a = np.asarray(a)
+        a, aval = (np.asarray(jax.random.key_data(a)), sds(aval.shape + (2,), np.uint32)) if jax.dtypes.issubdtype(a.dtype, jax.dtypes.prng_key) else (np.asarray(a), aval)  # typed PRNG key: its raw uint32 data
         if not negative:
             assert a.dtype == aval.dtype and a.shape == aval.shape, (name, i, a.dtype, aval)
         save_npy(d / f"in{i}.npy", a)
@@ -229,7 +229,7 @@ def write_model(
     (d / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
 
     size = sum(p.stat().st_size for p in d.iterdir())
-    assert size < MAX_FOLDER_BYTES, (name, size)
+    assert size < max_bytes, (name, size)
     SUMMARY.append(
         f"{name:15s} {size:8d} B  in={[(m['dtype'], m['shape']) for m in meta['inputs']]} "
         f"kept={meta['module_kept_var_idx']} neg={bool(negative)}"
@@ -694,7 +694,7 @@ def main() -> None:
     print(f"ordered effects refused by jax.export: {json.dumps(refused)}")
 
 
-if __name__ == "__main__" and sys.argv[1:] != ["--only", "policy"]:
+if __name__ == "__main__" and sys.argv[1:] not in (["--only", "policy"], ["--only", "models"]):
     main()
 
 # ---- value-policy fixtures (xlaguard issue 3) ------------------------------------------------
@@ -860,4 +860,10 @@ def policy_fixtures() -> None:
 
 
 if __name__ == "__main__":
-    policy_fixtures()  # after main() in a full run: it reads the artifacts written there
+    if sys.argv[1:] != ["--only", "models"]:
+        policy_fixtures()  # after main() in a full run: it reads the artifacts written there
+    if sys.argv[1:] != ["--only", "policy"]:
+        # Models built with keras / keras-hub / flax / equinox, plus NaN, complex and PRNG-key
+        # fixtures (hlo/export_models.py). Last, after every line named by older locations.
+        import export_models  # noqa: E402  (hlo/ is sys.path[0] when run as a script)
+        export_models.main(sys.modules[__name__])
