@@ -375,26 +375,52 @@ impl Model {
                         .iter()
                         .zip(&compiled_outputs)
                         .all(|(s, c)| s.dtype == c.dtype && s.shape == c.shape);
+                let show = |v: &[&TensorSpec]| {
+                    v.iter()
+                        .map(|s| s.type_string())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                };
+                let lie = |side: &str, declared: &[&TensorSpec], compiled: &[&TensorSpec]| {
+                    Error::Artifact(crate::artifact::ArtifactError::corrupt(
+                        "signature",
+                        format!(
+                            "the artifact declares {side} ({}) but the compiled module {} ({}); \
+                             refusing a model whose checked signature is not the one that runs",
+                            show(declared),
+                            if side == "inputs" { "takes" } else { "returns" },
+                            show(compiled)
+                        ),
+                    ))
+                };
                 if !same {
-                    let show = |v: &[TensorSpec]| {
-                        v.iter()
-                            .map(TensorSpec::type_string)
-                            .collect::<Vec<_>>()
-                            .join(", ")
-                    };
-                    return Err(Error::Internal(format!(
-                        "the artifact declares outputs ({}) but the compiled module returns ({})",
-                        show(&sig.outputs),
-                        show(&compiled_outputs)
-                    )));
+                    let d: Vec<&TensorSpec> = sig.outputs.iter().collect();
+                    let c: Vec<&TensorSpec> = compiled_outputs.iter().collect();
+                    return Err(lie("outputs", &d, &c));
+                }
+                // The inputs too, against the compiled entry computation's parameters: the
+                // platform index (if any), then the arguments the module kept.
+                let (_, prog) = exe.optimized_program()?;
+                let module = <HloWithConfig as prost::Message>::decode(prog.as_slice())
+                    .map(|w| w.hlo_module)
+                    .unwrap_or(prog);
+                let params = artifact::hlo::program_shape(&module)?.inputs;
+                let skip = usize::from(platform_index.is_some());
+                let declared: Vec<&TensorSpec> = match a.kept_inputs.as_deref() {
+                    Some(k) => k.iter().filter_map(|&i| sig.inputs.get(i)).collect(),
+                    None => sig.inputs.iter().collect(),
+                };
+                let compiled: Vec<&TensorSpec> = params.iter().skip(skip).collect();
+                let same_inputs = declared.len() == compiled.len()
+                    && declared
+                        .iter()
+                        .zip(&compiled)
+                        .all(|(s, c)| s.dtype == c.dtype && s.shape == c.shape);
+                if !same_inputs {
+                    return Err(lie("inputs", &declared, &compiled));
                 }
                 let mut sig = sig;
-                adopt_parameter_names(
-                    &mut sig,
-                    &exe,
-                    a.kept_inputs.as_deref(),
-                    usize::from(platform_index.is_some()),
-                );
+                adopt_parameter_names(&mut sig, &module, a.kept_inputs.as_deref(), skip);
                 (sig, "artifact")
             }
             None => {
@@ -788,16 +814,8 @@ fn dims_i64(shape: &[u64]) -> Result<Vec<i64>, Error> {
 /// Gives positional inputs that only have a default name (`arg0`, ...) the name of their
 /// `@main` argument location, which XLA keeps as the entry parameter's instruction name.
 /// Names that are not plain identifiers, or that would clash, are left alone.
-fn adopt_parameter_names(
-    sig: &mut Signature,
-    exe: &LoadedExecutable,
-    kept: Option<&[usize]>,
-    skip: usize,
-) {
-    let Ok((_, prog)) = exe.optimized_program() else {
-        return;
-    };
-    let names = artifact::hlo::entry_parameter_names(&prog);
+fn adopt_parameter_names(sig: &mut Signature, module: &[u8], kept: Option<&[usize]>, skip: usize) {
+    let names = artifact::hlo::entry_parameter_names(module);
     let user_inputs: Vec<usize> = match kept {
         Some(k) => k.to_vec(),
         None => (0..sig.inputs.len()).collect(),

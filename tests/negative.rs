@@ -194,9 +194,14 @@ fn a_file_that_is_not_a_plugin() {
 
 #[test]
 fn every_dtype_reaches_the_device_and_back() {
-    let dir = fixture("dtypes");
-    let m = engine().load_file(&dir.join("model.jaxexport")).unwrap();
-    let dtypes: Vec<DType> = m.signature().inputs.iter().map(|s| s.dtype).collect();
+    // The real dtypes are in `dtypes`; complex ones in the two complex fixtures.
+    let mut dtypes: Vec<DType> = Vec::new();
+    for f in ["dtypes", "complex_fft", "complex128"] {
+        let m = engine()
+            .load_file(&fixture(f).join("model.jaxexport"))
+            .unwrap();
+        dtypes.extend(m.signature().inputs.iter().map(|s| s.dtype));
+    }
     for d in DType::ALL {
         assert!(dtypes.contains(&d), "the dtypes fixture lacks {d}");
     }
@@ -222,4 +227,51 @@ fn an_export_for_another_platform_is_refused_unless_allowed() {
     let ins = numbered(&fixture("tiny"), "in");
     let out = m.run(&[ins[0].view(), ins[1].view()]).unwrap();
     assert_eq!(out[0].bytes(), numbered(&fixture("tiny"), "out")[0].bytes());
+}
+
+#[test]
+fn a_signature_that_lies_about_its_module_is_refused_at_load() {
+    let dir = fixture("lying");
+    for (file, side, declared, compiled) in [
+        (
+            "in_avals_int32.jaxexport",
+            "inputs",
+            "int32[8,16], int32[8,16]",
+            "float32[8,16], float32[8,16]",
+        ),
+        (
+            "out_avals_bf16.jaxexport",
+            "outputs",
+            "bfloat16[8,16]",
+            "float32[8,16]",
+        ),
+    ] {
+        let e = engine().load_file(&dir.join(file)).unwrap_err();
+        assert!(matches!(e, xlaguard::Error::Artifact(_)), "{file}: {e:?}");
+        let m = e.to_string();
+        assert!(
+            m.contains(&format!("declares {side} ({declared})"))
+                && m.contains(&format!("({compiled})")),
+            "{file}: {m}"
+        );
+    }
+}
+
+#[test]
+fn main_in_a_comment_or_string_is_not_the_signature() {
+    // A fake int32 @main sits in a comment and in a string attribute before the real one.
+    let m = engine()
+        .load_file(&fixture("lying").join("main_in_comment.mlir"))
+        .unwrap();
+    let types: Vec<String> = m
+        .signature()
+        .inputs
+        .iter()
+        .map(|s| s.type_string())
+        .collect();
+    assert_eq!(types, ["float32[8,16]", "float32[8,16]"]);
+    // And the value policy follows the real types: a NaN is refused.
+    let x = Tensor::from_slice(&[8, 16], &[f32::NAN; 128]).unwrap();
+    let e = m.run(&[x.view(), x.view()]).unwrap_err();
+    assert!(e.to_string().contains("NaN"), "{e}");
 }

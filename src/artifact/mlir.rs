@@ -496,6 +496,74 @@ fn module_int_attr(header: &str, key: &str) -> Option<u32> {
     digits.parse().ok()
 }
 
+/// The byte offset of the `(` that opens the argument list of the module's own public
+/// `@main`: a `func.func @main` or `func.func public @main` directly in the top-level module
+/// body, outside comments and string literals. One nested in another op's region, one in a
+/// comment or a string, or a private one is not it; two are an error.
+fn find_main(text: &str) -> Result<usize, ArtifactError> {
+    let b = text.as_bytes();
+    let ident = |c: u8| c.is_ascii_alphanumeric() || c == b'_' || c == b'.' || c == b'$';
+    let mut module = false; // an explicit `module {` at the top level
+    let mut depth = 0usize;
+    let mut found: Vec<(usize, usize)> = Vec::new(); // (depth, offset)
+    let mut i = 0;
+    while i < b.len() {
+        match b[i] {
+            b'/' if b.get(i + 1) == Some(&b'/') => {
+                while i < b.len() && b[i] != b'\n' {
+                    i += 1;
+                }
+                continue;
+            }
+            b'"' => {
+                i += 1;
+                while i < b.len() && b[i] != b'"' {
+                    i += if b[i] == b'\\' { 2 } else { 1 };
+                }
+            }
+            b'{' => depth += 1,
+            b'}' => depth = depth.saturating_sub(1),
+            c if c.is_ascii_alphabetic() && (i == 0 || !ident(b[i - 1])) => {
+                let word_end = (i..b.len()).find(|&j| !ident(b[j])).unwrap_or(b.len());
+                let word = &text[i..word_end];
+                module |= depth == 0 && (word == "module" || word == "builtin.module");
+                if word == "func.func" {
+                    let rest = text[word_end..].trim_start();
+                    let rest = rest.strip_prefix("public").map_or(rest, str::trim_start);
+                    if let Some(after) = rest.strip_prefix("@main") {
+                        if after.trim_start().starts_with('(') {
+                            let at = text.len() - after.trim_start().len();
+                            found.push((depth, at));
+                        }
+                    }
+                }
+                i = word_end;
+                continue;
+            }
+            _ => {}
+        }
+        i += 1;
+    }
+    // The module body is inside `module {`, or the whole text when the module is implicit.
+    let body = usize::from(module);
+    let found: Vec<usize> = found
+        .into_iter()
+        .filter(|&(d, _)| d == body)
+        .map(|(_, at)| at)
+        .collect();
+    match found.as_slice() {
+        [one] => Ok(*one),
+        [] => Err(ArtifactError::corrupt(
+            WHAT,
+            "expected a `func.func public @main(...)` in the module body, found none",
+        )),
+        more => Err(ArtifactError::corrupt(
+            WHAT,
+            format!("the module body defines @main {} times", more.len()),
+        )),
+    }
+}
+
 /// Reads StableHLO text: the signature of `@main`.
 ///
 /// # Errors
@@ -504,15 +572,7 @@ fn module_int_attr(header: &str, key: &str) -> Option<u32> {
 pub fn load_text(bytes: &[u8]) -> Result<Artifact, ArtifactError> {
     let text = std::str::from_utf8(bytes)
         .map_err(|e| ArtifactError::corrupt(WHAT, format!("not UTF-8: {e}")))?;
-    let start = ["func.func public @main(", "func.func @main("]
-        .iter()
-        .find_map(|p| {
-            text.find(p)
-                .map(|i| i.saturating_add(p.len()).saturating_sub(1))
-        })
-        .ok_or_else(|| {
-            ArtifactError::corrupt(WHAT, "expected a `func.func public @main(...)`, found none")
-        })?;
+    let start = find_main(text)?;
     let b = text.as_bytes();
     let close = matching_close(b, start).ok_or_else(|| {
         ArtifactError::truncated(WHAT, "the argument list of @main is not closed")
@@ -676,6 +736,36 @@ mod tests {
         );
         assert_eq!(parse_keystr("x").unwrap().1, vec![]);
         assert!(parse_keystr("x[").is_none());
+    }
+
+    #[test]
+    fn main_is_the_module_body_one_not_a_comment_string_or_nested_one() {
+        let t = r#"// func.func public @main(%arg0: tensor<4xi32>) -> tensor<4xi32>
+module @m attributes {doc = "func.func public @main(%a: tensor<2xi8>)"} {
+  func.func private @helper(%arg0: tensor<4xf32>) -> tensor<4xf32> {
+    "some.op"() ({
+      func.func @main(%arg0: tensor<9xi64>) -> tensor<9xi64>
+    }) : () -> ()
+    return %arg0 : tensor<4xf32>
+  }
+  func.func private @main_impl(%arg0: tensor<3xf16>) -> tensor<3xf16>
+  func.func public @main(%arg0: tensor<4xf32> loc("x")) -> (tensor<4xf32>) {
+    return %arg0 : tensor<4xf32>
+  }
+}"#;
+        let s = load_text(t.as_bytes()).unwrap().signature.unwrap();
+        assert_eq!(s.inputs.len(), 1);
+        assert_eq!(s.inputs[0].type_string(), "float32[4]");
+        // Without a module wrapper the body is the whole text.
+        let bare = "func.func @main(%arg0: tensor<2xi32>) -> tensor<2xi32> {\n}\n";
+        let s = load_text(bare.as_bytes()).unwrap().signature.unwrap();
+        assert_eq!(s.inputs[0].type_string(), "int32[2]");
+        // Only in a comment: none.
+        let e = load_text(b"module {\n// func.func public @main(%a: tensor<f32>)\n}").unwrap_err();
+        assert!(e.to_string().contains("found none"), "{e}");
+        let two = "module {\n func.func @main(%a: tensor<f32>) {\n}\n func.func public @main(%a: tensor<f32>) {\n}\n}";
+        let e = load_text(two.as_bytes()).unwrap_err();
+        assert!(e.to_string().contains("2 times"), "{e}");
     }
 
     #[test]
