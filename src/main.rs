@@ -218,9 +218,14 @@ fn dims_json(spec: &TensorSpec) -> serde_json::Value {
 
 fn specs_json(v: &[TensorSpec]) -> serde_json::Value {
     v.iter()
-        .map(
-            |s| serde_json::json!({"name": s.name, "dtype": s.dtype.name(), "shape": dims_json(s), "jax_type": s.jax_type}),
-        )
+        .map(|s| {
+            let mut j =
+                serde_json::json!({"name": s.name, "dtype": s.dtype.name(), "shape": dims_json(s)});
+            if let Some(t) = &s.jax_type {
+                j["jax_type"] = t.as_str().into();
+            }
+            j
+        })
         .collect()
 }
 

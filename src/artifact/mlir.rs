@@ -503,46 +503,54 @@ fn module_int_attr(header: &str, key: &str) -> Option<u32> {
 fn find_main(text: &str) -> Result<usize, ArtifactError> {
     let b = text.as_bytes();
     let ident = |c: u8| c.is_ascii_alphanumeric() || c == b'_' || c == b'.' || c == b'$';
+    let at = |i: usize| b.get(i).copied();
     let mut module = false; // an explicit `module {` at the top level
     let mut depth = 0usize;
     let mut found: Vec<(usize, usize)> = Vec::new(); // (depth, offset)
-    let mut i = 0;
-    while i < b.len() {
-        match b[i] {
-            b'/' if b.get(i + 1) == Some(&b'/') => {
-                while i < b.len() && b[i] != b'\n' {
-                    i += 1;
-                }
+    let mut i = 0usize;
+    while let Some(c) = at(i) {
+        let next = i.saturating_add(1);
+        match c {
+            b'/' if at(next) == Some(b'/') => {
+                i = text
+                    .get(i..)
+                    .and_then(|t| t.find('\n'))
+                    .map_or(b.len(), |n| i.saturating_add(n));
                 continue;
             }
             b'"' => {
-                i += 1;
-                while i < b.len() && b[i] != b'"' {
-                    i += if b[i] == b'\\' { 2 } else { 1 };
+                i = next;
+                while let Some(c) = at(i).filter(|&c| c != b'"') {
+                    i = i.saturating_add(if c == b'\\' { 2 } else { 1 });
                 }
             }
-            b'{' => depth += 1,
+            b'{' => depth = depth.saturating_add(1),
             b'}' => depth = depth.saturating_sub(1),
-            c if c.is_ascii_alphabetic() && (i == 0 || !ident(b[i - 1])) => {
-                let word_end = (i..b.len()).find(|&j| !ident(b[j])).unwrap_or(b.len());
-                let word = &text[i..word_end];
+            c if c.is_ascii_alphabetic()
+                && i.checked_sub(1).and_then(at).is_none_or(|p| !ident(p)) =>
+            {
+                let end = b
+                    .get(i..)
+                    .and_then(|t| t.iter().position(|&c| !ident(c)))
+                    .map_or(b.len(), |n| i.saturating_add(n));
+                let word = text.get(i..end).unwrap_or("");
                 module |= depth == 0 && (word == "module" || word == "builtin.module");
                 if word == "func.func" {
-                    let rest = text[word_end..].trim_start();
+                    let rest = text.get(end..).unwrap_or("").trim_start();
                     let rest = rest.strip_prefix("public").map_or(rest, str::trim_start);
                     if let Some(after) = rest.strip_prefix("@main") {
-                        if after.trim_start().starts_with('(') {
-                            let at = text.len() - after.trim_start().len();
-                            found.push((depth, at));
+                        let after = after.trim_start();
+                        if after.starts_with('(') {
+                            found.push((depth, text.len().saturating_sub(after.len())));
                         }
                     }
                 }
-                i = word_end;
+                i = end;
                 continue;
             }
             _ => {}
         }
-        i += 1;
+        i = i.saturating_add(1);
     }
     // The module body is inside `module {`, or the whole text when the module is implicit.
     let body = usize::from(module);
