@@ -20,6 +20,7 @@
 
 pub mod artifact;
 pub mod compile;
+pub mod dims;
 mod engine;
 mod error;
 pub mod pjrt;
