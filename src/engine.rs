@@ -106,7 +106,7 @@ impl Engine {
             r => (
                 r.map_err(|source| Error::ClientCreate {
                     plugin: found.path.clone(),
-                    source,
+                    error: source,
                     libraries: libraries.as_ref().map(|l| l.describe()).unwrap_or_default(),
                 })?,
                 options,

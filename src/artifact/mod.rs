@@ -173,22 +173,20 @@ pub enum ArtifactError {
         available: Vec<String>,
     },
     /// A file could not be read.
-    #[error("cannot read artifact {}: {source}", path.display())]
+    #[error("cannot read artifact {}: {error}", path.display())]
     Io {
         /// The file.
         path: PathBuf,
-        /// The I/O error.
-        #[source]
-        source: std::io::Error,
+        /// The I/O error (in the message; not also returned by `source()`).
+        error: std::io::Error,
     },
     /// An error in a named file.
-    #[error("{}: {source}", path.display())]
+    #[error("{}: {error}", path.display())]
     InFile {
         /// The file.
         path: PathBuf,
-        /// The error.
-        #[source]
-        source: Box<ArtifactError>,
+        /// The error (in the message; not also returned by `source()`).
+        error: Box<ArtifactError>,
     },
 }
 
@@ -220,7 +218,7 @@ impl ArtifactError {
     /// The error without the file wrapper added by [`load_file`].
     pub fn root(&self) -> &ArtifactError {
         match self {
-            ArtifactError::InFile { source, .. } => source.root(),
+            ArtifactError::InFile { error, .. } => error.root(),
             other => other,
         }
     }
@@ -287,11 +285,11 @@ pub fn load(bytes: &[u8]) -> Result<Artifact, ArtifactError> {
 pub fn load_file(path: &Path) -> Result<Artifact, ArtifactError> {
     let bytes = std::fs::read(path).map_err(|source| ArtifactError::Io {
         path: path.to_path_buf(),
-        source,
+        error: source,
     })?;
     load(&bytes).map_err(|e| ArtifactError::InFile {
         path: path.to_path_buf(),
-        source: Box::new(e),
+        error: Box::new(e),
     })
 }
 

@@ -518,7 +518,7 @@ impl Compiler {
         let audit = match &config.audit_log {
             Some(p) => Some(AuditLog::open(p).map_err(|e| Error::Io {
                 path: p.display().to_string(),
-                source: e,
+                error: e,
             })?),
             None => None,
         };
@@ -526,7 +526,7 @@ impl Compiler {
             Some(d) => Some(
                 Cache::open(d, config.cache_key_file.as_deref()).map_err(|e| Error::Io {
                     path: d.display().to_string(),
-                    source: e,
+                    error: e,
                 })?,
             ),
             None => None,
