@@ -65,7 +65,10 @@ enum Cmd {
     /// embedded digits classifier as `digits`.
     #[cfg(feature = "server")]
     Serve(xlaguard::server::ServeArgs),
-    /// Print a model's signature, platforms, calling convention and plugin.
+    /// Print a model's signature, platforms, calling convention and plugin. Exit status: 0
+    /// when the model compiles and can run, 2 when it cannot (the reason is printed: `NOT
+    /// RUNNABLE: ...` or `not compiled: ...`, `unsupported`/`note` in JSON), 1 on any other
+    /// error (an unreadable file).
     Inspect {
         /// Model file, or `default` for the embedded digits classifier.
         model: String,
@@ -145,12 +148,21 @@ enum PolicyCmd {
     },
 }
 
+/// `inspect` found the model not runnable; the reason is already printed (exit status 2).
+#[derive(Debug, thiserror::Error)]
+#[error("the model is not runnable")]
+struct NotRunnable;
+
+/// The exit status of `inspect` for a model that cannot run.
+const EXIT_NOT_RUNNABLE: u8 = 2;
+
 fn main() -> ExitCode {
     // A compile worker: jail, compile one module, exit. Must come before anything else.
     xlaguard::compile::worker_main_if_requested();
     let cli = Cli::parse();
     match real_main(cli) {
         Ok(()) => ExitCode::SUCCESS,
+        Err(e) if e.is::<NotRunnable>() => ExitCode::from(EXIT_NOT_RUNNABLE),
         Err(e) => {
             // One line: the chain of causes joined.
             eprintln!("error: {:#}", e);
@@ -377,6 +389,7 @@ fn inspect(cfg: &EngineConfig, model: &str, json: bool, policy: Option<&Path>) -
         Err(e) if unsupported.is_none() => note = Some(format!("not compiled: {e}")),
         Err(_) => {}
     }
+    let runnable = bound.is_some();
     let policy_file = policy.as_ref().map(|(_, f)| f.clone());
     let sig = sig.unwrap_or_default();
     let plugin_desc = match &found {
@@ -408,7 +421,11 @@ fn inspect(cfg: &EngineConfig, model: &str, json: bool, policy: Option<&Path>) -
             "compile": jail.as_ref().map(|(i, r)| serde_json::json!({"isolation": i.name(), "jail": r})),
         });
         println!("{}", serde_json::to_string_pretty(&v)?);
-        return Ok(());
+        return if runnable {
+            Ok(())
+        } else {
+            Err(NotRunnable.into())
+        };
     }
     println!("kind: {:?}", a.kind);
     println!("inputs:");
@@ -477,7 +494,11 @@ fn inspect(cfg: &EngineConfig, model: &str, json: bool, policy: Option<&Path>) -
     if let Some(n) = note {
         println!("{n}");
     }
-    Ok(())
+    if runnable {
+        Ok(())
+    } else {
+        Err(NotRunnable.into())
+    }
 }
 
 fn load_inputs(
