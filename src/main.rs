@@ -55,6 +55,11 @@ struct Cli {
     /// Kill a compile that runs longer than this many seconds.
     #[arg(long, global = true)]
     compile_timeout: Option<f64>,
+    /// Show the PJRT plugin's informational log lines (absl start-up notes such as
+    /// `cpu_device_count set via create_options`); hidden by default. Its warnings and errors
+    /// are always shown. An explicit `TF_CPP_MIN_LOG_LEVEL` in the environment wins.
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    verbose: u8,
     #[command(subcommand)]
     cmd: Cmd,
 }
@@ -160,6 +165,7 @@ fn main() -> ExitCode {
     // A compile worker: jail, compile one module, exit. Must come before anything else.
     xlaguard::compile::worker_main_if_requested();
     let cli = Cli::parse();
+    quiet_plugin_info_logs(cli.verbose);
     match real_main(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) if e.is::<NotRunnable>() => ExitCode::from(EXIT_NOT_RUNNABLE),
@@ -168,6 +174,18 @@ fn main() -> ExitCode {
             eprintln!("error: {:#}", e);
             ExitCode::from(1)
         }
+    }
+}
+
+/// Hides the plugin's INFO log lines unless `-v` is given: XLA's logging (TSL over absl) reads
+/// `TF_CPP_MIN_LOG_LEVEL` at its first message, in this process and in the compile workers,
+/// which keep that variable. Level 1 drops INFO only; warnings, errors and fatal messages (a
+/// worker's crash report) still reach stderr.
+fn quiet_plugin_info_logs(verbose: u8) {
+    const VAR: &str = "TF_CPP_MIN_LOG_LEVEL";
+    if verbose == 0 && std::env::var_os(VAR).is_none() {
+        // No other thread exists yet: nothing reads the environment concurrently.
+        std::env::set_var(VAR, "1");
     }
 }
 

@@ -481,3 +481,32 @@ fn policy_suggest_writes_a_policy_that_loads_and_passes_its_samples() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn plugin_info_logs_only_with_verbose() {
+    let tiny = fixture("tiny");
+    let run = |verbose: bool| {
+        let mut c = xlaguard();
+        c.env_remove("TF_CPP_MIN_LOG_LEVEL");
+        if verbose {
+            c.arg("-v");
+        }
+        let out = c
+            .arg("run")
+            .arg(tiny.join("model.jaxexport"))
+            .arg(tiny.join("in0.npy"))
+            .arg(tiny.join("in1.npy"))
+            .output()
+            .unwrap();
+        assert!(out.status.success());
+        String::from_utf8_lossy(&out.stderr).to_string()
+    };
+    let quiet = run(false);
+    assert!(!quiet.contains("absl::InitializeLog"), "{quiet}");
+    assert!(!quiet.contains("cpu_device_count"), "{quiet}");
+    let loud = run(true);
+    assert!(
+        loud.contains("cpu_device_count set via create_options"),
+        "{loud}"
+    );
+}
