@@ -55,6 +55,10 @@ struct Cli {
     /// Kill a compile that runs longer than this many seconds.
     #[arg(long, global = true)]
     compile_timeout: Option<f64>,
+    /// Largest module compiled, in bytes (default and most: 2 GiB, the artifact formats'
+    /// limit); a larger one is refused before any worker sees it, naming both sizes.
+    #[arg(long, global = true, value_name = "BYTES")]
+    max_module_bytes: Option<usize>,
     /// Show the PJRT plugin's informational log lines (absl start-up notes such as
     /// `cpu_device_count set via create_options`); hidden by default. Its warnings and errors
     /// are always shown. An explicit `TF_CPP_MIN_LOG_LEVEL` in the environment wins.
@@ -204,6 +208,13 @@ fn config(cli: &Cli) -> Result<EngineConfig> {
         c.compile.isolation(Isolation::Thread);
     }
     c.compile.cache_dir.clone_from(&cli.cache_dir);
+    if let Some(n) = cli.max_module_bytes {
+        let most = xlaguard::compile::DEFAULT_MAX_MODULE_BYTES;
+        if n == 0 || n > most {
+            bail!("--max-module-bytes must be between 1 and {most}, got {n}");
+        }
+        c.compile.limits.max_module_bytes = n;
+    }
     c.compile.audit_log.clone_from(&cli.audit_log);
     if let Some(t) = cli.compile_timeout {
         if !(t.is_finite() && t > 0.0) {

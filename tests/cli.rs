@@ -510,3 +510,42 @@ fn plugin_info_logs_only_with_verbose() {
         "{loud}"
     );
 }
+
+#[test]
+fn a_module_over_max_module_bytes_is_refused_naming_both_sizes() {
+    let tiny = fixture("tiny");
+    let size = std::fs::read(tiny.join("model.mlirbc")).unwrap().len();
+    let run = |limit: usize| {
+        xlaguard()
+            .arg("--max-module-bytes")
+            .arg(limit.to_string())
+            .arg("run")
+            .arg(tiny.join("model.mlirbc"))
+            .arg(tiny.join("in0.npy"))
+            .arg(tiny.join("in1.npy"))
+            .output()
+            .unwrap()
+    };
+    // One byte short of the module: refused, the message naming both sizes.
+    let out = run(size - 1);
+    let line = error_line(&out);
+    assert!(
+        line.contains(&format!(
+            "module of {size} bytes exceeds the limit of {} bytes",
+            size - 1
+        )),
+        "{line}"
+    );
+    // Exactly its size: runs.
+    let out = run(size);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = xlaguard()
+        .args(["--max-module-bytes", "0", "inspect", "default"])
+        .output()
+        .unwrap();
+    assert!(error_line(&out).contains("--max-module-bytes"));
+}

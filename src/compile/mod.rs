@@ -82,6 +82,10 @@ impl Isolation {
     }
 }
 
+/// The default [`Limits::max_module_bytes`]: 2 GiB, the size limit of the artifact formats
+/// (flatbuffer, protobuf) and of [`crate::artifact::load`].
+pub const DEFAULT_MAX_MODULE_BYTES: usize = 1 << 31;
+
 /// Resource limits of one compile.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Limits {
@@ -109,7 +113,7 @@ impl Default for Limits {
             address_space_bytes: Some(16 << 30),
             cpu_seconds: Some(600),
             open_files: 64,
-            max_module_bytes: 64 << 20,
+            max_module_bytes: DEFAULT_MAX_MODULE_BYTES,
             max_executable_bytes: 1 << 30,
         }
     }
@@ -868,8 +872,9 @@ impl Compiler {
         input: &CompileInput<'_>,
         options: &[u8],
     ) -> Result<(LoadedExecutable, CompileSummary, Option<Vec<u8>>), Error> {
-        let payload = protocol::encode_compile(input.format, options, input.program);
-        let done = pool.run(Kind::Compile, &payload).map_err(pool_error)?;
+        // One copy of the module: straight into the frame written to the worker.
+        let frame = protocol::encode_compile_frame(input.format, options, input.program);
+        let done = pool.run_encoded(frame).map_err(pool_error)?;
         self.finish_worker_reply(client, done)
     }
 
