@@ -105,7 +105,7 @@ impl Engine {
             r => (
                 r.map_err(|source| Error::ClientCreate {
                     plugin: found.path.clone(),
-                    source,
+                    error: source,
                     libraries: libraries.as_ref().map(|l| l.describe()).unwrap_or_default(),
                 })?,
                 options,
@@ -420,7 +420,13 @@ impl Model {
                     return Err(lie("inputs", &declared, &compiled));
                 }
                 let mut sig = sig;
-                adopt_parameter_names(&mut sig, &module, a.kept_inputs.as_deref(), skip);
+                adopt_parameter_names(
+                    &mut sig,
+                    &a.input_paths,
+                    &module,
+                    a.kept_inputs.as_deref(),
+                    skip,
+                );
                 (sig, "artifact")
             }
             None => {
@@ -811,37 +817,55 @@ fn dims_i64(shape: &[u64]) -> Result<Vec<i64>, Error> {
         .collect()
 }
 
-/// Gives positional inputs that only have a default name (`arg0`, ...) the name of their
-/// `@main` argument location, which XLA keeps as the entry parameter's instruction name.
-/// Names that are not plain identifiers, or that would clash, are left alone.
-fn adopt_parameter_names(sig: &mut Signature, module: &[u8], kept: Option<&[usize]>, skip: usize) {
+/// Gives positional arguments whose name the artifact does not know (`argN`) the name of
+/// their `@main` argument location, which XLA keeps on the entry parameters (metadata
+/// `op_name`, and a sanitized instruction name), then renames the inputs by the naming rule
+/// ([`artifact::input_names`]). Without leaf paths (HLO protos), or when no name is found,
+/// the signature is left as it is.
+fn adopt_parameter_names(
+    sig: &mut Signature,
+    paths: &[artifact::LeafPath],
+    module: &[u8],
+    kept: Option<&[usize]>,
+    skip: usize,
+) {
+    if paths.len() != sig.inputs.len() || !paths.iter().any(|p| p.has_placeholder_base()) {
+        return;
+    }
     let names = artifact::hlo::entry_parameter_names(module);
     let user_inputs: Vec<usize> = match kept {
         Some(k) => k.to_vec(),
         None => (0..sig.inputs.len()).collect(),
     };
+    // The base each placeholder argument gets: every leaf of one argument must agree.
+    let mut bases: std::collections::HashMap<String, Option<String>> = Default::default();
     for (param, &input) in user_inputs.iter().enumerate() {
-        let Some(Some(name)) = names.get(param + skip) else {
+        let (Some(Some(pn)), Some(path)) = (names.get(param + skip), paths.get(input)) else {
             continue;
         };
-        let Some(spec) = sig.inputs.get(input) else {
+        if !path.has_placeholder_base() {
             continue;
-        };
-        let is_default = spec
-            .name
-            .strip_prefix("arg")
-            .is_some_and(|n| n == input.to_string());
-        let ident = name
-            .chars()
-            .next()
-            .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
-            && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
-        let generic = name.starts_with("Arg_")
-            || name.starts_with("param")
-            || name == "p"
-            || name.starts_with("arg");
-        if is_default && ident && !generic && sig.input_index(name).is_none() {
-            sig.inputs[input].name.clone_from(name);
         }
+        let found = artifact::argument_base(path, &pn.op_name, &pn.instruction);
+        let slot = bases.entry(path.base.clone()).or_insert(found.clone());
+        if *slot != found {
+            *slot = None;
+        }
+    }
+    let known: std::collections::HashSet<&str> = paths
+        .iter()
+        .filter(|p| !p.has_placeholder_base())
+        .map(|p| p.base.as_str())
+        .collect();
+    let mut renamed = paths.to_vec();
+    for p in &mut renamed {
+        if let Some(Some(b)) = bases.get(&p.base) {
+            if !known.contains(b.as_str()) {
+                p.base.clone_from(b);
+            }
+        }
+    }
+    for (spec, name) in sig.inputs.iter_mut().zip(artifact::input_names(&renamed)) {
+        spec.name = name;
     }
 }

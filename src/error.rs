@@ -1,4 +1,8 @@
 //! The library's error type.
+//!
+//! Messages are complete: a variant that wraps another error (an I/O error, the plugin's) puts
+//! its text in the message and does not also return it from `source()`, so printing an error
+//! with its chain of causes (`anyhow`'s `{:#}`) never repeats a file name or an OS error.
 
 use crate::artifact::ArtifactError;
 use crate::pjrt::{LoadError, PjrtError};
@@ -37,12 +41,12 @@ pub enum Error {
     PluginLoad(#[from] LoadError),
     /// The plugin loaded but could not create a client (no device, a missing CUDA library,
     /// a rejected option) (503).
-    #[error("{plugin}: cannot create a client: {source}{}", if libraries.is_empty() { String::new() } else { format!("; NVIDIA libraries: {libraries}") })]
+    #[error("{plugin}: cannot create a client: {error}{}", if libraries.is_empty() { String::new() } else { format!("; NVIDIA libraries: {libraries}") })]
     ClientCreate {
         /// The plugin file.
         plugin: std::path::PathBuf,
-        /// The plugin's error.
-        source: PjrtError,
+        /// The plugin's error (in the message; not also returned by `source()`).
+        error: PjrtError,
         /// Where NVIDIA libraries were looked for and what failed (CUDA plugins only).
         libraries: String,
     },
@@ -57,12 +61,12 @@ pub enum Error {
     #[error(transparent)]
     Cuda(crate::pjrt::cuda::CudaError),
     /// An I/O error on a named file.
-    #[error("{path}: {source}")]
+    #[error("{path}: {error}")]
     Io {
         /// The file.
         path: String,
-        /// The OS error.
-        source: std::io::Error,
+        /// The OS error (in the message; not also returned by `source()`).
+        error: std::io::Error,
     },
     /// The compile queue is full: retry later (503).
     #[error("compile queue full ({running} compiles running, {queued} waiting)")]

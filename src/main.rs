@@ -55,6 +55,15 @@ struct Cli {
     /// Kill a compile that runs longer than this many seconds.
     #[arg(long, global = true)]
     compile_timeout: Option<f64>,
+    /// Largest module compiled, in bytes (default and most: 2 GiB, the artifact formats'
+    /// limit); a larger one is refused before any worker sees it, naming both sizes.
+    #[arg(long, global = true, value_name = "BYTES")]
+    max_module_bytes: Option<usize>,
+    /// Show the PJRT plugin's informational log lines (absl start-up notes such as
+    /// `cpu_device_count set via create_options`); hidden by default. Its warnings and errors
+    /// are always shown. An explicit `TF_CPP_MIN_LOG_LEVEL` in the environment wins.
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    verbose: u8,
     #[command(subcommand)]
     cmd: Cmd,
 }
@@ -65,7 +74,10 @@ enum Cmd {
     /// embedded digits classifier as `digits`.
     #[cfg(feature = "server")]
     Serve(xlaguard::server::ServeArgs),
-    /// Print a model's signature, platforms, calling convention and plugin.
+    /// Print a model's signature, platforms, calling convention and plugin. Exit status: 0
+    /// when the model compiles and can run, 2 when it cannot (the reason is printed: `NOT
+    /// RUNNABLE: ...` or `not compiled: ...`, `unsupported`/`note` in JSON), 1 on any other
+    /// error (an unreadable file).
     Inspect {
         /// Model file, or `default` for the embedded digits classifier.
         model: String,
@@ -145,17 +157,39 @@ enum PolicyCmd {
     },
 }
 
+/// `inspect` found the model not runnable; the reason is already printed (exit status 2).
+#[derive(Debug, thiserror::Error)]
+#[error("the model is not runnable")]
+struct NotRunnable;
+
+/// The exit status of `inspect` for a model that cannot run.
+const EXIT_NOT_RUNNABLE: u8 = 2;
+
 fn main() -> ExitCode {
     // A compile worker: jail, compile one module, exit. Must come before anything else.
     xlaguard::compile::worker_main_if_requested();
     let cli = Cli::parse();
+    quiet_plugin_info_logs(cli.verbose);
     match real_main(cli) {
         Ok(()) => ExitCode::SUCCESS,
+        Err(e) if e.is::<NotRunnable>() => ExitCode::from(EXIT_NOT_RUNNABLE),
         Err(e) => {
             // One line: the chain of causes joined.
             eprintln!("error: {:#}", e);
             ExitCode::from(1)
         }
+    }
+}
+
+/// Hides the plugin's INFO log lines unless `-v` is given: XLA's logging (TSL over absl) reads
+/// `TF_CPP_MIN_LOG_LEVEL` at its first message, in this process and in the compile workers,
+/// which keep that variable. Level 1 drops INFO only; warnings, errors and fatal messages (a
+/// worker's crash report) still reach stderr.
+fn quiet_plugin_info_logs(verbose: u8) {
+    const VAR: &str = "TF_CPP_MIN_LOG_LEVEL";
+    if verbose == 0 && std::env::var_os(VAR).is_none() {
+        // No other thread exists yet: nothing reads the environment concurrently.
+        std::env::set_var(VAR, "1");
     }
 }
 
@@ -174,6 +208,13 @@ fn config(cli: &Cli) -> Result<EngineConfig> {
         c.compile.isolation(Isolation::Thread);
     }
     c.compile.cache_dir.clone_from(&cli.cache_dir);
+    if let Some(n) = cli.max_module_bytes {
+        let most = xlaguard::compile::DEFAULT_MAX_MODULE_BYTES;
+        if n == 0 || n > most {
+            bail!("--max-module-bytes must be between 1 and {most}, got {n}");
+        }
+        c.compile.limits.max_module_bytes = n;
+    }
     c.compile.audit_log.clone_from(&cli.audit_log);
     if let Some(t) = cli.compile_timeout {
         if !(t.is_finite() && t > 0.0) {
@@ -382,6 +423,7 @@ fn inspect(cfg: &EngineConfig, model: &str, json: bool, policy: Option<&Path>) -
         Err(e) if unsupported.is_none() => note = Some(format!("not compiled: {e}")),
         Err(_) => {}
     }
+    let runnable = bound.is_some();
     let policy_file = policy.as_ref().map(|(_, f)| f.clone());
     let sig = sig.unwrap_or_default();
     let plugin_desc = match &found {
@@ -413,7 +455,11 @@ fn inspect(cfg: &EngineConfig, model: &str, json: bool, policy: Option<&Path>) -
             "compile": jail.as_ref().map(|(i, r)| serde_json::json!({"isolation": i.name(), "jail": r})),
         });
         println!("{}", serde_json::to_string_pretty(&v)?);
-        return Ok(());
+        return if runnable {
+            Ok(())
+        } else {
+            Err(NotRunnable.into())
+        };
     }
     println!("kind: {:?}", a.kind);
     println!("inputs:");
@@ -482,7 +528,11 @@ fn inspect(cfg: &EngineConfig, model: &str, json: bool, policy: Option<&Path>) -
     if let Some(n) = note {
         println!("{n}");
     }
-    Ok(())
+    if runnable {
+        Ok(())
+    } else {
+        Err(NotRunnable.into())
+    }
 }
 
 fn load_inputs(

@@ -37,12 +37,12 @@ pub enum TensorError {
         detail: String,
     },
     /// A file could not be read or written.
-    #[error("{path}: {source}")]
+    #[error("{path}: {error}")]
     Io {
         /// The file.
         path: String,
-        /// The OS error.
-        source: std::io::Error,
+        /// The OS error (in the message; not also returned by `source()`).
+        error: std::io::Error,
     },
     /// The requested Rust element type does not match the tensor's dtype.
     #[error("tensor is {got}, not {expected}")]
@@ -251,7 +251,7 @@ impl Tensor {
     pub fn read_npy(path: &Path) -> Result<Tensor, TensorError> {
         let bytes = std::fs::read(path).map_err(|source| TensorError::Io {
             path: path.display().to_string(),
-            source,
+            error: source,
         })?;
         Tensor::from_npy(&bytes).map_err(|e| match e {
             TensorError::Npy { detail, .. } => TensorError::Npy {
@@ -407,7 +407,7 @@ impl Tensor {
     pub fn write_npy(&self, path: &Path) -> Result<(), TensorError> {
         std::fs::write(path, self.to_npy()).map_err(|source| TensorError::Io {
             path: path.display().to_string(),
-            source,
+            error: source,
         })
     }
 }

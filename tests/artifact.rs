@@ -40,22 +40,30 @@ fn meta(name: &str) -> Value {
     serde_json::from_str(&s).unwrap()
 }
 
-/// A `jax.tree_util.keystr` path: `[0]['a'].b` → steps (`Err(index)` / `Ok(key)`).
-fn keystr(s: &str) -> Vec<Result<String, usize>> {
+/// One step of a `jax.tree_util.keystr` path.
+#[derive(Clone, Debug, PartialEq)]
+enum Step {
+    Key(String),
+    Idx(usize),
+    Attr(String),
+}
+
+/// A `jax.tree_util.keystr` path: `[0]['a'].b` → steps.
+fn keystr(s: &str) -> Vec<Step> {
     let mut out = Vec::new();
     let mut rest = s;
     while !rest.is_empty() {
         if let Some(r) = rest.strip_prefix("['") {
             let end = r.find("']").unwrap();
-            out.push(Ok(r[..end].to_string()));
+            out.push(Step::Key(r[..end].to_string()));
             rest = &r[end + 2..];
         } else if let Some(r) = rest.strip_prefix('[') {
             let end = r.find(']').unwrap();
-            out.push(Err(r[..end].parse().unwrap()));
+            out.push(Step::Idx(r[..end].parse().unwrap()));
             rest = &r[end + 1..];
         } else if let Some(r) = rest.strip_prefix('.') {
             let end = r.find(['.', '[']).unwrap_or(r.len());
-            out.push(Ok(r[..end].to_string()));
+            out.push(Step::Attr(r[..end].to_string()));
             rest = &r[end..];
         } else {
             panic!("bad keystr {s:?}");
@@ -64,42 +72,54 @@ fn keystr(s: &str) -> Vec<Result<String, usize>> {
     out
 }
 
-fn join(steps: &[Result<String, usize>]) -> String {
+/// Prints steps back the way `keystr` does (the fixtures' keys need no escaping).
+fn show(steps: &[Step]) -> String {
     steps
         .iter()
         .map(|s| match s {
-            Ok(k) => k.clone(),
-            Err(i) => i.to_string(),
+            Step::Key(k) => format!("['{k}']"),
+            Step::Idx(i) => format!("[{i}]"),
+            Step::Attr(a) => format!(".{a}"),
         })
-        .collect::<Vec<_>>()
-        .join(".")
+        .collect()
 }
 
-/// The naming rule for one leaf (without the clash fallback, which no fixture needs).
-fn rule(base: &str, steps: &[Result<String, usize>]) -> String {
-    if steps.iter().any(|s| s.is_ok()) {
-        join(steps)
-    } else if steps.is_empty() {
-        base.to_string()
-    } else {
-        format!("{base}.{}", join(steps))
-    }
+/// The naming rule (README, "Input and output names") for all inputs, given (argument name, steps below it); no
+/// fixture needs the clash fallback.
+fn rule(leaves: &[(String, Vec<Step>)]) -> Vec<String> {
+    let one_dict_arg = leaves
+        .iter()
+        .all(|(b, s)| *b == leaves[0].0 && matches!(s.first(), Some(Step::Key(_))));
+    leaves
+        .iter()
+        .map(|(base, steps)| match (one_dict_arg, steps.split_first()) {
+            (true, Some((Step::Key(k), rest))) => format!("{k}{}", show(rest)),
+            _ => format!("{base}{}", show(steps)),
+        })
+        .collect()
 }
 
-fn expected_input_name(path: &str) -> String {
-    let steps = keystr(path);
-    let Some(Err(i)) = steps.first() else {
-        panic!("input path {path:?} does not start with a positional index")
-    };
-    rule(&format!("arg{i}"), &steps[1..])
+/// Input names of a `jax.export` artifact read alone: positional arguments are `argN`.
+fn expected_input_names(paths: &[&str]) -> Vec<String> {
+    let leaves: Vec<(String, Vec<Step>)> = paths
+        .iter()
+        .map(|p| {
+            let steps = keystr(p);
+            let Some(Step::Idx(i)) = steps.first() else {
+                panic!("input path {p:?} does not start with a positional index")
+            };
+            (format!("arg{i}"), steps[1..].to_vec())
+        })
+        .collect();
+    rule(&leaves)
 }
 
 fn expected_output_name(i: usize, path: &str) -> String {
     let steps = keystr(path);
-    if steps.iter().any(|s| s.is_ok()) {
-        join(&steps)
-    } else {
-        format!("out{i}")
+    match steps.split_first() {
+        Some((Step::Key(k), rest)) => format!("{k}{}", show(rest)),
+        _ if !steps.iter().any(|s| matches!(s, Step::Key(_))) => format!("out{i}"),
+        _ => format!("result{}", show(&steps)),
     }
 }
 
@@ -149,10 +169,8 @@ fn jaxexport_matches_meta() {
         let sig = a.signature.as_ref().unwrap();
         let ins = m["inputs"].as_array().unwrap();
         let outs = m["outputs"].as_array().unwrap();
-        let in_names: Vec<String> = ins
-            .iter()
-            .map(|i| expected_input_name(i["path"].as_str().unwrap()))
-            .collect();
+        let paths: Vec<&str> = ins.iter().map(|i| i["path"].as_str().unwrap()).collect();
+        let in_names = expected_input_names(&paths);
         let out_names: Vec<String> = outs
             .iter()
             .enumerate()
@@ -230,17 +248,18 @@ fn text_matches_meta() {
                 .matches("!stablehlo.token {jax.token = true} loc")
                 .count();
         locs.drain(..extra);
-        let in_names: Vec<String> = locs
+        let leaves: Vec<(String, Vec<Step>)> = locs
             .iter()
             .enumerate()
             .map(|(i, l)| {
                 if l == "unknown" {
-                    return format!("arg{i}");
+                    return (format!("arg{i}"), Vec::new());
                 }
                 let (base, rest) = l.split_at(l.find(['[', '.']).unwrap_or(l.len()));
-                rule(base, &keystr(rest))
+                (base.to_string(), keystr(rest))
             })
             .collect();
+        let in_names = rule(&leaves);
         let outs = m["outputs"].as_array().unwrap();
         let out_names: Vec<String> = outs
             .iter()
@@ -303,6 +322,49 @@ fn explicit_names() {
         n("tiny", "model.jaxexport"),
         (vec!["arg0".into(), "arg1".into()], vec!["out0".into()])
     );
+}
+
+/// `hlo/names`: `f(params, state, x, *, scale)` (hlo/names/export.py). StableHLO text carries
+/// JAX's own names; the flatbuffer alone knows the keyword's name but only the positions of
+/// the others (the engine completes them from the compiled module: tests/golden.rs).
+#[test]
+fn multi_argument_pytree_names() {
+    let m = meta("names");
+    let jax: Vec<String> = m["inputs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["jax_name"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(jax[1], "params['Dense_0']['kernel']");
+    let text = artifact::load_file(&dir("names").join("model.mlir")).unwrap();
+    let sig = text.signature.unwrap();
+    let names: Vec<String> = sig.inputs.iter().map(|s| s.name.clone()).collect();
+    assert_eq!(names, jax);
+    let outs: Vec<String> = sig.outputs.iter().map(|s| s.name.clone()).collect();
+    assert_eq!(outs, ["aux['norm']", "logits"]);
+    let fb = artifact::load_file(&dir("names").join("model.jaxexport")).unwrap();
+    let names: Vec<String> = fb
+        .signature
+        .unwrap()
+        .inputs
+        .iter()
+        .map(|s| s.name.clone())
+        .collect();
+    assert_eq!(
+        names,
+        [
+            "arg0['Dense_0']['bias']",
+            "arg0['Dense_0']['kernel']",
+            "arg0['Dense_1']['kernel']",
+            "arg1[0]",
+            "arg1[1]",
+            "arg2",
+            "scale"
+        ]
+    );
+    assert_eq!(fb.input_paths.len(), 7);
+    assert_eq!(fb.input_paths[6].full_name(), "scale");
 }
 
 #[test]

@@ -56,6 +56,101 @@ fn inspect_text_and_bf16_and_unsupported() {
         text.contains("NOT RUNNABLE") && text.contains("b,16"),
         "{text}"
     );
+    // Not runnable: exit status 2, with the whole report still printed.
+    assert_eq!(out.status.code(), Some(2), "{text}");
+    assert!(text.contains("inputs:"), "{text}");
+}
+
+#[test]
+fn inspect_exits_2_when_the_model_does_not_compile_and_1_on_a_bad_file() {
+    // `qr` parses but fails to compile (no LAPACK handler in the plugin).
+    let out = xlaguard()
+        .args(["inspect", "--json"])
+        .arg(fixture("qr").join("model.jaxexport"))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(v["note"].as_str().unwrap().contains("not compiled"), "{v}");
+    let out = xlaguard()
+        .args(["inspect", "/nonexistent/model.jaxexport"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let out = xlaguard()
+        .arg("inspect")
+        .arg(fixture("tiny").join("model.jaxexport"))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0));
+}
+
+/// The `error:` line of a failed command; it must be the only one.
+fn error_line(out: &std::process::Output) -> String {
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr).to_string();
+    let lines: Vec<&str> = err.lines().filter(|l| l.starts_with("error:")).collect();
+    assert_eq!(lines.len(), 1, "{err}");
+    lines[0].to_string()
+}
+
+#[test]
+fn every_error_names_its_file_and_cause_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("x.npy");
+    let tiny = fixture("tiny");
+    let cases: Vec<(Vec<std::ffi::OsString>, String, &str)> = vec![
+        (
+            vec![
+                "run".into(),
+                tiny.join("model.jaxexport").into(),
+                missing.clone().into(),
+                tiny.join("in1.npy").into(),
+            ],
+            missing.display().to_string(),
+            "No such file or directory",
+        ),
+        (
+            vec!["run".into(), dir.path().join("m.jaxexport").into()],
+            dir.path().join("m.jaxexport").display().to_string(),
+            "No such file or directory",
+        ),
+        (
+            vec![
+                "run".into(),
+                tiny.join("model.jaxexport").into(),
+                "--policy".into(),
+                dir.path().join("p.toml").into(),
+                tiny.join("in0.npy").into(),
+                tiny.join("in1.npy").into(),
+            ],
+            dir.path().join("p.toml").display().to_string(),
+            "No such file or directory",
+        ),
+        (
+            vec![
+                "run".into(),
+                tiny.join("model.jaxexport").into(),
+                tiny.join("model.mlir").into(),
+                tiny.join("in1.npy").into(),
+            ],
+            tiny.join("model.mlir").display().to_string(),
+            "not a readable .npy file",
+        ),
+    ];
+    for (args, file, cause) in cases {
+        let out = xlaguard().args(&args).output().unwrap();
+        let line = error_line(&out);
+        assert_eq!(line.matches(file.as_str()).count(), 1, "{line}");
+        assert_eq!(line.matches(cause).count(), 1, "{line}");
+    }
+    // A file that is no artifact at all.
+    let junk = dir.path().join("junk.bin");
+    std::fs::write(&junk, b"junk").unwrap();
+    let out = xlaguard().arg("run").arg(&junk).output().unwrap();
+    let line = error_line(&out);
+    assert_eq!(line.matches("junk.bin").count(), 1, "{line}");
+    assert_eq!(line.matches("unknown artifact format").count(), 1, "{line}");
 }
 
 #[test]
@@ -385,4 +480,72 @@ fn policy_suggest_writes_a_policy_that_loads_and_passes_its_samples() {
         "error: input 'pixels' (0): expected float32[1,64], got int32[32]"
     );
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn plugin_info_logs_only_with_verbose() {
+    let tiny = fixture("tiny");
+    let run = |verbose: bool| {
+        let mut c = xlaguard();
+        c.env_remove("TF_CPP_MIN_LOG_LEVEL");
+        if verbose {
+            c.arg("-v");
+        }
+        let out = c
+            .arg("run")
+            .arg(tiny.join("model.jaxexport"))
+            .arg(tiny.join("in0.npy"))
+            .arg(tiny.join("in1.npy"))
+            .output()
+            .unwrap();
+        assert!(out.status.success());
+        String::from_utf8_lossy(&out.stderr).to_string()
+    };
+    let quiet = run(false);
+    assert!(!quiet.contains("absl::InitializeLog"), "{quiet}");
+    assert!(!quiet.contains("cpu_device_count"), "{quiet}");
+    let loud = run(true);
+    assert!(
+        loud.contains("cpu_device_count set via create_options"),
+        "{loud}"
+    );
+}
+
+#[test]
+fn a_module_over_max_module_bytes_is_refused_naming_both_sizes() {
+    let tiny = fixture("tiny");
+    let size = std::fs::read(tiny.join("model.mlirbc")).unwrap().len();
+    let run = |limit: usize| {
+        xlaguard()
+            .arg("--max-module-bytes")
+            .arg(limit.to_string())
+            .arg("run")
+            .arg(tiny.join("model.mlirbc"))
+            .arg(tiny.join("in0.npy"))
+            .arg(tiny.join("in1.npy"))
+            .output()
+            .unwrap()
+    };
+    // One byte short of the module: refused, the message naming both sizes.
+    let out = run(size - 1);
+    let line = error_line(&out);
+    assert!(
+        line.contains(&format!(
+            "module of {size} bytes exceeds the limit of {} bytes",
+            size - 1
+        )),
+        "{line}"
+    );
+    // Exactly its size: runs.
+    let out = run(size);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = xlaguard()
+        .args(["--max-module-bytes", "0", "inspect", "default"])
+        .output()
+        .unwrap();
+    assert!(error_line(&out).contains("--max-module-bytes"));
 }

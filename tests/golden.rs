@@ -218,6 +218,57 @@ fn names_come_from_the_export() {
     assert_eq!(names("kept_var").0, ["x", "arg1"]);
 }
 
+/// Several pytree arguments (`hlo/names`): every leaf is named as JAX names it (`@main`'s
+/// `loc`, read back from the compiled module), the keyword included; named inputs run and give
+/// JAX's outputs.
+#[test]
+fn multi_argument_pytrees_get_jax_names() {
+    let dir = fixture("names");
+    let meta: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("meta.json")).unwrap()).unwrap();
+    let jax: Vec<String> = meta["inputs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["jax_name"].as_str().unwrap().to_string())
+        .collect();
+    for file in ["model.jaxexport", "model.mlir"] {
+        let m = engine().load_file(&dir.join(file)).unwrap();
+        let names: Vec<&str> = m
+            .signature()
+            .inputs
+            .iter()
+            .map(|s| s.name.as_str())
+            .collect();
+        assert_eq!(names, jax, "{file}");
+        assert_eq!(names[3], "state[0]");
+        let outs: Vec<&str> = m
+            .signature()
+            .outputs
+            .iter()
+            .map(|s| s.name.as_str())
+            .collect();
+        assert_eq!(outs, ["aux['norm']", "logits"], "{file}");
+        // By name, in reverse order: the names are what callers use.
+        let pairs: Vec<(String, Tensor)> = jax
+            .iter()
+            .enumerate()
+            .rev()
+            .map(|(i, n)| {
+                let t = Tensor::read_npy(&dir.join(format!("in{i}.npy"))).unwrap();
+                (n.clone(), t)
+            })
+            .collect();
+        let ins = xlaguard::validate::order_named(m.signature(), pairs).unwrap();
+        let views: Vec<TensorRef<'_>> = ins.iter().map(Tensor::view).collect();
+        let out = m.run(&views).unwrap();
+        for (i, o) in out.iter().enumerate() {
+            let want = Tensor::read_npy(&dir.join(format!("out{i}.npy"))).unwrap();
+            assert_eq!(o.bytes(), want.bytes(), "{file} out{i}");
+        }
+    }
+}
+
 #[test]
 fn resident_input_buffers_are_refilled_correctly_across_calls_and_threads() {
     // On the CPU plugin inputs are copied into resident buffers reused between calls; every

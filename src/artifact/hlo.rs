@@ -40,15 +40,24 @@ struct HloComputationProto {
     id: i64,
 }
 
-/// `xla.HloInstructionProto`: `name` (1), `opcode` (2), `parameter_number` (9).
+/// `xla.HloInstructionProto`: `name` (1), `opcode` (2), `metadata` (7), `parameter_number` (9).
 #[derive(Clone, PartialEq, Message)]
 struct HloInstructionProto {
     #[prost(string, tag = "1")]
     name: String,
     #[prost(string, tag = "2")]
     opcode: String,
+    #[prost(message, optional, tag = "7")]
+    metadata: Option<OpMetadata>,
     #[prost(int64, tag = "9")]
     parameter_number: i64,
+}
+
+/// `xla.OpMetadata`: `op_name` (2).
+#[derive(Clone, PartialEq, Message)]
+struct OpMetadata {
+    #[prost(string, tag = "2")]
+    op_name: String,
 }
 
 #[derive(Clone, PartialEq, Message)]
@@ -271,12 +280,22 @@ pub fn program_shape(hlo_module_proto: &[u8]) -> Result<Signature, ArtifactError
     }
 }
 
-/// The names of the entry computation's parameter instructions, by parameter number, with
-/// XLA's uniquifying `.N` suffix removed (`x.1` → `x`). XLA names them after the `loc("x")`
-/// of the StableHLO `@main` arguments, which is how a `jax.export` artifact's positional
+/// What a compiled module says about one entry parameter's name.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ParameterName {
+    /// The instruction name with XLA's uniquifying `.N` suffix removed (`x.1` → `x`,
+    /// `params['w']` → `params__w__`: XLA's sanitized form).
+    pub instruction: String,
+    /// The parameter's metadata `op_name`: the `loc("...")` name of the StableHLO `@main`
+    /// argument, unsanitized (`params['w']`); empty when absent.
+    pub op_name: String,
+}
+
+/// The names of the entry computation's parameters, by parameter number. XLA takes them from
+/// the `loc("...")` of the StableHLO `@main` arguments, which is how a `jax.export` artifact's
 /// argument names (kept only in its MLIR bytecode) reach us. Accepts a plain `HloModuleProto`
 /// or the `hlo_with_config` wrapper. Empty when the module has no such names.
-pub fn entry_parameter_names(hlo_module_proto: &[u8]) -> Vec<Option<String>> {
+pub fn entry_parameter_names(hlo_module_proto: &[u8]) -> Vec<Option<ParameterName>> {
     let module = match HloModuleProto::decode(hlo_module_proto) {
         Ok(m) if !m.computations.is_empty() => Some(m),
         _ => HloModuleProtoWithConfig::decode(hlo_module_proto)
@@ -293,7 +312,7 @@ pub fn entry_parameter_names(hlo_module_proto: &[u8]) -> Vec<Option<String>> {
     else {
         return Vec::new();
     };
-    let mut names: Vec<Option<String>> = Vec::new();
+    let mut names: Vec<Option<ParameterName>> = Vec::new();
     for ins in entry
         .instructions
         .iter()
@@ -317,7 +336,14 @@ pub fn entry_parameter_names(hlo_module_proto: &[u8]) -> Vec<Option<String>> {
             _ => ins.name.as_str(),
         };
         if let Some(slot) = names.get_mut(n) {
-            *slot = Some(base.to_string());
+            *slot = Some(ParameterName {
+                instruction: base.to_string(),
+                op_name: ins
+                    .metadata
+                    .as_ref()
+                    .map(|m| m.op_name.clone())
+                    .unwrap_or_default(),
+            });
         }
     }
     names
@@ -369,5 +395,6 @@ pub(crate) fn try_load(bytes: &[u8]) -> Result<Option<Artifact>, ArtifactError> 
         serialization_version: None,
         uses_shape_polymorphism,
         platform_index_dtype: None,
+        input_paths: Vec::new(),
     }))
 }

@@ -12,8 +12,8 @@
 use flatbuffers::{ForwardsUOffset, InvalidFlatbuffer, Vector, Verifiable, Verifier};
 
 use super::{
-    assign_names, Artifact, ArtifactError, ArtifactKind, LeafPath, PathElem, ProgramFormat,
-    MLIR_BYTECODE_MAGIC,
+    input_names, output_names, Artifact, ArtifactError, ArtifactKind, LeafPath, PathElem,
+    ProgramFormat, MLIR_BYTECODE_MAGIC,
 };
 use crate::signature::{DType, Dim, Signature, TensorSpec};
 
@@ -618,7 +618,7 @@ fn tree_leaves(
     }
     let kind = t.i8_or(pytree::KIND, 0)?;
     let children = t.tables(pytree::CHILDREN)?;
-    let keys: Vec<Option<String>> = match kind {
+    let keys: Vec<Option<PathElem>> = match kind {
         0 => {
             if !children.is_empty() {
                 return Err(ArtifactError::corrupt(WHAT, "a pytree leaf has children"));
@@ -640,14 +640,17 @@ fn tree_leaves(
                     ),
                 ));
             }
-            names.into_iter().map(|s| Some(s.to_string())).collect()
+            names
+                .into_iter()
+                .map(|s| Some(PathElem::Key(s.to_string())))
+                .collect()
         }
         5 => {
             // Named tuples store their field names as a JSON list of strings.
             let aux = t.bytes(pytree::CUSTOM_AUXDATA)?.unwrap_or(&[]);
             match parse_json_string_list(aux) {
                 Some(names) if names.len() == children.len() => {
-                    names.into_iter().map(Some).collect()
+                    names.into_iter().map(|n| Some(PathElem::Attr(n))).collect()
                 }
                 _ => vec![None; children.len()],
             }
@@ -660,10 +663,7 @@ fn tree_leaves(
         }
     };
     for (i, (child, key)) in children.iter().zip(keys).enumerate() {
-        prefix.push(match key {
-            Some(k) => PathElem::Key(k),
-            None => PathElem::Index(i),
-        });
+        prefix.push(key.unwrap_or(PathElem::Index(i)));
         let r = tree_leaves(child, prefix, out, depth.saturating_add(1));
         prefix.pop();
         r?;
@@ -738,20 +738,6 @@ pub(crate) fn input_paths(raw: Vec<Vec<PathElem>>, args_kwargs: bool) -> Vec<Lea
             LeafPath {
                 base: "args".into(),
                 elems: it.collect(),
-            }
-        })
-        .collect()
-}
-
-/// Output leaf paths: `outN` unless the path has a dict key.
-pub(crate) fn output_paths(raw: Vec<Vec<PathElem>>) -> Vec<LeafPath> {
-    raw.into_iter()
-        .enumerate()
-        .map(|(i, p)| {
-            let has_key = p.iter().any(|e| matches!(e, PathElem::Key(_)));
-            LeafPath {
-                base: format!("out{i}"),
-                elems: if has_key { p } else { Vec::new() },
             }
         })
         .collect()
@@ -879,8 +865,9 @@ pub fn load(bytes: &[u8]) -> Result<Artifact, ArtifactError> {
             ),
         ));
     }
-    let in_names = assign_names(&input_paths(in_raw, args_kwargs));
-    let out_names = assign_names(&output_paths(out_raw));
+    let input_paths = input_paths(in_raw, args_kwargs);
+    let in_names = input_names(&input_paths);
+    let out_names = output_names(&out_raw);
 
     let n_in = in_avals.len();
     let kept_inputs = match root.u16s(exported::MODULE_KEPT_VAR_IDX)? {
@@ -952,6 +939,7 @@ pub fn load(bytes: &[u8]) -> Result<Artifact, ArtifactError> {
         serialization_version: (version != 0).then_some(version),
         uses_shape_polymorphism,
         platform_index_dtype: None,
+        input_paths,
     })
 }
 

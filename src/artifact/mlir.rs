@@ -8,7 +8,8 @@
 use std::collections::HashMap;
 
 use super::{
-    assign_names, Artifact, ArtifactError, ArtifactKind, LeafPath, PathElem, ProgramFormat,
+    input_names, output_names, Artifact, ArtifactError, ArtifactKind, LeafPath, PathElem,
+    ProgramFormat,
 };
 use crate::signature::{DType, Dim, Signature, TensorSpec};
 
@@ -41,6 +42,7 @@ pub fn load_bytecode(bytes: &[u8]) -> Result<Artifact, ArtifactError> {
         serialization_version: None,
         uses_shape_polymorphism: false,
         platform_index_dtype: None,
+        input_paths: Vec::new(),
     })
 }
 
@@ -345,7 +347,7 @@ pub(crate) fn parse_keystr(s: &str) -> Option<(String, Vec<PathElem>)> {
             if name.is_empty() {
                 return None;
             }
-            elems.push(PathElem::Key(name.to_string()));
+            elems.push(PathElem::Attr(name.to_string()));
             i = end;
         } else if c == b'[' {
             let q = *b.get(i.saturating_add(1))?;
@@ -683,8 +685,9 @@ pub fn load_text(bytes: &[u8]) -> Result<Artifact, ArtifactError> {
         out_raw.push(elems);
         out_types.push((dtype, shape));
     }
-    let in_names = assign_names(&inputs_paths);
-    let out_names = assign_names(&super::jaxexport::output_paths(out_raw));
+    let in_names = input_names(&inputs_paths);
+    let input_paths = inputs_paths;
+    let out_names = output_names(&out_raw);
     let mk = |types: Vec<(DType, Vec<Dim>)>, names: Vec<String>| -> Vec<TensorSpec> {
         types
             .into_iter()
@@ -722,6 +725,7 @@ pub fn load_text(bytes: &[u8]) -> Result<Artifact, ArtifactError> {
         serialization_version: None,
         uses_shape_polymorphism,
         platform_index_dtype,
+        input_paths,
     })
 }
 
@@ -739,7 +743,7 @@ mod tests {
             vec![
                 PathElem::Key("w".into()),
                 PathElem::Index(0),
-                PathElem::Key("k".into())
+                PathElem::Attr("k".into())
             ]
         );
         assert_eq!(parse_keystr("x").unwrap().1, vec![]);
@@ -788,7 +792,8 @@ module @m attributes {mhlo.num_partitions = 1 : i32, mhlo.num_replicas = 1 : i32
         assert_eq!(a.platform_index_dtype, Some(DType::I32));
         assert_eq!(s.inputs[0].name, "x");
         assert_eq!(s.inputs[0].shape[1], Dim::Symbolic("?1".into()));
-        assert_eq!(s.inputs[1].name, "k");
+        // Two arguments: full JAX names.
+        assert_eq!(s.inputs[1].name, "d['k']");
         assert_eq!(s.outputs[0].name, "a");
         assert_eq!(s.outputs[1].name, "out1");
         assert!(a.uses_shape_polymorphism);

@@ -6,15 +6,25 @@
 //!
 //! # Input and output names
 //!
-//! Each leaf of the input and output pytrees gets one name, built from its path:
-//! - a path that passes through at least one dict key is named by its keys and indices below the
-//!   top-level argument, joined with `.` (`params['w'][0]['k']` → `w.0.k`);
-//! - otherwise an input is named after its top-level argument: the parameter name from the
-//!   module's `loc("...")` when known (StableHLO text), else `argN` (`N` = positional index) or the
-//!   keyword name, with any list/tuple indices appended (`arg0.1`);
-//! - otherwise an output is `outN` (`N` = flat output index);
-//! - a name used twice is replaced, for every leaf that uses it, by its full path (argument name
-//!   first for inputs, `outN` first for outputs), and a remaining clash gets a `_N` suffix.
+//! Every leaf of the input and output pytrees gets one name, in the form
+//! `jax.tree_util.keystr` prints a key path: `['key']` for a dict key, `[i]` for a list, tuple
+//! or unnamed custom-node child, `.field` for a named-tuple field. The rule ([`input_names`],
+//! [`output_names`]):
+//! - an input's full name is its top-level argument's name followed by the keystr of the path
+//!   below it: `params['Dense_0']['kernel']`, `trainable[0]`, `x`. The argument's name is JAX's
+//!   own (the `loc("...")` of the `@main` argument, which JAX writes as exactly this full name;
+//!   for a `jax.export` artifact it reaches us through the compiled module's parameter metadata,
+//!   see [`crate::Model::signature`]), else the keyword's name, else `argN` (`N` = positional
+//!   index);
+//! - when all inputs are leaves of one dict argument (`f(inputs)` with `inputs = {"a": ..}`),
+//!   that argument's name and the brackets of the first key are dropped: `a`, `a['b']`;
+//! - an output whose path starts with a dict key is named like that (`label`, `logits['x']`);
+//!   an output without any dict key on its path is `outN` (`N` = flat output index); any other
+//!   is `result` followed by its keystr (`result[0]['a']`), as in JAX's `jax.result_info`;
+//! - a name that would still be used twice gets a `_N` suffix on every use.
+//!
+//! The same names are used everywhere: `inspect`, policy files (quote them as TOML keys:
+//! `[inputs."params['Dense_0']['kernel']"]`), HTTP metadata and requests, and errors.
 
 #![forbid(unsafe_code)]
 #![deny(
@@ -112,6 +122,9 @@ pub struct Artifact {
     /// The dtype of the leading platform-index argument, when the module has one and the bytes
     /// say which (`int32`, or `int64` for an export made with `jax_enable_x64`).
     pub platform_index_dtype: Option<crate::signature::DType>,
+    /// The pytree path of each user input, in signature order; empty when the bytes do not
+    /// say (bytecode, HLO protos). The signature's input names are [`input_names`] of these.
+    pub input_paths: Vec<LeafPath>,
 }
 
 /// Why an artifact could not be read or is not supported.
@@ -160,22 +173,20 @@ pub enum ArtifactError {
         available: Vec<String>,
     },
     /// A file could not be read.
-    #[error("cannot read artifact {}: {source}", path.display())]
+    #[error("cannot read artifact {}: {error}", path.display())]
     Io {
         /// The file.
         path: PathBuf,
-        /// The I/O error.
-        #[source]
-        source: std::io::Error,
+        /// The I/O error (in the message; not also returned by `source()`).
+        error: std::io::Error,
     },
     /// An error in a named file.
-    #[error("{}: {source}", path.display())]
+    #[error("{}: {error}", path.display())]
     InFile {
         /// The file.
         path: PathBuf,
-        /// The error.
-        #[source]
-        source: Box<ArtifactError>,
+        /// The error (in the message; not also returned by `source()`).
+        error: Box<ArtifactError>,
     },
 }
 
@@ -207,7 +218,7 @@ impl ArtifactError {
     /// The error without the file wrapper added by [`load_file`].
     pub fn root(&self) -> &ArtifactError {
         match self {
-            ArtifactError::InFile { source, .. } => source.root(),
+            ArtifactError::InFile { error, .. } => error.root(),
             other => other,
         }
     }
@@ -274,11 +285,11 @@ pub fn load(bytes: &[u8]) -> Result<Artifact, ArtifactError> {
 pub fn load_file(path: &Path) -> Result<Artifact, ArtifactError> {
     let bytes = std::fs::read(path).map_err(|source| ArtifactError::Io {
         path: path.to_path_buf(),
-        source,
+        error: source,
     })?;
     load(&bytes).map_err(|e| ArtifactError::InFile {
         path: path.to_path_buf(),
-        source: Box::new(e),
+        error: Box::new(e),
     })
 }
 
@@ -389,73 +400,103 @@ fn canonical_platform(p: &str) -> String {
     }
 }
 
-/// One step of a pytree path below the top-level argument.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub(crate) enum PathElem {
-    /// A dict key (or named field).
+/// One step of a pytree key path.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum PathElem {
+    /// A dict key, printed `['key']`.
     Key(String),
-    /// A list / tuple / custom-node child index.
+    /// A list, tuple or unnamed custom-node child, printed `[i]`.
     Index(usize),
+    /// A named-tuple field, printed `.field`.
+    Attr(String),
 }
 
-/// The path of one leaf: its top-level name and the steps below it.
-#[derive(Clone, Debug)]
-pub(crate) struct LeafPath {
-    /// The top-level argument's name (`x`, `arg0`, a keyword) or `outN` for outputs.
+/// The pytree path of one leaf: its top-level argument and the steps below it.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct LeafPath {
+    /// The top-level argument's name (`x`, `params`, a keyword, `argN` when unknown); unused
+    /// for outputs.
     pub base: String,
     /// Steps below the top level.
     pub elems: Vec<PathElem>,
 }
 
-fn join_elems(elems: &[PathElem]) -> String {
-    let parts: Vec<String> = elems
-        .iter()
-        .map(|e| match e {
-            PathElem::Key(k) => k.clone(),
-            PathElem::Index(i) => i.to_string(),
-        })
-        .collect();
-    parts.join(".")
+impl LeafPath {
+    /// The full name: the base followed by [`keystr`] of the steps (`params['w'][0]`).
+    pub fn full_name(&self) -> String {
+        let mut s = self.base.clone();
+        s.push_str(&keystr(&self.elems));
+        s
+    }
+
+    /// True when the base is a positional placeholder (`argN`), not a known name.
+    pub(crate) fn has_placeholder_base(&self) -> bool {
+        self.base
+            .strip_prefix("arg")
+            .is_some_and(|n| !n.is_empty() && n.bytes().all(|c| c.is_ascii_digit()))
+    }
 }
 
-/// Applies the naming rule in the module docs to a list of leaf paths.
-pub(crate) fn assign_names(paths: &[LeafPath]) -> Vec<String> {
-    let short: Vec<String> = paths
-        .iter()
-        .map(|p| {
-            if p.elems.iter().any(|e| matches!(e, PathElem::Key(_))) {
-                join_elems(&p.elems)
-            } else if p.elems.is_empty() {
-                p.base.clone()
-            } else {
-                format!("{}.{}", p.base, join_elems(&p.elems))
+/// A string as Python's `repr` prints it (how `keystr` quotes dict keys).
+fn py_repr(s: &str) -> String {
+    let q = if s.contains('\'') && !s.contains('"') {
+        '"'
+    } else {
+        '\''
+    };
+    let mut out = String::with_capacity(s.len().saturating_add(2));
+    out.push(q);
+    for c in s.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            c if c == q => {
+                out.push('\\');
+                out.push(c);
             }
-        })
-        .collect();
-    let mut counts: HashMap<&str, usize> = HashMap::new();
-    for n in &short {
-        let c = counts.entry(n.as_str()).or_insert(0);
-        *c = c.saturating_add(1);
+            c => out.push(c),
+        }
     }
-    let full: Vec<String> = paths
-        .iter()
-        .zip(&short)
-        .map(|(p, s)| {
-            if counts.get(s.as_str()).copied().unwrap_or(0) > 1 && !p.elems.is_empty() {
-                format!("{}.{}", p.base, join_elems(&p.elems))
-            } else {
-                s.clone()
+    out.push(q);
+    out
+}
+
+/// The steps of a path as `jax.tree_util.keystr` prints them: `['a'][0].b`.
+pub fn keystr(elems: &[PathElem]) -> String {
+    let mut s = String::new();
+    for e in elems {
+        match e {
+            PathElem::Key(k) => {
+                s.push('[');
+                s.push_str(&py_repr(k));
+                s.push(']');
             }
-        })
-        .collect();
+            PathElem::Index(i) => {
+                s.push('[');
+                s.push_str(&i.to_string());
+                s.push(']');
+            }
+            PathElem::Attr(a) => {
+                s.push('.');
+                s.push_str(a);
+            }
+        }
+    }
+    s
+}
+
+/// Gives every name used more than once a `_N` suffix on each use (the last rule).
+fn uniquify(names: Vec<String>) -> Vec<String> {
     let mut used: HashMap<String, usize> = HashMap::new();
-    for n in &full {
+    for n in &names {
         let c = used.entry(n.clone()).or_insert(0);
         *c = c.saturating_add(1);
     }
     let mut taken: std::collections::HashSet<String> = std::collections::HashSet::new();
-    let mut out = Vec::with_capacity(full.len());
-    for n in full {
+    let mut out = Vec::with_capacity(names.len());
+    for n in names {
         if used.get(&n).copied().unwrap_or(0) > 1 || taken.contains(&n) {
             let mut k: usize = 1;
             loop {
@@ -475,6 +516,80 @@ pub(crate) fn assign_names(paths: &[LeafPath]) -> Vec<String> {
     out
 }
 
+/// The input names of the naming rule (module docs) for these leaf paths.
+pub fn input_names(paths: &[LeafPath]) -> Vec<String> {
+    let one_dict_arg = paths.first().is_some_and(|first| {
+        paths
+            .iter()
+            .all(|p| p.base == first.base && matches!(p.elems.first(), Some(PathElem::Key(_))))
+    });
+    let names = paths
+        .iter()
+        .map(|p| match (one_dict_arg, p.elems.split_first()) {
+            (true, Some((PathElem::Key(k), rest))) => format!("{k}{}", keystr(rest)),
+            _ => p.full_name(),
+        })
+        .collect();
+    uniquify(names)
+}
+
+/// The output names of the naming rule (module docs) for these paths inside the result.
+pub fn output_names(paths: &[Vec<PathElem>]) -> Vec<String> {
+    let names = paths
+        .iter()
+        .enumerate()
+        .map(|(i, p)| match p.split_first() {
+            Some((PathElem::Key(k), rest)) => format!("{k}{}", keystr(rest)),
+            _ if !p.iter().any(|e| matches!(e, PathElem::Key(_))) => format!("out{i}"),
+            _ => format!("result{}", keystr(p)),
+        })
+        .collect();
+    uniquify(names)
+}
+
+/// XLA's spelling of an instruction name: every character outside `[A-Za-z0-9_.-]` becomes `_`.
+fn xla_sanitized(s: &str) -> String {
+    s.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-') {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect()
+}
+
+fn is_identifier(s: &str) -> bool {
+    s.chars()
+        .next()
+        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+        && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+}
+
+/// The top-level argument name that a compiled module's entry parameter gives the leaf at
+/// `path`: from the parameter's metadata `op_name` (JAX's full `loc` name, e.g.
+/// `params['w'][0]`, which must end in the leaf's own steps), else from the instruction name
+/// (XLA's sanitized form of the same, `params__w___0_`). `None` when neither fits, or the
+/// name is one of XLA's generic ones (`Arg_0`, `param_1`, `p`, `argN`).
+pub(crate) fn argument_base(path: &LeafPath, op_name: &str, instruction: &str) -> Option<String> {
+    let generic = |b: &str| {
+        b == "p"
+            || ["Arg_", "param_", "param", "arg"].iter().any(|pre| {
+                b.strip_prefix(pre)
+                    .is_some_and(|n| n.bytes().all(|c| c.is_ascii_digit()))
+            })
+    };
+    if let Some((base, elems)) = mlir::parse_keystr(op_name) {
+        if !base.is_empty() && elems == path.elems && is_identifier(&base) && !generic(&base) {
+            return Some(base);
+        }
+    }
+    let suffix = xla_sanitized(&keystr(&path.elems));
+    let base = instruction.strip_suffix(suffix.as_str())?;
+    (is_identifier(base) && !generic(base)).then(|| base.to_string())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -488,22 +603,74 @@ mod tests {
 
     #[test]
     fn naming_rule() {
-        use PathElem::{Index as I, Key as K};
-        let names = assign_names(&[
-            lp("params", vec![K("b".into())]),
-            lp("params", vec![K("w".into()), I(0), K("k".into())]),
+        use PathElem::{Attr as A, Index as I, Key as K};
+        // Several arguments: full JAX names.
+        let names = input_names(&[
+            lp("params", vec![K("Dense_0".into()), K("kernel".into())]),
+            lp("params", vec![K("w".into()), I(0), A("k".into())]),
             lp("x", vec![]),
             lp("arg3", vec![I(1)]),
         ]);
-        assert_eq!(names, ["b", "w.0.k", "x", "arg3.1"]);
-        let names = assign_names(&[
-            lp("a", vec![K("x".into())]),
-            lp("b", vec![K("x".into())]),
-            lp("x", vec![]),
+        assert_eq!(
+            names,
+            [
+                "params['Dense_0']['kernel']",
+                "params['w'][0].k",
+                "x",
+                "arg3[1]"
+            ]
+        );
+        // One dict argument: its keys.
+        let names = input_names(&[
+            lp("inputs", vec![K("a".into())]),
+            lp("inputs", vec![K("b".into()), K("c".into())]),
         ]);
-        assert_eq!(names, ["a.x", "b.x", "x"]);
-        let names = assign_names(&[lp("x", vec![]), lp("x", vec![])]);
+        assert_eq!(names, ["a", "b['c']"]);
+        // One list argument keeps its name.
+        let names = input_names(&[lp("xs", vec![I(0)]), lp("xs", vec![I(1)])]);
+        assert_eq!(names, ["xs[0]", "xs[1]"]);
+        let names = input_names(&[lp("x", vec![]), lp("x", vec![])]);
         assert_eq!(names, ["x_1", "x_2"]);
+        let outs = output_names(&[
+            vec![K("label".into())],
+            vec![I(1)],
+            vec![I(2), K("a".into())],
+            vec![K("l".into()), I(0)],
+        ]);
+        assert_eq!(outs, ["label", "out1", "result[2]['a']", "l[0]"]);
+    }
+
+    #[test]
+    fn keystr_quotes_like_python() {
+        assert_eq!(keystr(&[PathElem::Key("it's".into())]), "[\"it's\"]");
+        assert_eq!(keystr(&[PathElem::Key("a\\b".into())]), "['a\\\\b']");
+    }
+
+    #[test]
+    fn argument_base_from_xla_names() {
+        let p = lp(
+            "arg0",
+            vec![PathElem::Key("Dense_0".into()), PathElem::Index(0)],
+        );
+        assert_eq!(
+            argument_base(&p, "params['Dense_0'][0]", "whatever").as_deref(),
+            Some("params")
+        );
+        // Metadata for another leaf does not fit; the sanitized instruction name does.
+        assert_eq!(
+            argument_base(&p, "params['b']", "params__Dense_0___0_").as_deref(),
+            Some("params")
+        );
+        assert_eq!(argument_base(&p, "", "Arg_0__Dense_0___0_"), None);
+        assert_eq!(
+            argument_base(&lp("arg1", vec![]), "", "x").as_deref(),
+            Some("x")
+        );
+        assert_eq!(argument_base(&lp("arg1", vec![]), "", "param_1"), None);
+        assert_eq!(
+            argument_base(&lp("arg1", vec![]), "params", "").as_deref(),
+            Some("params")
+        );
     }
 
     #[test]

@@ -82,6 +82,10 @@ impl Isolation {
     }
 }
 
+/// The default [`Limits::max_module_bytes`]: 2 GiB, the size limit of the artifact formats
+/// (flatbuffer, protobuf) and of [`crate::artifact::load`].
+pub const DEFAULT_MAX_MODULE_BYTES: usize = 1 << 31;
+
 /// Resource limits of one compile.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Limits {
@@ -109,7 +113,7 @@ impl Default for Limits {
             address_space_bytes: Some(16 << 30),
             cpu_seconds: Some(600),
             open_files: 64,
-            max_module_bytes: 64 << 20,
+            max_module_bytes: DEFAULT_MAX_MODULE_BYTES,
             max_executable_bytes: 1 << 30,
         }
     }
@@ -529,7 +533,7 @@ impl Compiler {
         let audit = match &config.audit_log {
             Some(p) => Some(AuditLog::open(p).map_err(|e| Error::Io {
                 path: p.display().to_string(),
-                source: e,
+                error: e,
             })?),
             None => None,
         };
@@ -537,7 +541,7 @@ impl Compiler {
             Some(d) => Some(
                 Cache::open(d, config.cache_key_file.as_deref()).map_err(|e| Error::Io {
                     path: d.display().to_string(),
-                    source: e,
+                    error: e,
                 })?,
             ),
             None => None,
@@ -880,8 +884,9 @@ impl Compiler {
         input: &CompileInput<'_>,
         options: &[u8],
     ) -> Result<(LoadedExecutable, CompileSummary, Option<Vec<u8>>), Error> {
-        let payload = protocol::encode_compile(input.format, options, input.program);
-        let done = pool.run(Kind::Compile, &payload).map_err(pool_error)?;
+        // One copy of the module: straight into the frame written to the worker.
+        let frame = protocol::encode_compile_frame(input.format, options, input.program);
+        let done = pool.run_encoded(frame).map_err(pool_error)?;
         self.finish_worker_reply(client, done)
     }
 

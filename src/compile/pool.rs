@@ -516,7 +516,17 @@ impl Pool {
     }
 
     /// Runs one request on a fresh worker.
+    #[cfg_attr(not(feature = "test-hooks"), allow(dead_code))]
     pub(crate) fn run(&self, kind: Kind, payload: &[u8]) -> Result<Done, PoolError> {
+        let frame = protocol::encode(kind, payload);
+        self.run_encoded(frame)
+    }
+
+    /// [`Pool::run`] with the frame already encoded (a compile frame built in one buffer).
+    pub(crate) fn run_encoded(
+        &self,
+        frame: Result<Vec<u8>, protocol::ProtocolError>,
+    ) -> Result<Done, PoolError> {
         let _slot = self.admit()?;
         let warm = self.take_spare();
         let warm = match warm {
@@ -527,7 +537,7 @@ impl Pool {
         // (plugin load, client, warm-up compile) would compete for the same cores.
         let _replenish = Replenish(self);
         let mut p = warm.proc;
-        let frame = protocol::encode(kind, payload)
+        let frame = frame
             .map_err(|e| PoolError::Failed(self.inner.failure(&mut p, Broken::Protocol(e))))?;
         let t = Instant::now();
         let max_exe = self

@@ -317,6 +317,41 @@ pub fn encode_compile(format: &str, options: &[u8], program: &[u8]) -> Vec<u8> {
     v
 }
 
+/// A whole compile frame (header and [`encode_compile`]'s payload) built in one buffer, so a
+/// module is copied once on its way to a worker, not once into a payload and again into a frame.
+///
+/// # Errors
+/// [`ProtocolError::TooLarge`] if the payload does not fit a `u32` length.
+pub fn encode_compile_frame(
+    format: &str,
+    options: &[u8],
+    program: &[u8],
+) -> Result<Vec<u8>, ProtocolError> {
+    let payload_len = 5usize
+        .saturating_add(options.len())
+        .saturating_add(program.len());
+    let len = u32::try_from(payload_len).map_err(|_| ProtocolError::TooLarge {
+        kind: Kind::Compile,
+        len: payload_len,
+        max: u32::MAX as usize,
+    })?;
+    let mut v = Vec::with_capacity(HEADER_LEN.saturating_add(payload_len));
+    v.extend_from_slice(&MAGIC);
+    v.push(VERSION);
+    v.push(Kind::Compile.code());
+    v.extend_from_slice(&[0, 0]);
+    v.extend_from_slice(&len.to_le_bytes());
+    v.push(if format == "hlo" { 1u8 } else { 0u8 });
+    v.extend_from_slice(
+        &u32::try_from(options.len())
+            .unwrap_or(u32::MAX)
+            .to_le_bytes(),
+    );
+    v.extend_from_slice(options);
+    v.extend_from_slice(program);
+    Ok(v)
+}
+
 /// Decodes [`encode_compile`]: `(format, options, program)`.
 ///
 /// # Errors
@@ -441,6 +476,8 @@ mod tests {
     #[test]
     fn compile_payload_round_trip_and_bounds() {
         let p = encode_compile("hlo", &[1, 2], b"prog");
+        let f = encode_compile_frame("hlo", &[1, 2], b"prog").unwrap();
+        assert_eq!(f, encode(Kind::Compile, &p).unwrap());
         assert_eq!(
             decode_compile(&p).unwrap(),
             ("hlo", &[1u8, 2][..], &b"prog"[..])

@@ -131,7 +131,7 @@ impl Api {
         };
         let init = api_fn!(api, PJRT_Plugin_Initialize).map_err(|e| LoadError::Init {
             path: path.to_path_buf(),
-            source: e,
+            error: e,
         })?;
         let mut args = ffi::PJRT_Plugin_Initialize_Args::new();
         // SAFETY: valid args struct with struct_size set; the plugin requires this call first.
@@ -139,7 +139,7 @@ impl Api {
         api.check(err, "PJRT_Plugin_Initialize")
             .map_err(|e| LoadError::Init {
                 path: path.to_path_buf(),
-                source: e,
+                error: e,
             })?;
         Ok(Arc::new(api))
     }

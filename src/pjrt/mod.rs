@@ -200,12 +200,12 @@ pub enum LoadError {
         need: (i32, i32),
     },
     /// `PJRT_Plugin_Initialize` failed.
-    #[error("{path}: plugin initialization failed: {source}")]
+    #[error("{path}: plugin initialization failed: {error}")]
     Init {
         /// The path.
         path: PathBuf,
-        /// The plugin's error.
-        source: PjrtError,
+        /// The plugin's error (in the message; not also returned by `source()`).
+        error: PjrtError,
     },
 }
 

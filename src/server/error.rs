@@ -201,7 +201,7 @@ mod tests {
             (
                 Error::Io {
                     path: "f".into(),
-                    source: std::io::Error::other("e"),
+                    error: std::io::Error::other("e"),
                 },
                 500,
             ),

@@ -136,12 +136,12 @@ impl Default for ServerConfig {
 #[non_exhaustive]
 pub enum ServerError {
     /// The address could not be bound.
-    #[error("cannot listen on {addr}: {source}")]
+    #[error("cannot listen on {addr}: {error}")]
     Bind {
         /// The address.
         addr: SocketAddr,
-        /// The OS error.
-        source: std::io::Error,
+        /// The OS error (in the message; not also returned by `source()`).
+        error: std::io::Error,
     },
     /// Two models have the same name.
     #[error("two models are named '{0}'")]
@@ -285,7 +285,7 @@ impl Server {
                 .await
                 .map_err(|source| ServerError::Bind {
                     addr: config.addr,
-                    source,
+                    error: source,
                 })?;
         let app = Arc::new(App {
             global: Arc::new(Semaphore::new(config.max_concurrent_requests.max(1))),

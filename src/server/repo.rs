@@ -157,12 +157,12 @@ struct LimitsFile {
 /// Why a repository could not be read at all (a bad model folder is not this: it is reported
 /// as an unavailable model).
 #[derive(Debug, thiserror::Error)]
-#[error("model repository {path}: {source}")]
+#[error("model repository {path}: {error}")]
 pub struct RepositoryError {
     /// The repository folder.
     pub path: PathBuf,
-    /// The OS error.
-    pub source: std::io::Error,
+    /// The OS error (in the message; not also returned by `source()`).
+    pub error: std::io::Error,
 }
 
 /// True for a name clients can put in a URL and that is safe in logs and metric labels.
@@ -324,7 +324,7 @@ pub fn read_model_dir(dir: &Path, name: &str) -> ModelSpec {
 pub fn scan_repository(dir: &Path) -> Result<Vec<ModelSpec>, RepositoryError> {
     let err = |source| RepositoryError {
         path: dir.to_path_buf(),
-        source,
+        error: source,
     };
     let mut names = Vec::new();
     for entry in std::fs::read_dir(dir).map_err(err)? {
