@@ -160,6 +160,7 @@ def write_poly(name, fn, specs: tuple, sizes: list, *, dim_vars, constraints=(),
 def model_poly_keras_cnn():
     import keras
     assert keras.backend.backend() == "jax"
+    keras.backend.clear_session()  # layer names (in locations) must not depend on earlier models
     keras.utils.set_random_seed(0)
     cfg = dict(input_shape=(32, 32, 3), alpha=0.25, minimalistic=True, include_top=True,
                weights=None, classes=10, include_preprocessing=True)
@@ -195,6 +196,7 @@ def bert_size_inputs(rng, b, s):
 def model_poly_bert():
     import keras
     import keras_hub
+    keras.backend.clear_session()  # else a full run names it bert_backbone_1 (export_models' first)
     keras.utils.set_random_seed(1)
     cfg = dict(vocabulary_size=100, num_layers=2, num_heads=2, hidden_dim=32,
                intermediate_dim=64, max_sequence_length=16)
