@@ -694,7 +694,7 @@ def main() -> None:
     print(f"ordered effects refused by jax.export: {json.dumps(refused)}")
 
 
-if __name__ == "__main__" and sys.argv[1:] not in (["--only", "policy"], ["--only", "models"]):
+if __name__ == "__main__" and sys.argv[1:] not in (["--only", "policy"], ["--only", "models"], ["--only", "poly"]):
     main()
 
 # ---- value-policy fixtures (xlaguard issue 3) ------------------------------------------------
@@ -860,10 +860,14 @@ def policy_fixtures() -> None:
 
 
 if __name__ == "__main__":
-    if sys.argv[1:] != ["--only", "models"]:
+    if sys.argv[1:] not in (["--only", "models"], ["--only", "poly"]):
         policy_fixtures()  # after main() in a full run: it reads the artifacts written there
-    if sys.argv[1:] != ["--only", "policy"]:
+    if sys.argv[1:] not in (["--only", "policy"], ["--only", "poly"]):
         # Models built with keras / keras-hub / flax / equinox, plus NaN, complex and PRNG-key
         # fixtures (hlo/export_models.py). Last, after every line named by older locations.
         import export_models  # noqa: E402  (hlo/ is sys.path[0] when run as a script)
         export_models.main(sys.modules[__name__])
+    if sys.argv[1:] not in (["--only", "policy"], ["--only", "models"]):
+        # Shape-polymorphic fixtures with outputs at several sizes (hlo/export_poly.py). Last.
+        import export_poly  # noqa: E402
+        export_poly.main(sys.modules[__name__])
