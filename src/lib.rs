@@ -25,6 +25,7 @@ mod engine;
 mod error;
 pub mod pjrt;
 pub mod plugin;
+pub mod refine;
 #[cfg(feature = "server")]
 pub mod server;
 pub mod signature;
