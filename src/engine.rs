@@ -8,6 +8,7 @@ use crate::compile::{
     CompileConfig, CompileInput, CompileSummary, Compiler, JailReport, StatsSnapshot,
     TrustedExecutable,
 };
+use crate::dims::DimExpr;
 use crate::error::Error;
 use crate::pjrt::deps::preload_nvidia_libraries;
 use crate::pjrt::{
@@ -35,6 +36,27 @@ pub struct EngineConfig {
     pub client_options: Option<ClientOptions>,
     /// How compiles run: isolation, jail, limits, cache, audit log.
     pub compile: CompileConfig,
+    /// Shape-polymorphic models: executables kept per concrete shape (least recently used
+    /// evicted first).
+    pub shapes: ShapeCacheConfig,
+}
+
+/// Bounds of a shape-polymorphic model's in-memory executables, one per concrete shape.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ShapeCacheConfig {
+    /// Most executables kept per model.
+    pub max_entries: usize,
+    /// Most bytes of serialized executables kept per model.
+    pub max_bytes: u64,
+}
+
+impl Default for ShapeCacheConfig {
+    fn default() -> Self {
+        ShapeCacheConfig {
+            max_entries: 32,
+            max_bytes: 1 << 30,
+        }
+    }
 }
 
 impl EngineConfig {
@@ -58,6 +80,7 @@ pub struct Engine {
     plugin: FoundPlugin,
     allow_platform_mismatch: bool,
     compiler: Arc<Compiler>,
+    shapes: ShapeCacheConfig,
 }
 
 impl Engine {
@@ -136,6 +159,7 @@ impl Engine {
             client,
             plugin: found,
             allow_platform_mismatch: config.allow_platform_mismatch,
+            shapes: config.shapes,
             compiler: Arc::new(compiler),
         })
     }
@@ -260,6 +284,9 @@ impl Engine {
             .into());
         }
         let platform_index = a.platform_index(self.client.platform())?;
+        if a.is_polymorphic() {
+            return self.load_polymorphic(a, platform_index);
+        }
         let format = match a.format {
             ProgramFormat::Mlir => "mlir",
             ProgramFormat::Hlo => "hlo",
@@ -277,6 +304,7 @@ impl Engine {
                 format,
                 options: self.compiler.options(),
                 inputs,
+                refine: None,
             },
         )?;
         let compile_time = started.elapsed();
@@ -284,7 +312,112 @@ impl Engine {
         m.serialized = serialized.map(Arc::from);
         Ok(m)
     }
+
+    /// A shape-polymorphic model: nothing is compiled now; each concrete shape a request
+    /// brings is refined (in a jailed worker) and compiled on first use.
+    fn load_polymorphic(
+        &self,
+        mut a: Artifact,
+        platform_index: Option<i32>,
+    ) -> Result<Model, Error> {
+        let sig = a
+            .signature
+            .clone()
+            .ok_or_else(|| Error::Internal("a polymorphic artifact without a signature".into()))?;
+        if self.compiler.refiner().is_none() {
+            return Err(Error::Config(format!(
+                "{} inputs {} are shape-polymorphic: running them needs the StableHLO refiner \
+                 (torch-mlir's libTorchMLIRAggregateCAPI.so, pinned in \
+                 third_party/requirements-refiner.txt); fetch it with `{}`, or name it with \
+                 --refiner / XLAGUARD_REFINER",
+                a.kind,
+                sig.inputs
+                    .iter()
+                    .filter(|s| s.is_polymorphic())
+                    .map(|s| format!("'{}' {}", s.name, s.type_string()))
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                crate::plugin::FETCH_REFINER
+            )));
+        }
+        let parse = |specs: &[TensorSpec]| -> Result<Vec<Vec<Option<DimExpr>>>, Error> {
+            specs
+                .iter()
+                .map(|s| {
+                    s.shape
+                        .iter()
+                        .map(|d| match d {
+                            Dim::Static(_) => Ok(None),
+                            Dim::Symbolic(t) => DimExpr::parse(t).map(Some).map_err(|m| {
+                                Error::Artifact(ArtifactError::corrupt(
+                                    "symbolic dimension",
+                                    format!("{} of '{}': {m}", s.type_string(), s.name),
+                                ))
+                            }),
+                        })
+                        .collect()
+                })
+                .collect()
+        };
+        let inputs = parse(&sig.inputs)?;
+        let outputs = parse(&sig.outputs)?;
+        let program = std::mem::take(&mut a.program);
+        let policy = BoundPolicy::default_for(&sig);
+        Ok(Model {
+            engine: self.clone(),
+            policy,
+            observer: None,
+            staging: None,
+            signature: sig,
+            info: ModelInfo {
+                kind: a.kind,
+                platforms: a.platforms.clone(),
+                calling_convention_version: a.calling_convention_version,
+                kept_inputs: a.kept_inputs.clone(),
+                platform_index,
+                signature_source: "artifact",
+                compile_time: std::time::Duration::ZERO,
+                compile: CompileSummary {
+                    isolation: self.compiler.isolation(),
+                    cache_hit: false,
+                    worker_pid: None,
+                    usage: None,
+                    worker: None,
+                },
+            },
+            exe: None,
+            serialized: None,
+            platform_buffer: None,
+            poly: Some(Box::new(Poly {
+                meta: a,
+                program,
+                inputs,
+                outputs,
+                cache: std::sync::Mutex::new(Vec::new()),
+                bounds: self.shapes,
+            })),
+        })
+    }
 }
+
+/// A shape-polymorphic model's module and its executables per concrete shape.
+struct Poly {
+    /// The artifact, without its program.
+    meta: Artifact,
+    /// The portable artifact to refine.
+    program: Vec<u8>,
+    /// Each input's dimensions, parsed where symbolic.
+    inputs: Vec<Vec<Option<DimExpr>>>,
+    /// Each output's dimensions, parsed where symbolic.
+    outputs: Vec<Vec<Option<DimExpr>>>,
+    /// Concrete input shapes → the model compiled for them, least recently used first. A slot
+    /// is locked while its shape compiles, so a second request for it waits for that compile
+    /// while other shapes go on.
+    cache: std::sync::Mutex<Vec<(Vec<Vec<u64>>, ShapeSlot)>>,
+    bounds: ShapeCacheConfig,
+}
+
+type ShapeSlot = Arc<std::sync::Mutex<Option<Arc<Model>>>>;
 
 /// What is known about a loaded model besides its signature.
 #[derive(Clone, Debug)]
@@ -312,7 +445,7 @@ pub struct Model {
     engine: Engine,
     signature: Signature,
     info: ModelInfo,
-    exe: LoadedExecutable,
+    exe: Option<LoadedExecutable>,
     /// The bytes the executable was loaded from (worker reply or cache entry), if any.
     serialized: Option<Arc<[u8]>>,
     /// Resident i32 scalar for the platform-index argument.
@@ -324,6 +457,9 @@ pub struct Model {
     /// CPU plugin: sets of resident input buffers refilled in place per call (one set per
     /// concurrent call, up to [`STAGING_SLOTS`] kept).
     staging: Option<std::sync::Mutex<Vec<Vec<StagingBuffer>>>>,
+    /// Shape-polymorphic models (then `exe` is `None`): the module and its executables per
+    /// concrete shape.
+    poly: Option<Box<Poly>>,
 }
 
 /// Most sets of resident input buffers a model keeps for reuse.
@@ -475,9 +611,10 @@ impl Model {
                 compile_time,
                 compile,
             },
-            exe,
+            exe: Some(exe),
             serialized: None,
             platform_buffer,
+            poly: None,
         })
     }
 
@@ -497,8 +634,283 @@ impl Model {
     }
 
     /// The compiled executable.
-    pub fn executable(&self) -> &LoadedExecutable {
-        &self.exe
+    ///
+    /// # Errors
+    /// [`Error::Config`] for a shape-polymorphic model, which has one executable per concrete
+    /// shape ([`Model::specialize`]).
+    pub fn executable(&self) -> Result<&LoadedExecutable, Error> {
+        self.exe.as_ref().ok_or_else(|| self.needs_shapes())
+    }
+
+    /// The error for a call that needs one executable on a shape-polymorphic model.
+    fn needs_shapes(&self) -> Error {
+        Error::Config(format!(
+            "the model is shape-polymorphic ({}): this call needs concrete shapes; use \
+             Model::run, or Model::specialize for a model of one shape",
+            self.signature
+                .inputs
+                .iter()
+                .map(TensorSpec::type_string)
+                .collect::<Vec<_>>()
+                .join(", ")
+        ))
+    }
+
+    /// True for a shape-polymorphic model (symbolic input dimensions), which is refined and
+    /// compiled per concrete shape.
+    pub fn is_polymorphic(&self) -> bool {
+        self.poly.is_some()
+    }
+
+    /// The model compiled for these concrete input shapes (for a static model: the shapes are
+    /// checked and the model itself is not needed, so this is an error). The dimension
+    /// variables are solved from the shapes as JAX does and checked against the policy's
+    /// `[dims]` bounds; the module is refined and compiled in a jailed worker on first use of
+    /// a shape, then kept (least recently used evicted past the engine's [`ShapeCacheConfig`]).
+    ///
+    /// # Errors
+    /// [`Error::InvalidInput`] for shapes that do not fit the symbolic signature (naming the
+    /// inputs and dimensions that disagree) or that fail a shape constraint of the export
+    /// (JAX's message); compile errors as [`Engine::load_file`].
+    pub fn specialize(&self, shapes: &[&[u64]]) -> Result<Arc<Model>, Error> {
+        let Some(poly) = &self.poly else {
+            return Err(Error::Config(
+                "the model is not shape-polymorphic: run it directly".into(),
+            ));
+        };
+        let bindings = self.solve_dims(poly, shapes)?;
+        let key: Vec<Vec<u64>> = shapes.iter().map(|s| s.to_vec()).collect();
+        let slot = {
+            let mut c = poly.cache.lock().unwrap_or_else(|p| p.into_inner());
+            let slot = match c.iter().position(|(k, _)| *k == key) {
+                Some(i) => c.remove(i).1,
+                None => Arc::new(std::sync::Mutex::new(None)),
+            };
+            c.push((key.clone(), slot.clone()));
+            slot
+        };
+        let mut entry = slot.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(m) = &*entry {
+            return Ok(m.clone());
+        }
+        let compiled = self.compile_shape(poly, &key, &bindings);
+        let m = match compiled {
+            Ok(m) => Arc::new(m),
+            Err(e) => {
+                drop(entry);
+                let mut c = poly.cache.lock().unwrap_or_else(|p| p.into_inner());
+                c.retain(|(_, s)| !Arc::ptr_eq(s, &slot));
+                return Err(e);
+            }
+        };
+        *entry = Some(m.clone());
+        drop(entry);
+        // Evict the least recently used shapes past the bounds (never the one just made).
+        let mut c = poly.cache.lock().unwrap_or_else(|p| p.into_inner());
+        let bytes = |c: &[(Vec<Vec<u64>>, ShapeSlot)]| -> u64 {
+            c.iter()
+                .filter_map(|(_, s)| s.try_lock().ok()?.as_ref().map(|m| m.resident_bytes()))
+                .sum()
+        };
+        while c.len() > 1
+            && (c.len() > poly.bounds.max_entries || bytes(&c) > poly.bounds.max_bytes)
+        {
+            c.remove(0);
+        }
+        Ok(m)
+    }
+
+    /// Concrete shapes held by a shape-polymorphic model, least recently used first (empty for
+    /// a static model).
+    pub fn compiled_shapes(&self) -> Vec<Vec<Vec<u64>>> {
+        self.poly.as_ref().map_or_else(Vec::new, |p| {
+            p.cache
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .iter()
+                .filter(|(_, s)| s.try_lock().map(|m| m.is_some()).unwrap_or(true))
+                .map(|(k, _)| k.clone())
+                .collect()
+        })
+    }
+
+    /// Bytes of the serialized executable this model keeps (0 when unknown).
+    fn resident_bytes(&self) -> u64 {
+        self.serialized.as_ref().map_or(0, |b| b.len() as u64)
+    }
+
+    /// Solves the dimension variables from `shapes` (dtype and rank checked by the caller).
+    fn solve_dims(&self, poly: &Poly, shapes: &[&[u64]]) -> Result<crate::dims::Bindings, Error> {
+        use crate::dims::{solve, Equation, SolveError};
+        let mut eqs = Vec::new();
+        for (i, (dims, shape)) in poly.inputs.iter().zip(shapes).enumerate() {
+            for (axis, (d, &value)) in dims.iter().zip(shape.iter()).enumerate() {
+                if let Some(expr) = d {
+                    eqs.push(Equation {
+                        input: i,
+                        axis,
+                        expr,
+                        value,
+                    });
+                }
+            }
+        }
+        let name = |i: usize| {
+            self.signature
+                .inputs
+                .get(i)
+                .map_or_else(|| format!("#{i}"), |s| s.name.clone())
+        };
+        let bindings = solve(&eqs).map_err(|e| {
+            let (at, message) = match e {
+                SolveError::Conflict { var, first, other } => (
+                    other.0,
+                    format!(
+                        "input '{}' ({}): dimension {var} = {} but input '{}' ({}) has {var} = {}",
+                        name(other.0),
+                        other.0,
+                        other.2,
+                        name(first.0),
+                        first.0,
+                        first.2
+                    ),
+                ),
+                SolveError::Mismatch {
+                    at,
+                    expr,
+                    expected,
+                    got,
+                    from,
+                } => (
+                    at.0,
+                    format!(
+                        "input '{}' ({}): dimension {} is {expr} = {expected} ({}), got {got}",
+                        name(at.0),
+                        at.0,
+                        at.1,
+                        from.iter()
+                            .map(|(v, x, i, _)| format!(
+                                "{v} = {x} from input '{}' ({i})",
+                                name(*i)
+                            ))
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    ),
+                ),
+                SolveError::Unsolvable { vars } => (
+                    0,
+                    format!(
+                        "cannot determine dimension variable(s) {} from the input shapes: no \
+                         input dimension is linear in one of them alone",
+                        vars.join(", ")
+                    ),
+                ),
+                SolveError::NotPositive { var, value, at } => (
+                    at.0,
+                    format!(
+                        "input '{}' ({}): dimension {var} = {value}; dimension variables must \
+                         be at least 1",
+                        name(at.0),
+                        at.0
+                    ),
+                ),
+            };
+            Error::InvalidInput(crate::validate::InputError::Dimensions {
+                name: self.signature.inputs.get(at).map(|s| s.name.clone()),
+                message,
+            })
+        })?;
+        self.policy.check_dims(&bindings)?;
+        Ok(bindings)
+    }
+
+    /// Refines and compiles the module for one set of concrete input shapes.
+    fn compile_shape(
+        &self,
+        poly: &Poly,
+        shapes: &[Vec<u64>],
+        bindings: &crate::dims::Bindings,
+    ) -> Result<Model, Error> {
+        let mut sig = self.signature.clone();
+        for (spec, shape) in sig.inputs.iter_mut().zip(shapes) {
+            spec.shape = shape.iter().map(|&d| Dim::Static(d)).collect();
+        }
+        for (spec, dims) in sig.outputs.iter_mut().zip(&poly.outputs) {
+            for (d, e) in spec.shape.iter_mut().zip(dims) {
+                if let Some(e) = e {
+                    let v = e
+                        .eval(bindings)
+                        .and_then(|v| u64::try_from(v).ok())
+                        .ok_or_else(|| {
+                            Error::Internal(format!("output dimension {e} has no value"))
+                        })?;
+                    *d = Dim::Static(v);
+                }
+            }
+        }
+        let mut a = poly.meta.clone();
+        let kept: Vec<usize> = match &a.kept_inputs {
+            Some(k) => k.clone(),
+            None => (0..sig.inputs.len()).collect(),
+        };
+        let mut types = Vec::with_capacity(kept.len() + 1);
+        if self.info.platform_index.is_some() {
+            let d = a.platform_index_dtype.unwrap_or(crate::DType::I32);
+            types.push(d.mlir_tensor_type(&[]));
+        }
+        for &i in &kept {
+            let (spec, shape) = sig
+                .inputs
+                .get(i)
+                .zip(shapes.get(i))
+                .ok_or_else(|| Error::Internal(format!("kept input {i} out of range")))?;
+            types.push(spec.dtype.mlir_tensor_type(shape));
+        }
+        let inputs = sig.inputs.iter().map(TensorSpec::type_string).collect();
+        a.signature = Some(sig);
+        let engine = &self.engine;
+        let started = std::time::Instant::now();
+        let (exe, summary, serialized) = engine.compiler.compile(
+            &engine.client,
+            &CompileInput {
+                program: &poly.program,
+                format: "mlir",
+                options: engine.compiler.options(),
+                inputs,
+                refine: Some(&types),
+            },
+        )?;
+        let mut m = Model::new(
+            engine.clone(),
+            a,
+            exe,
+            self.info.platform_index,
+            started.elapsed(),
+            summary,
+        )?;
+        m.serialized = serialized.map(Arc::from);
+        m.set_policy(self.policy.policy().clone())?;
+        m.observer.clone_from(&self.observer);
+        Ok(m)
+    }
+
+    /// For a shape-polymorphic model, the model compiled for these inputs' shapes.
+    fn for_inputs(&self, inputs: &[TensorRef<'_>]) -> Result<Option<Arc<Model>>, Error> {
+        if self.poly.is_none() {
+            return Ok(None);
+        }
+        let shapes = self.shapes_of(inputs)?;
+        self.specialize(&shapes).map(Some)
+    }
+
+    /// The shapes of positional inputs, checked for count, dtype and rank against the
+    /// symbolic signature.
+    fn shapes_of<'a>(&self, inputs: &[TensorRef<'a>]) -> Result<Vec<&'a [u64]>, Error> {
+        validate::check_count(&self.signature, inputs.len())?;
+        for (i, (spec, t)) in self.signature.inputs.iter().zip(inputs).enumerate() {
+            validate::check_input(spec, i, t)?;
+        }
+        Ok(inputs.iter().map(|t| t.shape).collect())
     }
 
     /// The serialized executable: the bytes it was loaded from when it came from a compile
@@ -510,7 +922,7 @@ impl Model {
     pub fn serialized_executable(&self) -> Result<crate::pjrt::SerializedExecutable, Error> {
         match &self.serialized {
             Some(b) => Ok(crate::pjrt::SerializedExecutable(b.to_vec())),
-            None => Ok(self.exe.serialize()?),
+            None => Ok(self.executable()?.serialize()?),
         }
     }
 
@@ -522,6 +934,10 @@ impl Model {
     /// [`Error::InvalidInput`] naming the input, expected and got; [`Error::PolicyViolation`]
     /// naming the input, rule, count and first offender.
     pub fn validate(&self, inputs: &[TensorRef<'_>]) -> Result<(), Error> {
+        if let Some(poly) = &self.poly {
+            let shapes = self.shapes_of(inputs)?;
+            self.solve_dims(poly, &shapes)?;
+        }
         self.policy.check(inputs)
     }
 
@@ -572,6 +988,9 @@ impl Model {
         &self,
         inputs: &[TensorRef<'_>],
     ) -> Result<(Vec<Buffer>, RunReport), Error> {
+        if self.poly.is_some() {
+            return Err(self.needs_shapes());
+        }
         let prepared = self.policy.apply(inputs, self.observer.as_deref())?;
         let mut out = Vec::with_capacity(inputs.len());
         for (t, data) in self.to_upload(inputs, &prepared) {
@@ -648,6 +1067,9 @@ impl Model {
         &self,
         inputs: &[TensorRef<'_>],
     ) -> Result<(Vec<Buffer>, RunReport), Error> {
+        if self.poly.is_some() {
+            return Err(self.needs_shapes());
+        }
         let prepared = self.policy.apply(inputs, self.observer.as_deref())?;
         if let Some(pool) = &self.staging {
             let reused = pool.lock().ok().and_then(|mut p| p.pop());
@@ -702,9 +1124,9 @@ impl Model {
                 let mut all = Vec::with_capacity(args.len() + 1);
                 all.push(p);
                 all.extend_from_slice(args);
-                self.exe.execute(&all)?
+                self.executable()?.execute(&all)?
             }
-            None => self.exe.execute(args)?,
+            None => self.executable()?.execute(args)?,
         };
         Ok(out)
     }
@@ -714,6 +1136,9 @@ impl Model {
     /// # Errors
     /// The plugin's error.
     pub fn download(&self, outputs: &[Buffer]) -> Result<Vec<Tensor>, Error> {
+        if self.poly.is_some() {
+            return Err(self.needs_shapes());
+        }
         outputs
             .iter()
             .zip(&self.signature.outputs)
@@ -744,6 +1169,9 @@ impl Model {
         inputs: &[&dyn crate::pjrt::cuda::DeviceInput<'a>],
     ) -> Result<Vec<Tensor>, Error> {
         use crate::pjrt::cuda::{bounds_of, judge, sanitizes, CudaError};
+        if self.poly.is_some() {
+            return Err(self.needs_shapes());
+        }
         validate::check_count(&self.signature, inputs.len())?;
         for (i, (spec, t)) in self.signature.inputs.iter().zip(inputs).enumerate() {
             // The byte length was checked when the DeviceTensor was made.
@@ -781,6 +1209,9 @@ impl Model {
     /// [`Error::InvalidInput`] or [`Error::PolicyViolation`] (nothing reaches the device), or
     /// the plugin's error.
     pub fn run(&self, inputs: &[TensorRef<'_>]) -> Result<Vec<Tensor>, Error> {
+        if let Some(m) = self.for_inputs(inputs)? {
+            return m.run(inputs);
+        }
         let outs = self.execute(inputs)?;
         self.download(&outs)
     }
@@ -793,6 +1224,9 @@ impl Model {
         &self,
         inputs: &[TensorRef<'_>],
     ) -> Result<(Vec<Tensor>, RunReport), Error> {
+        if let Some(m) = self.for_inputs(inputs)? {
+            return m.run_with_report(inputs);
+        }
         let (outs, report) = self.execute_with_report(inputs)?;
         Ok((self.download(&outs)?, report))
     }

@@ -168,6 +168,29 @@ fn python_site_packages() -> Vec<PathBuf> {
     }
 }
 
+/// The pinned StableHLO refiner under `third_party/` (`scripts/fetch-plugin.sh` fetches it).
+pub const THIRD_PARTY_REFINER: &str = "third_party/refiner/libTorchMLIRAggregateCAPI.so";
+
+/// The command that fetches the refiner, for messages.
+pub const FETCH_REFINER: &str = "scripts/fetch-plugin.sh --refiner-only";
+
+/// Finds the StableHLO refiner that shape-polymorphic exports need: `explicit`, then
+/// `XLAGUARD_REFINER`, then [`THIRD_PARTY_REFINER`] under the current directory, the
+/// executable's ancestors or the source tree. `None` when there is none (a named file that does
+/// not exist is returned as it is, for the load to report).
+pub fn find_refiner(explicit: Option<&Path>) -> Option<PathBuf> {
+    if let Some(p) = explicit {
+        return Some(p.to_path_buf());
+    }
+    if let Some(p) = std::env::var_os("XLAGUARD_REFINER").filter(|v| !v.is_empty()) {
+        return Some(PathBuf::from(p));
+    }
+    third_party_roots()
+        .into_iter()
+        .map(|r| r.join(THIRD_PARTY_REFINER))
+        .find(|p| p.is_file())
+}
+
 /// Folders that may hold `third_party/`: the current directory and the executable's ancestors,
 /// then the source tree this crate was built from.
 fn third_party_roots() -> Vec<PathBuf> {

@@ -120,6 +120,39 @@ impl DType {
         })
     }
 
+    /// The MLIR element type (`f32`, `bf16`, `i1`, `ui32`, `complex<f32>`).
+    pub const fn mlir_name(self) -> &'static str {
+        match self {
+            DType::Bool => "i1",
+            DType::I8 => "i8",
+            DType::I16 => "i16",
+            DType::I32 => "i32",
+            DType::I64 => "i64",
+            DType::U8 => "ui8",
+            DType::U16 => "ui16",
+            DType::U32 => "ui32",
+            DType::U64 => "ui64",
+            DType::F16 => "f16",
+            DType::BF16 => "bf16",
+            DType::F32 => "f32",
+            DType::F64 => "f64",
+            DType::C64 => "complex<f32>",
+            DType::C128 => "complex<f64>",
+        }
+    }
+
+    /// The MLIR tensor type of this dtype at `dims`: `tensor<3x16xf32>`, `tensor<i32>`.
+    pub fn mlir_tensor_type(self, dims: &[u64]) -> String {
+        let mut s = String::from("tensor<");
+        for d in dims {
+            s.push_str(&d.to_string());
+            s.push('x');
+        }
+        s.push_str(self.mlir_name());
+        s.push('>');
+        s
+    }
+
     /// True for the floating-point dtypes.
     pub const fn is_float(self) -> bool {
         matches!(self, DType::F16 | DType::BF16 | DType::F32 | DType::F64)

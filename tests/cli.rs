@@ -46,6 +46,7 @@ fn inspect_text_and_bf16_and_unsupported() {
         .unwrap();
     let text = String::from_utf8(out.stdout).unwrap();
     assert!(text.contains("bfloat16[1,16,32]"), "{text}");
+    // Shape-polymorphic: runnable, dimension variables shown by name.
     let out = xlaguard()
         .arg("inspect")
         .arg(fixture("poly").join("model.jaxexport"))
@@ -53,9 +54,17 @@ fn inspect_text_and_bf16_and_unsupported() {
         .unwrap();
     let text = String::from_utf8(out.stdout).unwrap();
     assert!(
-        text.contains("NOT RUNNABLE") && text.contains("b,16"),
+        text.contains("float32[b,16]") && !text.contains("NOT RUNNABLE"),
         "{text}"
     );
+    assert_eq!(out.status.code(), Some(0), "{text}");
+    let out = xlaguard()
+        .arg("inspect")
+        .arg(fixture("ordered_effect").join("model.jaxexport"))
+        .output()
+        .unwrap();
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(text.contains("NOT RUNNABLE"), "{text}");
     // Not runnable: exit status 2, with the whole report still printed.
     assert_eq!(out.status.code(), Some(2), "{text}");
     assert!(text.contains("inputs:"), "{text}");

@@ -1134,10 +1134,11 @@ fn model_repository_reports_bad_models_and_serves_the_others() {
     std::fs::write(root.join("empty/README"), "nothing").unwrap();
     copy_into(&art, &root.join("two"), "a.jaxexport");
     copy_into(&art, &root.join("two"), "b.jaxexport");
+    // StableHLO text with `?` dimensions: no dimension variable names, refused.
     copy_into(
-        &fixture("poly").join("model.jaxexport"),
+        &fixture("poly").join("model.mlir"),
         &root.join("poly"),
-        "model.jaxexport",
+        "model.mlir",
     );
     copy_into(&art, &root.join("bad name!"), "model.jaxexport");
     copy_into(&art, &root.join(".hidden"), "model.jaxexport");

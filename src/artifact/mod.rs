@@ -44,7 +44,7 @@ use std::collections::HashMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
 
-use crate::signature::{Dim, Signature};
+use crate::signature::{Dim, Signature, TensorSpec};
 
 /// The program format PJRT is asked to compile.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -329,23 +329,38 @@ impl Artifact {
                 .iter()
                 .map(|s| ("input", s))
                 .chain(sig.outputs.iter().map(|s| ("output", s)));
+            // A jax.export artifact names its dimension variables (`b`, `2*b`) and carries the
+            // portable module the refiner takes; other forms only say `?`.
+            let named = self.kind == ArtifactKind::JaxExport && self.format == ProgramFormat::Mlir;
             for (side, spec) in all {
                 if let Some(Dim::Symbolic(sym)) =
                     spec.shape.iter().find(|d| matches!(d, Dim::Symbolic(_)))
                 {
+                    if named {
+                        continue;
+                    }
                     return Err(ArtifactError::unsupported(
                         "shape polymorphism",
                         format!(
-                            "{side} {:?} has symbolic dimension {sym:?} ({}); export with \
-                             concrete shapes",
+                            "{side} {:?} has symbolic dimension {sym:?} ({}); a {} does not \
+                             name its dimension variables: serve the jax.export artifact \
+                             (`Exported.serialize()`), or export with concrete shapes",
                             spec.name,
-                            spec.type_string()
+                            spec.type_string(),
+                            self.kind
                         ),
                     ));
                 }
             }
         }
         Ok(())
+    }
+
+    /// True for a shape-polymorphic artifact: some input has a symbolic dimension.
+    pub fn is_polymorphic(&self) -> bool {
+        self.signature
+            .as_ref()
+            .is_some_and(|s| s.inputs.iter().any(TensorSpec::is_polymorphic))
     }
 
     /// True when the artifact names no platforms, or names `platform` (`cuda` and `gpu` are the

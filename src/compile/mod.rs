@@ -176,6 +176,9 @@ pub struct CompileConfig {
     pub cache_key_file: Option<PathBuf>,
     /// A JSON-lines audit log to append to (`None`: none).
     pub audit_log: Option<PathBuf>,
+    /// The StableHLO refiner for shape-polymorphic modules (default:
+    /// [`crate::plugin::find_refiner`]); loaded only inside jailed workers.
+    pub refiner: Option<PathBuf>,
 }
 
 impl Default for CompileConfig {
@@ -192,6 +195,7 @@ impl Default for CompileConfig {
             cache_dir: None,
             cache_key_file: None,
             audit_log: None,
+            refiner: None,
         }
     }
 }
@@ -460,6 +464,9 @@ pub(crate) struct CompileInput<'a> {
     pub options: &'a CompileOptions,
     /// Input avals for the audit log (`f32[1,64]`).
     pub inputs: Vec<String>,
+    /// For a shape-polymorphic module: the concrete type of every `@main` argument, to refine
+    /// it to (in the worker) before compiling.
+    pub refine: Option<&'a [String]>,
 }
 
 /// The compile machinery of one engine.
@@ -477,6 +484,8 @@ pub(crate) struct Compiler {
     xla_flags: String,
     /// JAX's compile options with `XLA_FLAGS` applied: what every compile sends.
     options: CompileOptions,
+    /// The StableHLO refiner workers load for shape-polymorphic modules, if one was found.
+    refiner: Option<PathBuf>,
 }
 
 impl std::fmt::Debug for Compiler {
@@ -510,6 +519,11 @@ impl Compiler {
     /// The options every compile of this compiler sends: JAX's, with `XLA_FLAGS` applied.
     pub(crate) fn options(&self) -> &CompileOptions {
         &self.options
+    }
+
+    /// The refiner workers use for shape-polymorphic modules (`None`: none was found).
+    pub(crate) fn refiner(&self) -> Option<&Path> {
+        self.refiner.as_deref()
     }
 
     /// Sets up compilation for a plugin: opens the audit log and the cache, and for process
@@ -546,6 +560,7 @@ impl Compiler {
             ),
             None => None,
         };
+        let refiner = crate::plugin::find_refiner(config.refiner.as_deref());
         let stats = Arc::new(CompileStats::default());
         let plugin_path = std::fs::canonicalize(plugin_path).unwrap_or(plugin_path.to_path_buf());
         let (pool, report) = match config.isolation {
@@ -563,6 +578,8 @@ impl Compiler {
                 let mut read_paths = vec![plugin_path.clone()];
                 read_paths.extend(CPU_PLUGIN_READS.iter().map(PathBuf::from));
                 read_paths.extend(config.sandbox.extra_read_paths.iter().cloned());
+                // The refiner: one more read-only file, opened only for polymorphic modules.
+                read_paths.extend(refiner.iter().filter(|p| p.is_file()).cloned());
                 let init = worker::WorkerInit {
                     plugin: plugin_path.clone(),
                     client_options: client_options.clone(),
@@ -570,6 +587,7 @@ impl Compiler {
                     sandbox: config.sandbox.clone(),
                     warm_up: config.warm_up_workers,
                     read_paths,
+                    refiner: refiner.clone(),
                 };
                 let init = serde_json::to_vec(&init)
                     .map_err(|e| Error::Internal(format!("encoding the worker init: {e}")))
@@ -609,6 +627,7 @@ impl Compiler {
             client_options: client_options.clone(),
             xla_flags,
             options,
+            refiner,
         };
         let _ = c.plugin_identity(api_version);
         warn_once(&c.report);
@@ -693,6 +712,7 @@ impl Compiler {
                 "size": input.program.len(),
                 "format": input.format,
                 "inputs": input.inputs,
+                "refined_to": input.refine,
             },
             "plugin": {
                 "path": plugin.path,
@@ -724,11 +744,16 @@ impl Compiler {
             return Err(e);
         }
         // The cache, when configured and the plugin's identity is known.
+        // A refined compile is keyed by the argument types too: one entry per concrete shape.
+        let keyed_options = match input.refine {
+            Some(types) => [&options[..], b"\0refine:", types.join(",").as_bytes()].concat(),
+            None => options.clone(),
+        };
         let key = match (&self.cache, plugin.sha256) {
             (Some(_), Some(sha)) => Some(CacheKey::new(
                 input.program,
                 input.format,
-                &options,
+                &keyed_options,
                 sha,
                 plugin.api,
                 &format!("{:?}", self.client_options),
@@ -885,7 +910,8 @@ impl Compiler {
         options: &[u8],
     ) -> Result<(LoadedExecutable, CompileSummary, Option<Vec<u8>>), Error> {
         // One copy of the module: straight into the frame written to the worker.
-        let frame = protocol::encode_compile_frame(input.format, options, input.program);
+        let frame =
+            protocol::encode_compile_frame(input.format, options, input.refine, input.program);
         let done = pool.run_encoded(frame).map_err(pool_error)?;
         self.finish_worker_reply(client, done)
     }
@@ -929,11 +955,29 @@ impl Compiler {
                             },
                         ))
                     })?;
-                Err(Error::CompileRejected(PjrtError::Call {
-                    function: "PJRT_Client_Compile",
-                    code: ErrorCode::from_raw(r.code.unwrap_or(2)),
-                    message: r.message,
-                }))
+                Err(match r.function.as_str() {
+                    worker::REFINE_ASSERTION => {
+                        Error::InvalidInput(crate::validate::InputError::Constraint {
+                            message: r.message,
+                        })
+                    }
+                    worker::REFINE_UNSUPPORTED => {
+                        Error::Artifact(crate::artifact::ArtifactError::unsupported(
+                            "a module the refiner cannot make static",
+                            r.message,
+                        ))
+                    }
+                    worker::REFINE => Error::CompileRejected(PjrtError::Call {
+                        function: worker::REFINE,
+                        code: ErrorCode::from_raw(r.code.unwrap_or(3)),
+                        message: r.message,
+                    }),
+                    _ => Error::CompileRejected(PjrtError::Call {
+                        function: "PJRT_Client_Compile",
+                        code: ErrorCode::from_raw(r.code.unwrap_or(2)),
+                        message: r.message,
+                    }),
+                })
             }
             Kind::Fatal => Err(Error::WorkerCrashed(Box::new(WorkerFailure {
                 pid: done.pid,
@@ -955,6 +999,13 @@ impl Compiler {
         client: &Client,
         input: &CompileInput<'_>,
     ) -> Result<(LoadedExecutable, CompileSummary, Option<Vec<u8>>), Error> {
+        if input.refine.is_some() {
+            return Err(Error::Config(
+                "shape-polymorphic models are refined only inside jailed compile workers (the \
+                 refiner is a full LLVM parsing untrusted bytes); use process isolation"
+                    .into(),
+            ));
+        }
         // Admission: the same bounds as the process pool.
         {
             let mut s = self.gate.state.lock().unwrap_or_else(|p| p.into_inner());

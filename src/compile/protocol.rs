@@ -298,21 +298,50 @@ impl Decoder {
     }
 }
 
-/// A compile request's payload: format byte, options length, options, program.
-pub fn encode_compile(format: &str, options: &[u8], program: &[u8]) -> Vec<u8> {
-    let f = match format {
-        "hlo" => 1u8,
+/// A compile request: what a worker compiles.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CompileRequest<'a> {
+    /// `"mlir"` or `"hlo"`.
+    pub format: &'static str,
+    /// The encoded `CompileOptionsProto`.
+    pub options: &'a [u8],
+    /// For a shape-polymorphic StableHLO module: the concrete type of each `@main` argument
+    /// (`tensor<3x16xf32>`) to refine it to before compiling.
+    pub refine: Option<Vec<String>>,
+    /// The module.
+    pub program: &'a [u8],
+}
+
+/// The payload's head: format byte (0 mlir, 1 hlo, 2 mlir refined first), options length,
+/// options, and for format 2 the length and `\n`-joined argument types. The program follows.
+fn compile_head(format: &str, options: &[u8], refine: Option<&[String]>) -> Vec<u8> {
+    let f = match (format, refine) {
+        ("hlo", _) => 1u8,
+        (_, Some(_)) => 2u8,
         _ => 0u8,
     };
-    let mut v = Vec::with_capacity(5 + options.len() + program.len());
+    let types = refine.map(|t| t.join("\n")).unwrap_or_default();
+    let mut v = Vec::with_capacity(9 + options.len() + types.len());
     v.push(f);
-    // Options are a few bytes (bounded by MAX_SMALL on decode).
-    v.extend_from_slice(
-        &u32::try_from(options.len())
-            .unwrap_or(u32::MAX)
-            .to_le_bytes(),
-    );
+    let len = |n: usize| u32::try_from(n).unwrap_or(u32::MAX).to_le_bytes();
+    // Options and types are small (bounded by MAX_SMALL on decode).
+    v.extend_from_slice(&len(options.len()));
     v.extend_from_slice(options);
+    if f == 2 {
+        v.extend_from_slice(&len(types.len()));
+        v.extend_from_slice(types.as_bytes());
+    }
+    v
+}
+
+/// A compile request's payload: [`compile_head`], then the program.
+pub fn encode_compile(
+    format: &str,
+    options: &[u8],
+    refine: Option<&[String]>,
+    program: &[u8],
+) -> Vec<u8> {
+    let mut v = compile_head(format, options, refine);
     v.extend_from_slice(program);
     v
 }
@@ -325,11 +354,11 @@ pub fn encode_compile(format: &str, options: &[u8], program: &[u8]) -> Vec<u8> {
 pub fn encode_compile_frame(
     format: &str,
     options: &[u8],
+    refine: Option<&[String]>,
     program: &[u8],
 ) -> Result<Vec<u8>, ProtocolError> {
-    let payload_len = 5usize
-        .saturating_add(options.len())
-        .saturating_add(program.len());
+    let head = compile_head(format, options, refine);
+    let payload_len = head.len().saturating_add(program.len());
     let len = u32::try_from(payload_len).map_err(|_| ProtocolError::TooLarge {
         kind: Kind::Compile,
         len: payload_len,
@@ -341,39 +370,63 @@ pub fn encode_compile_frame(
     v.push(Kind::Compile.code());
     v.extend_from_slice(&[0, 0]);
     v.extend_from_slice(&len.to_le_bytes());
-    v.push(if format == "hlo" { 1u8 } else { 0u8 });
-    v.extend_from_slice(
-        &u32::try_from(options.len())
-            .unwrap_or(u32::MAX)
-            .to_le_bytes(),
-    );
-    v.extend_from_slice(options);
+    v.extend_from_slice(&head);
     v.extend_from_slice(program);
     Ok(v)
 }
 
-/// Decodes [`encode_compile`]: `(format, options, program)`.
+/// Decodes [`encode_compile`].
 ///
 /// # Errors
 /// [`ProtocolError::Malformed`].
-pub fn decode_compile(p: &[u8]) -> Result<(&'static str, &[u8], &[u8]), ProtocolError> {
+pub fn decode_compile(p: &[u8]) -> Result<CompileRequest<'_>, ProtocolError> {
     let bad = |d: &str| ProtocolError::Malformed {
         kind: Kind::Compile,
         detail: d.to_string(),
     };
-    if p.len() < 5 {
-        return Err(bad("shorter than its header"));
-    }
-    let format = match p[0] {
-        0 => "mlir",
-        1 => "hlo",
-        _ => return Err(bad("unknown program format")),
+    let (format, refined) = match p.first() {
+        Some(0) => ("mlir", false),
+        Some(1) => ("hlo", false),
+        Some(2) => ("mlir", true),
+        Some(_) => return Err(bad("unknown program format")),
+        None => return Err(bad("shorter than its header")),
     };
-    let n = u32::from_le_bytes([p[1], p[2], p[3], p[4]]) as usize;
-    if n > MAX_SMALL || p.len() - 5 < n {
-        return Err(bad("options length out of range"));
+    // A length-prefixed section at the start of `at`: (section, bytes used).
+    fn section<'p>(
+        at: &'p [u8],
+        what: &str,
+        bad: &dyn Fn(&str) -> ProtocolError,
+    ) -> Result<(&'p [u8], usize), ProtocolError> {
+        let n = at
+            .get(..4)
+            .and_then(|b| <[u8; 4]>::try_from(b).ok())
+            .map(|b| u32::from_le_bytes(b) as usize)
+            .ok_or_else(|| bad("shorter than its header"))?;
+        if n > MAX_SMALL {
+            return Err(bad(&format!("{what} length out of range")));
+        }
+        let body = at
+            .get(4..4 + n)
+            .ok_or_else(|| bad(&format!("{what} length out of range")))?;
+        Ok((body, 4 + n))
     }
-    Ok((format, &p[5..5 + n], &p[5 + n..]))
+    let rest = p.get(1..).unwrap_or_default();
+    let (options, used) = section(rest, "options", &bad)?;
+    let mut rest = rest.get(used..).unwrap_or_default();
+    let refine = if refined {
+        let (types, used) = section(rest, "argument types", &bad)?;
+        rest = rest.get(used..).unwrap_or_default();
+        let types = std::str::from_utf8(types).map_err(|_| bad("argument types not UTF-8"))?;
+        Some(types.split('\n').map(str::to_string).collect())
+    } else {
+        None
+    };
+    Ok(CompileRequest {
+        format,
+        options,
+        refine,
+        program: rest,
+    })
 }
 
 /// A compiled reply's payload: stats JSON length, stats JSON, executable bytes.
@@ -475,17 +528,29 @@ mod tests {
 
     #[test]
     fn compile_payload_round_trip_and_bounds() {
-        let p = encode_compile("hlo", &[1, 2], b"prog");
-        let f = encode_compile_frame("hlo", &[1, 2], b"prog").unwrap();
+        let p = encode_compile("hlo", &[1, 2], None, b"prog");
+        let f = encode_compile_frame("hlo", &[1, 2], None, b"prog").unwrap();
         assert_eq!(f, encode(Kind::Compile, &p).unwrap());
+        let d = decode_compile(&p).unwrap();
         assert_eq!(
-            decode_compile(&p).unwrap(),
-            ("hlo", &[1u8, 2][..], &b"prog"[..])
+            (d.format, d.options, d.refine, d.program),
+            ("hlo", &[1u8, 2][..], None, &b"prog"[..])
+        );
+        let types = vec!["tensor<i32>".to_string(), "tensor<3x16xf32>".to_string()];
+        let p = encode_compile("mlir", &[7], Some(&types), b"ML\xefR");
+        let f = encode_compile_frame("mlir", &[7], Some(&types), b"ML\xefR").unwrap();
+        assert_eq!(f, encode(Kind::Compile, &p).unwrap());
+        let d = decode_compile(&p).unwrap();
+        assert_eq!(
+            (d.format, d.options, d.refine, d.program),
+            ("mlir", &[7u8][..], Some(types), &b"ML\xefR"[..])
         );
         let mut bad = p.clone();
         bad[1] = 200;
         assert!(decode_compile(&bad).is_err());
         assert!(decode_compile(&[0, 1]).is_err());
+        assert!(decode_compile(&[2, 0, 0, 0, 0, 9, 0, 0, 0]).is_err());
+        assert!(decode_compile(&[5, 0, 0, 0, 0]).is_err());
         let c = encode_compiled(b"{}", b"exe");
         assert_eq!(decode_compiled(&c).unwrap(), (&b"{}"[..], &b"exe"[..]));
         assert!(decode_compiled(&encode_compiled(b"{}", b"")).is_err());

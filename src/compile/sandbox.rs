@@ -258,6 +258,19 @@ pub(crate) fn drop_capabilities() -> Result<String, String> {
 }
 
 /// Number of threads of this process (from `/proc/self/task`).
+/// Loads a system library (by soname, e.g. `libz.so.1`) for good, before Landlock, so that a
+/// library opened later inside the jail finds it already loaded (the loader matches sonames of
+/// loaded objects before it searches, and the jail would not let it search).
+pub(crate) fn preload_library(soname: &str) -> Result<(), String> {
+    use libloading::os::unix::{Library, RTLD_GLOBAL, RTLD_NOW};
+    // SAFETY: a system library from the loader's search path; its initializers are those of
+    // a plain C library, and it is never unloaded (`forget`), so no symbol outlives it.
+    let lib = unsafe { Library::open(Some(soname), RTLD_NOW | RTLD_GLOBAL) }
+        .map_err(|e| format!("preloading {soname}: {e}"))?;
+    std::mem::forget(lib);
+    Ok(())
+}
+
 pub(crate) fn thread_count() -> usize {
     std::fs::read_dir("/proc/self/task")
         .map(|d| d.count())

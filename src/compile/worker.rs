@@ -44,6 +44,9 @@ pub(crate) struct WorkerInit {
     pub warm_up: bool,
     /// Read-only paths for Landlock (the plugin, the few /sys and /proc files XLA reads, extras).
     pub read_paths: Vec<PathBuf>,
+    /// The StableHLO refiner, loaded only for a request that asks for refinement.
+    #[serde(default)]
+    pub refiner: Option<PathBuf>,
 }
 
 /// What the worker reports with a compiled executable.
@@ -152,7 +155,13 @@ pub(crate) fn run() -> i32 {
         Ok(Err(_)) | Err(_) => return 4,
     };
     let code = match frame.kind {
-        Kind::Compile => compile(&client.0, &frame.payload, client.1, &mut out),
+        Kind::Compile => compile(
+            &client.0,
+            &frame.payload,
+            client.1,
+            init.refiner.as_deref(),
+            &mut out,
+        ),
         #[cfg(feature = "test-hooks")]
         Kind::Test => test_request(&client.0, &frame.payload, &mut out),
         _ => 5,
@@ -213,6 +222,11 @@ fn jail_and_load(init: &WorkerInit) -> Result<(JailReport, Loaded), String> {
     // before Landlock (so its dependencies need no rule). Plugin_Initialize starts no thread;
     // Landlock checks that.
     let api = Api::load(&init.plugin).map_err(|e| e.to_string())?;
+    // The refiner (opened inside the jail, only for a request that needs it) depends on one
+    // library the plugin does not: load it now, while the loader may still search.
+    if init.refiner.is_some() {
+        sandbox::preload_library("libz.so.1")?;
+    }
     // Step 8: Landlock.
     let landlock = if sb.landlock {
         match sandbox::landlock(&init.read_paths) {
@@ -280,29 +294,115 @@ fn reject(out: &mut impl Write, e: &PjrtError) -> i32 {
         } => (function.to_string(), Some(code.raw()), message.clone()),
         other => ("PJRT_Client_Compile".to_string(), None, other.to_string()),
     };
-    let r = Rejection {
-        function,
-        code,
-        message,
-    };
-    let body = serde_json::to_vec(&r).unwrap_or_default();
+    write_rejection(
+        out,
+        &Rejection {
+            function,
+            code,
+            message,
+        },
+    )
+}
+
+fn write_rejection(out: &mut impl Write, r: &Rejection) -> i32 {
+    let body = serde_json::to_vec(r).unwrap_or_default();
     match protocol::write_frame(out, Kind::Rejected, &body) {
         Ok(()) => 0,
         Err(_) => 3,
     }
 }
 
-fn compile(client: &Client, payload: &[u8], client_ms: f64, out: &mut impl Write) -> i32 {
-    let (format, options, program) = match protocol::decode_compile(payload) {
+/// `Rejection::function` of a refinement failure; a failed shape assertion has its own.
+pub(crate) const REFINE: &str = "StableHLO refinement";
+/// `Rejection::function` of a failed shape assertion (JAX's message: the caller's input).
+pub(crate) const REFINE_ASSERTION: &str = "StableHLO refinement: shape assertion";
+/// `Rejection::function` of a module the refiner cannot make static.
+pub(crate) const REFINE_UNSUPPORTED: &str = "StableHLO refinement: unsupported";
+
+/// Refines a shape-polymorphic module to `types`, for the plugin's StableHLO version.
+fn refine(
+    client: &Client,
+    refiner: Option<&std::path::Path>,
+    module: &[u8],
+    types: &[String],
+) -> Result<Vec<u8>, Rejection> {
+    use crate::refine::{RefineError, Refiner};
+    let reject = |function: &str, message: String| Rejection {
+        function: function.to_string(),
+        code: None,
+        message,
+    };
+    let Some(path) = refiner else {
+        return Err(reject(
+            REFINE,
+            format!(
+                "no StableHLO refiner: fetch it with `{}` or name it with --refiner / \
+                 XLAGUARD_REFINER",
+                crate::plugin::FETCH_REFINER
+            ),
+        ));
+    };
+    let r = Refiner::load(path).map_err(|e| reject(REFINE, e.to_string()))?;
+    // The newest StableHLO both the refiner writes and the plugin reads.
+    let plugin = client
+        .api()
+        .attributes()
+        .ok()
+        .and_then(|a| {
+            a.into_iter()
+                .find(|(k, _)| k == "stablehlo_current_version")
+                .map(|(_, v)| v)
+        })
+        .and_then(|v| {
+            let n: Vec<u32> = v
+                .split(|c: char| !c.is_ascii_digit())
+                .filter_map(|s| s.parse().ok())
+                .collect();
+            match n.as_slice() {
+                [a, b, c] => Some((*a, *b, *c)),
+                _ => None,
+            }
+        });
+    let (a, b, c) = match plugin {
+        Some(p) => p.min(r.version()),
+        None => r.version(),
+    };
+    r.refine(module, types, &format!("{a}.{b}.{c}"))
+        .map_err(|e| match e {
+            RefineError::ShapeAssertion { message } => reject(REFINE_ASSERTION, message),
+            e @ RefineError::Unsupported { .. } => reject(REFINE_UNSUPPORTED, e.to_string()),
+            e => reject(REFINE, e.to_string()),
+        })
+}
+
+fn compile(
+    client: &Client,
+    payload: &[u8],
+    client_ms: f64,
+    refiner: Option<&std::path::Path>,
+    out: &mut impl Write,
+) -> i32 {
+    let req = match protocol::decode_compile(payload) {
         Ok(x) => x,
         Err(e) => return fatal(out, &e.to_string()),
     };
     // Options are re-validated here: incomplete ones would abort the plugin.
-    let Some(options) = CompileOptions::decode(options) else {
+    let Some(options) = CompileOptions::decode(req.options) else {
         return fatal(out, "compile options without replica and partition counts");
     };
     let t = Instant::now();
-    let exe = match client.compile(program, format, &options) {
+    let refined;
+    let program = match &req.refine {
+        None => req.program,
+        Some(types) => match refine(client, refiner, req.program, types) {
+            Ok(bytes) => {
+                refined = bytes;
+                &refined[..]
+            }
+            Err(r) => return write_rejection(out, &r),
+        },
+    };
+    let exe = match client.compile(program, req.format, &options) {
         Ok(e) => e,
         Err(e) => return reject(out, &e),
     };

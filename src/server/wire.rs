@@ -127,6 +127,8 @@ pub fn input_error_rule(e: &InputError) -> (&'static str, Option<&str>) {
         InputError::DType { name, .. } => ("dtype", Some(name)),
         InputError::Shape { name, .. } => ("shape", Some(name)),
         InputError::ByteLength { name, .. } => ("byte_length", Some(name)),
+        InputError::Dimensions { name, .. } => ("dimensions", name.as_deref()),
+        InputError::Constraint { .. } => ("constraint", None),
         #[allow(unreachable_patterns)]
         _ => ("other", None),
     }

@@ -127,9 +127,15 @@ impl fmt::Display for PolicyViolation {
             Rule::MaxTotalBytes => write!(f, "{n} bytes in total, above max_total_bytes {limit}")?,
             Rule::Dim => {
                 let (name, axis) = self.dim.clone().unwrap_or_default();
+                let below = limit.parse::<u64>().is_ok_and(|l| n < l);
                 write!(
                     f,
-                    "dimension '{name}' (axis {axis}) is {n}, above its bound {limit}"
+                    "dimension '{name}' (axis {axis}) is {n}, {} {limit}",
+                    if below {
+                        "below its minimum"
+                    } else {
+                        "above its bound"
+                    }
                 )?;
             }
             Rule::Normalize => write!(f, "normalize")?,
@@ -568,16 +574,21 @@ impl BoundPolicy {
                 ));
             }
         }
-        let symbolic: Vec<&str> = signature
+        // The dimension variables: `b` in `b`, `2*b`, `b + 1`.
+        let vars: Vec<String> = signature
             .inputs
             .iter()
             .flat_map(|s| &s.shape)
             .filter_map(|d| match d {
-                Dim::Symbolic(s) => Some(s.as_str()),
+                Dim::Symbolic(s) => Some(
+                    crate::dims::DimExpr::parse(s).map_or_else(|_| vec![s.clone()], |e| e.vars()),
+                ),
                 Dim::Static(_) => None,
             })
+            .flatten()
             .collect();
-        for name in policy.dims.keys() {
+        let symbolic: Vec<&str> = vars.iter().map(String::as_str).collect();
+        for name in policy.dims.keys().chain(policy.dims_min.keys()) {
             if !symbolic.contains(&name.as_str()) {
                 let mut have: Vec<&str> = symbolic.clone();
                 have.sort_unstable();
@@ -797,6 +808,36 @@ impl BoundPolicy {
             }
         }
         Ok(prepared)
+    }
+
+    /// Checks solved dimension variables against the policy's `[dims]` bounds.
+    ///
+    /// # Errors
+    /// [`Error::PolicyViolation`] naming the variable, where it occurs, and the bound.
+    pub fn check_dims(&self, bindings: &crate::dims::Bindings) -> Result<(), Error> {
+        for (name, &value) in bindings {
+            let value = u64::try_from(value).unwrap_or(0);
+            let max = self.policy.dims.get(name).filter(|&&m| value > m);
+            let min = self.policy.dims_min.get(name).filter(|&&m| value < m);
+            let Some(&limit) = max.or(min) else { continue };
+            // Name the first input and axis where the variable is the whole dimension.
+            let at = self.signature.inputs.iter().find_map(|s| {
+                let axis = s
+                    .shape
+                    .iter()
+                    .position(|d| matches!(d, Dim::Symbolic(v) if v == name))?;
+                Some((s.name.clone(), axis))
+            });
+            return Err(Error::PolicyViolation(Box::new(PolicyViolation {
+                input: at.as_ref().map(|(n, _)| n.clone()),
+                rule: Rule::Dim,
+                count: value,
+                limit: Some(limit.to_string()),
+                first: None,
+                dim: Some((name.clone(), at.map_or(0, |(_, a)| a))),
+            })));
+        }
+        Ok(())
     }
 
     fn check_sizes(&self, r: &InputRules, t: &TensorRef<'_>) -> Result<(), PolicyViolation> {

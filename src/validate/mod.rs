@@ -84,6 +84,23 @@ pub enum InputError {
         /// What was given.
         got: String,
     },
+    /// Symbolic dimensions that the given shapes do not satisfy: a dimension variable given
+    /// two values, an expression that does not evaluate to the size given, a variable no shape
+    /// determines, or a size outside the policy's `[dims]` bounds.
+    #[error("{message}")]
+    Dimensions {
+        /// The input the problem was found at (its name), if one.
+        name: Option<String>,
+        /// The whole message, naming inputs, dimensions and values.
+        message: String,
+    },
+    /// A shape constraint of the export failed (checked by the module's own shape assertions
+    /// during refinement): JAX's message, placeholders filled.
+    #[error("{message}")]
+    Constraint {
+        /// JAX's message.
+        message: String,
+    },
     /// The data length does not match the shape.
     #[error("input '{name}' ({index}): {got_type} needs {expected} bytes, got {got} bytes")]
     ByteLength {

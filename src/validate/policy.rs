@@ -18,7 +18,8 @@
 //! max_bytes = 256
 //!
 //! [dims]
-//! b = 64                        # a symbolic dimension's upper bound
+//! b = 64                        # a dimension variable's upper bound
+//! s = { min = 8, max = 512 }    # or both bounds
 //! ```
 //!
 //! ```
@@ -203,8 +204,10 @@ pub struct Policy {
     pub max_total_bytes: Option<u64>,
     /// Refuse to bind unless every input of the model has rules here.
     pub strict: bool,
-    /// Upper bounds of symbolic dimensions, by name (`b <= 64`).
+    /// Upper bounds of dimension variables, by name (`b <= 64`).
     pub dims: BTreeMap<String, u64>,
+    /// Lower bounds of dimension variables, by name (`s >= 8`).
+    pub dims_min: BTreeMap<String, u64>,
     origin: Origin,
 }
 
@@ -437,9 +440,15 @@ impl Policy {
         self
     }
 
-    /// Bounds a symbolic dimension: `name <= max`.
+    /// Bounds a dimension variable: `name <= max`.
     pub fn dim(&mut self, name: &str, max: u64) -> &mut Self {
         self.dims.insert(name.to_string(), max);
+        self
+    }
+
+    /// Bounds a dimension variable from below: `name >= min`.
+    pub fn dim_min(&mut self, name: &str, min: u64) -> &mut Self {
+        self.dims_min.insert(name.to_string(), min);
         self
     }
 
@@ -501,13 +510,25 @@ impl Policy {
         if let Some(n) = self.max_total_bytes {
             out.push_str(&format!("max_total_bytes = {n}\n"));
         }
-        if !self.dims.is_empty() {
+        if !self.dims.is_empty() || !self.dims_min.is_empty() {
             if !out.is_empty() {
                 out.push('\n');
             }
             out.push_str("[dims]\n");
-            for (k, v) in &self.dims {
-                out.push_str(&format!("{} = {v}\n", toml_key(k)));
+            let names: std::collections::BTreeSet<&String> =
+                self.dims.keys().chain(self.dims_min.keys()).collect();
+            for k in names {
+                match (self.dims_min.get(k), self.dims.get(k)) {
+                    (None, Some(max)) => out.push_str(&format!("{} = {max}\n", toml_key(k))),
+                    (Some(min), Some(max)) => out.push_str(&format!(
+                        "{} = {{ min = {min}, max = {max} }}\n",
+                        toml_key(k)
+                    )),
+                    (Some(min), None) => {
+                        out.push_str(&format!("{} = {{ min = {min} }}\n", toml_key(k)))
+                    }
+                    (None, None) => {}
+                }
             }
         }
         for (name, ip) in &self.inputs {
@@ -735,8 +756,30 @@ impl Parser<'_> {
                     for (dk, dv) in entries(t) {
                         let path = format!("dims.{}", toml_key(dk.get_ref()));
                         self.record(&path, dk.span());
-                        let n = self.uint(dv, &path)?;
-                        self.policy.dims.insert(dk.get_ref().to_string(), n);
+                        let name = dk.get_ref().to_string();
+                        if let DeValue::Table(bounds) = dv.get_ref() {
+                            for (bk, bv) in entries(bounds) {
+                                let key = format!("{path}.{}", toml_key(bk.get_ref()));
+                                self.record(&key, bk.span());
+                                let n = self.uint(bv, &key)?;
+                                match bk.get_ref().as_ref() {
+                                    "min" => self.policy.dims_min.insert(name.clone(), n),
+                                    "max" => self.policy.dims.insert(name.clone(), n),
+                                    _ => {
+                                        return Err(self.at(
+                                            bk.span(),
+                                            key,
+                                            PolicyErrorKind::UnknownKey {
+                                                expected: "min, max",
+                                            },
+                                        ))
+                                    }
+                                };
+                            }
+                        } else {
+                            let n = self.uint(dv, &path)?;
+                            self.policy.dims.insert(name, n);
+                        }
                     }
                 }
                 _ => {
