@@ -324,12 +324,12 @@ impl Engine {
             .signature
             .clone()
             .ok_or_else(|| Error::Internal("a polymorphic artifact without a signature".into()))?;
-        if self.compiler.refiner().is_none() {
+        if !self.compiler.refiner().is_some_and(Path::is_file) {
             return Err(Error::Config(format!(
                 "{} inputs {} are shape-polymorphic: running them needs the StableHLO refiner \
                  (torch-mlir's libTorchMLIRAggregateCAPI.so, pinned in \
                  third_party/requirements-refiner.txt); fetch it with `{}`, or name it with \
-                 --refiner / XLAGUARD_REFINER",
+                 --refiner / XLAGUARD_REFINER{}",
                 a.kind,
                 sig.inputs
                     .iter()
@@ -337,7 +337,11 @@ impl Engine {
                     .map(|s| format!("'{}' {}", s.name, s.type_string()))
                     .collect::<Vec<_>>()
                     .join(", "),
-                crate::plugin::FETCH_REFINER
+                crate::plugin::FETCH_REFINER,
+                self.compiler
+                    .refiner()
+                    .map(|p| format!(" ({} does not exist)", p.display()))
+                    .unwrap_or_default()
             )));
         }
         let parse = |specs: &[TensorSpec]| -> Result<Vec<Vec<Option<DimExpr>>>, Error> {
@@ -868,6 +872,10 @@ impl Model {
         }
         let inputs = sig.inputs.iter().map(TensorSpec::type_string).collect();
         a.signature = Some(sig);
+        let refinement = crate::compile::Refinement {
+            types,
+            dims: bindings.clone(),
+        };
         let engine = &self.engine;
         let started = std::time::Instant::now();
         let (exe, summary, serialized) = engine.compiler.compile(
@@ -877,7 +885,7 @@ impl Model {
                 format: "mlir",
                 options: engine.compiler.options(),
                 inputs,
-                refine: Some(&types),
+                refine: Some(&refinement),
             },
         )?;
         let mut m = Model::new(

@@ -31,7 +31,7 @@ use serde_json::json;
 
 pub use audit::AuditLog;
 pub use cache::{Cache, CacheKey, CacheRejection};
-pub use protocol::ProtocolError;
+pub use protocol::{ProtocolError, Refinement};
 pub use sandbox::{ChildUsage, ExitInfo, JailReport};
 pub use stats::{CompileStats, Histogram, StatsSnapshot};
 #[cfg(feature = "test-hooks")]
@@ -466,7 +466,7 @@ pub(crate) struct CompileInput<'a> {
     pub inputs: Vec<String>,
     /// For a shape-polymorphic module: the concrete type of every `@main` argument, to refine
     /// it to (in the worker) before compiling.
-    pub refine: Option<&'a [String]>,
+    pub refine: Option<&'a protocol::Refinement>,
 }
 
 /// The compile machinery of one engine.
@@ -712,7 +712,7 @@ impl Compiler {
                 "size": input.program.len(),
                 "format": input.format,
                 "inputs": input.inputs,
-                "refined_to": input.refine,
+                "refined_to": input.refine.map(|r| &r.types),
             },
             "plugin": {
                 "path": plugin.path,
@@ -746,7 +746,7 @@ impl Compiler {
         // The cache, when configured and the plugin's identity is known.
         // A refined compile is keyed by the argument types too: one entry per concrete shape.
         let keyed_options = match input.refine {
-            Some(types) => [&options[..], b"\0refine:", types.join(",").as_bytes()].concat(),
+            Some(r) => [&options[..], b"\0refine:", r.types.join(",").as_bytes()].concat(),
             None => options.clone(),
         };
         let key = match (&self.cache, plugin.sha256) {

@@ -305,22 +305,33 @@ pub struct CompileRequest<'a> {
     pub format: &'static str,
     /// The encoded `CompileOptionsProto`.
     pub options: &'a [u8],
-    /// For a shape-polymorphic StableHLO module: the concrete type of each `@main` argument
-    /// (`tensor<3x16xf32>`) to refine it to before compiling.
-    pub refine: Option<Vec<String>>,
+    /// For a shape-polymorphic StableHLO module: what to refine it to before compiling.
+    pub refine: Option<Refinement>,
     /// The module.
     pub program: &'a [u8],
 }
 
+/// What a shape-polymorphic module is refined to.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Refinement {
+    /// The concrete type of each `@main` argument (`tensor<3x16xf32>`).
+    pub types: Vec<String>,
+    /// The dimension variables these types give (`b = 3`), for the export's own shape
+    /// constraints when refinement fails before its assertions run.
+    pub dims: std::collections::BTreeMap<String, i64>,
+}
+
 /// The payload's head: format byte (0 mlir, 1 hlo, 2 mlir refined first), options length,
-/// options, and for format 2 the length and `\n`-joined argument types. The program follows.
-fn compile_head(format: &str, options: &[u8], refine: Option<&[String]>) -> Vec<u8> {
+/// options, and for format 2 the length and JSON of the [`Refinement`]. The program follows.
+fn compile_head(format: &str, options: &[u8], refine: Option<&Refinement>) -> Vec<u8> {
     let f = match (format, refine) {
         ("hlo", _) => 1u8,
         (_, Some(_)) => 2u8,
         _ => 0u8,
     };
-    let types = refine.map(|t| t.join("\n")).unwrap_or_default();
+    let types = refine
+        .and_then(|r| serde_json::to_vec(r).ok())
+        .unwrap_or_default();
     let mut v = Vec::with_capacity(9 + options.len() + types.len());
     v.push(f);
     let len = |n: usize| u32::try_from(n).unwrap_or(u32::MAX).to_le_bytes();
@@ -329,7 +340,7 @@ fn compile_head(format: &str, options: &[u8], refine: Option<&[String]>) -> Vec<
     v.extend_from_slice(options);
     if f == 2 {
         v.extend_from_slice(&len(types.len()));
-        v.extend_from_slice(types.as_bytes());
+        v.extend_from_slice(&types);
     }
     v
 }
@@ -338,7 +349,7 @@ fn compile_head(format: &str, options: &[u8], refine: Option<&[String]>) -> Vec<
 pub fn encode_compile(
     format: &str,
     options: &[u8],
-    refine: Option<&[String]>,
+    refine: Option<&Refinement>,
     program: &[u8],
 ) -> Vec<u8> {
     let mut v = compile_head(format, options, refine);
@@ -354,7 +365,7 @@ pub fn encode_compile(
 pub fn encode_compile_frame(
     format: &str,
     options: &[u8],
-    refine: Option<&[String]>,
+    refine: Option<&Refinement>,
     program: &[u8],
 ) -> Result<Vec<u8>, ProtocolError> {
     let head = compile_head(format, options, refine);
@@ -414,10 +425,9 @@ pub fn decode_compile(p: &[u8]) -> Result<CompileRequest<'_>, ProtocolError> {
     let (options, used) = section(rest, "options", &bad)?;
     let mut rest = rest.get(used..).unwrap_or_default();
     let refine = if refined {
-        let (types, used) = section(rest, "argument types", &bad)?;
+        let (json, used) = section(rest, "refinement", &bad)?;
         rest = rest.get(used..).unwrap_or_default();
-        let types = std::str::from_utf8(types).map_err(|_| bad("argument types not UTF-8"))?;
-        Some(types.split('\n').map(str::to_string).collect())
+        Some(serde_json::from_slice(json).map_err(|e| bad(&format!("refinement: {e}")))?)
     } else {
         None
     };
@@ -536,7 +546,10 @@ mod tests {
             (d.format, d.options, d.refine, d.program),
             ("hlo", &[1u8, 2][..], None, &b"prog"[..])
         );
-        let types = vec!["tensor<i32>".to_string(), "tensor<3x16xf32>".to_string()];
+        let types = Refinement {
+            types: vec!["tensor<i32>".to_string(), "tensor<3x16xf32>".to_string()],
+            dims: [("b".to_string(), 3)].into_iter().collect(),
+        };
         let p = encode_compile("mlir", &[7], Some(&types), b"ML\xefR");
         let f = encode_compile_frame("mlir", &[7], Some(&types), b"ML\xefR").unwrap();
         assert_eq!(f, encode(Kind::Compile, &p).unwrap());

@@ -324,7 +324,7 @@ fn refine(
     client: &Client,
     refiner: Option<&std::path::Path>,
     module: &[u8],
-    types: &[String],
+    to: &protocol::Refinement,
 ) -> Result<Vec<u8>, Rejection> {
     use crate::refine::{RefineError, Refiner};
     let reject = |function: &str, message: String| Rejection {
@@ -367,12 +367,61 @@ fn refine(
         Some(p) => p.min(r.version()),
         None => r.version(),
     };
-    r.refine(module, types, &format!("{a}.{b}.{c}"))
+    r.refine(module, &to.types, &format!("{a}.{b}.{c}"))
         .map_err(|e| match e {
             RefineError::ShapeAssertion { message } => reject(REFINE_ASSERTION, message),
             e @ RefineError::Unsupported { .. } => reject(REFINE_UNSUPPORTED, e.to_string()),
+            e @ RefineError::Pipeline(_) => {
+                // A constraint guarding (say) a slice makes the slice fail to refine before the
+                // assertions run: check the export's constraints ourselves, with its message.
+                match r
+                    .shape_assertions(module)
+                    .ok()
+                    .and_then(|msgs| failed_constraint(&msgs, &to.dims))
+                {
+                    Some(message) => reject(REFINE_ASSERTION, message),
+                    None => reject(REFINE, e.to_string()),
+                }
+            }
             e => reject(REFINE, e.to_string()),
         })
+}
+
+/// The first of JAX's constraint assertions (`Expected '- s + 16' to be greater or equal to 0,
+/// but found {0}`) that `dims` break, with its placeholders filled as JAX fills them: `{0}` the
+/// expression's value, and each `'v' = {k}` the variable's.
+fn failed_constraint(
+    messages: &[String],
+    dims: &std::collections::BTreeMap<String, i64>,
+) -> Option<String> {
+    use crate::dims::DimExpr;
+    const HEAD: &str = "Expected '";
+    const TAIL: &str = "' to be greater or equal to 0, but found {0}";
+    messages.iter().find_map(|m| {
+        let start = m.find(HEAD)?.saturating_add(HEAD.len());
+        let len = m.get(start..)?.find(TAIL)?;
+        let value = DimExpr::parse(m.get(start..start.saturating_add(len))?)
+            .ok()?
+            .eval(dims)?;
+        if value >= 0 {
+            return None;
+        }
+        let mut filled = m.replace("{0}", &value.to_string());
+        for (v, x) in dims {
+            let pat = format!("'{v}' = {{");
+            while let Some(at) = filled.find(&pat) {
+                let k_start = at.saturating_add(pat.len());
+                let Some(k_len) = filled.get(k_start..).and_then(|r| r.find('}')) else {
+                    break;
+                };
+                let placeholder = filled
+                    .get(k_start.saturating_sub(1)..k_start + k_len + 1)?
+                    .to_string();
+                filled = filled.replace(&placeholder, &x.to_string());
+            }
+        }
+        Some(filled)
+    })
 }
 
 fn compile(
@@ -394,7 +443,7 @@ fn compile(
     let refined;
     let program = match &req.refine {
         None => req.program,
-        Some(types) => match refine(client, refiner, req.program, types) {
+        Some(to) => match refine(client, refiner, req.program, to) {
             Ok(bytes) => {
                 refined = bytes;
                 &refined[..]

@@ -292,6 +292,77 @@ impl Refiner {
     }
 }
 
+impl Refiner {
+    /// The error messages of the module's `@shape_assertion` custom calls, as JAX wrote them
+    /// (placeholders `{0}`, `{1}`, ... unfilled): the export's shape constraints and its
+    /// "dimension variable >= 1" checks. Read from the module as deserialized, before any
+    /// refinement, so they are known even when refinement fails before the assertions run
+    /// (a constraint guarding a slice: the slice fails to refine first).
+    ///
+    /// # Errors
+    /// [`RefineError::Deserialize`] / [`RefineError::Unsupported`] as [`Refiner::refine`].
+    pub fn shape_assertions(&self, module: &[u8]) -> Result<Vec<String>, RefineError> {
+        let session = Session::new(&self.fns);
+        let module = session.deserialize(module)?;
+        Ok(assertion_messages(&session.print(&module)))
+    }
+}
+
+/// The `error_message` of every `@shape_assertion` custom call in printed MLIR, unescaped.
+fn assertion_messages(text: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut rest = text;
+    while let Some(at) = rest.find("@shape_assertion") {
+        rest = rest.get(at.saturating_add(1)..).unwrap_or_default();
+        let op_end = rest.find('\n').unwrap_or(rest.len());
+        let line = rest.get(..op_end).unwrap_or_default();
+        let Some(m) = line.find("error_message = \"") else {
+            continue;
+        };
+        let body = line.get(m.saturating_add(17)..).unwrap_or_default();
+        let mut msg = Vec::new();
+        let b = body.as_bytes();
+        let mut i = 0usize;
+        while let Some(&c) = b.get(i) {
+            match c {
+                b'"' => break,
+                // MLIR escapes a string as `\\`, `\"`, `\n`, `\t` or two hex digits.
+                b'\\' => {
+                    let hex = |j: usize| b.get(j).and_then(|&x| char::from(x).to_digit(16));
+                    match (
+                        b.get(i.saturating_add(1)),
+                        hex(i.saturating_add(1)),
+                        hex(i.saturating_add(2)),
+                    ) {
+                        (_, Some(h), Some(l)) => {
+                            msg.push(u8::try_from(h * 16 + l).unwrap_or(b'?'));
+                            i = i.saturating_add(3);
+                        }
+                        (Some(&e), _, _) => {
+                            msg.push(match e {
+                                b'n' => b'\n',
+                                b't' => b'\t',
+                                other => other,
+                            });
+                            i = i.saturating_add(2);
+                        }
+                        (None, _, _) => break,
+                    }
+                }
+                c => {
+                    msg.push(c);
+                    i = i.saturating_add(1);
+                }
+            }
+        }
+        let msg = String::from_utf8_lossy(&msg).into_owned();
+        if !out.contains(&msg) {
+            out.push(msg);
+        }
+    }
+    out
+}
+
 /// Registers the StableHLO passes of a library once per process (registering twice is harmless
 /// in release builds of MLIR but aborts in debug builds).
 fn register_passes_once(fns: &Functions) {
@@ -748,6 +819,17 @@ pub fn mlir_type(dtype_mlir: &str, dims: &[u64]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn assertion_messages_are_read_and_unescaped() {
+        let text = r#"  stablehlo.custom_call @shape_assertion(%1, %2) {error_message = "constraint s <= 8. Expected '- s + 8' to be greater or equal to 0, but found {0}. \22q\22 a\\b", has_side_effect = true} : (tensor<i1>, tensor<i32>) -> ()
+  stablehlo.custom_call @other() {error_message = "not this"} : () -> ()
+"#;
+        assert_eq!(
+            assertion_messages(text),
+            ["constraint s <= 8. Expected '- s + 8' to be greater or equal to 0, but found {0}. \"q\" a\\b"]
+        );
+    }
 
     #[test]
     fn versions() {
