@@ -897,7 +897,12 @@ impl Model {
             summary,
         )?;
         m.serialized = serialized.map(Arc::from);
-        m.set_policy(self.policy.policy().clone())?;
+        // The same rules; the [dims] bounds were checked on the variables already (the
+        // specialization has no symbolic dimension to bind them to).
+        let mut policy = self.policy.policy().clone();
+        policy.dims.clear();
+        policy.dims_min.clear();
+        m.set_policy(policy)?;
         m.observer.clone_from(&self.observer);
         Ok(m)
     }

@@ -28,6 +28,10 @@ struct Cli {
     /// PJRT plugin file (else $XLAGUARD_PLUGIN, third_party/, then pip locations).
     #[arg(long, global = true)]
     plugin: Option<PathBuf>,
+    /// The StableHLO refiner shape-polymorphic exports need (else $XLAGUARD_REFINER, then
+    /// third_party/refiner/; `scripts/fetch-plugin.sh --refiner-only` fetches it).
+    #[arg(long, global = true, value_name = "FILE")]
+    refiner: Option<PathBuf>,
     /// Device kind to look for when discovering a plugin.
     #[arg(long, global = true, value_parser = ["cpu", "cuda", "tpu", "auto"])]
     device: Option<String>,
@@ -208,6 +212,7 @@ fn config(cli: &Cli) -> Result<EngineConfig> {
         c.compile.isolation(Isolation::Thread);
     }
     c.compile.cache_dir.clone_from(&cli.cache_dir);
+    c.compile.refiner.clone_from(&cli.refiner);
     if let Some(n) = cli.max_module_bytes {
         let most = xlaguard::compile::DEFAULT_MAX_MODULE_BYTES;
         if n == 0 || n > most {

@@ -170,7 +170,7 @@ fn reserializing_a_deserialized_executable_is_not_faithful() {
     let m = thread_engine()
         .load_file(&dir.join("model.jaxexport"))
         .unwrap();
-    let ser = m.executable().serialize().unwrap();
+    let ser = m.executable().unwrap().serialize().unwrap();
     // SAFETY: our own compile.
     let once = unsafe { thread_engine().client().deserialize(&ser.0) }.unwrap();
     let again = once.serialize().unwrap();

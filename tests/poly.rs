@@ -1,0 +1,405 @@
+//! Shape-polymorphic exports (`hlo/export_poly.py`: a Keras CNN with `(b, 32, 32, 3)`, a
+//! keras_hub BERT with `(b, s)` and `s <= 16`, `2*b` and `b + 1` dimensions, dict inputs and
+//! outputs, a Flax transformer with `(b, s, 32)`), refined per concrete shape in the jailed
+//! compile worker and compiled: every size gives JAX's outputs bit for bit through the
+//! library, `run` and `serve`; bad shapes get typed errors naming what disagrees.
+#![cfg(feature = "server")]
+
+mod common;
+mod serving;
+
+use std::path::{Path, PathBuf};
+
+use serde_json::{json, Value};
+use xlaguard::server::repo::ModelSpec;
+use xlaguard::validate::InputError;
+use xlaguard::{Engine, Error, Tensor, TensorRef};
+
+use common::{config, engine, fixture, numbered, xlaguard_cmd};
+use serving::*;
+
+const MODELS: &[&str] = &[
+    "poly_keras_cnn",
+    "poly_bert",
+    "poly_twice",
+    "poly_affine",
+    "poly_dict",
+    "poly_seq_flax",
+];
+
+fn meta(model: &str) -> Value {
+    serde_json::from_str(&std::fs::read_to_string(fixture(model).join("meta.json")).unwrap())
+        .unwrap()
+}
+
+/// Each size folder of a fixture: `(tag, folder)`.
+fn sizes(model: &str) -> Vec<(String, PathBuf)> {
+    meta(model)["sizes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| {
+            let tag = s["tag"].as_str().unwrap().to_string();
+            let dir = fixture(model).join("sizes").join(&tag);
+            (tag, dir)
+        })
+        .collect()
+}
+
+fn run(m: &xlaguard::Model, dir: &Path) -> Result<Vec<Tensor>, Error> {
+    let inputs = numbered(dir, "in");
+    let views: Vec<TensorRef<'_>> = inputs.iter().map(Tensor::view).collect();
+    m.run(&views)
+}
+
+fn assert_bit_equal(what: &str, got: &[Tensor], expected: &[Tensor]) {
+    assert_eq!(got.len(), expected.len(), "{what}: output count");
+    for (i, (g, e)) in got.iter().zip(expected).enumerate() {
+        assert_eq!(g.type_string(), e.type_string(), "{what}: out{i} type");
+        assert!(g.bytes() == e.bytes(), "{what}: out{i} differs from JAX's");
+    }
+}
+
+#[test]
+fn every_size_matches_jax_through_the_library() {
+    for model in MODELS {
+        let m = engine()
+            .load_file(&fixture(model).join("model.jaxexport"))
+            .unwrap_or_else(|e| panic!("{model}: {e}"));
+        assert!(m.is_polymorphic(), "{model}");
+        let sizes = sizes(model);
+        assert!(sizes.len() >= 3, "{model}: {} sizes", sizes.len());
+        for (tag, dir) in &sizes {
+            let got = run(&m, dir).unwrap_or_else(|e| panic!("{model} {tag}: {e}"));
+            assert_bit_equal(&format!("{model} {tag}"), &got, &numbered(dir, "out"));
+        }
+        // One executable per concrete shape, reused on a second call.
+        assert_eq!(m.compiled_shapes().len(), sizes.len(), "{model}");
+        let (tag, dir) = &sizes[0];
+        let again = run(&m, dir).unwrap();
+        assert_bit_equal(
+            &format!("{model} {tag} again"),
+            &again,
+            &numbered(dir, "out"),
+        );
+        assert_eq!(m.compiled_shapes().len(), sizes.len(), "{model}");
+    }
+}
+
+#[test]
+fn a_violated_constraint_gets_jaxs_own_message() {
+    let m = engine()
+        .load_file(&fixture("poly_bert").join("model.jaxexport"))
+        .unwrap();
+    let v = &meta("poly_bert")["violation"];
+    let e = run(&m, &fixture("poly_bert").join(v["dir"].as_str().unwrap())).unwrap_err();
+    let Error::InvalidInput(InputError::Constraint { message }) = &e else {
+        panic!("expected a constraint error, got {e:?}")
+    };
+    assert_eq!(message, v["error"].as_str().unwrap());
+    // The model keeps serving good sizes.
+    let (_, dir) = &sizes("poly_bert")[0];
+    assert_bit_equal(
+        "poly_bert after",
+        &run(&m, dir).unwrap(),
+        &numbered(dir, "out"),
+    );
+}
+
+#[test]
+fn dimension_variables_must_agree_across_inputs() {
+    let m = engine()
+        .load_file(&fixture("poly_twice").join("model.jaxexport"))
+        .unwrap();
+    let x = numbered(&fixture("poly_twice").join("sizes/b5"), "in");
+    let y = numbered(&fixture("poly_twice").join("sizes/b2"), "in");
+    // x: f32[b, 4] with b = 5; y: f32[2*b, 4] from b = 2 (4 rows, not 10).
+    let e = m.run(&[x[0].view(), y[1].view()]).unwrap_err();
+    let Error::InvalidInput(InputError::Dimensions { message, .. }) = &e else {
+        panic!("{e:?}")
+    };
+    assert_eq!(
+        message,
+        &format!(
+            "input '{}' (1): dimension 0 is 2*b = 10 (b = 5 from input '{}' (0)), got 4",
+            m.signature().inputs[1].name,
+            m.signature().inputs[0].name
+        )
+    );
+    // poly_bert: every input is (b, s); one with another b.
+    let bert = engine()
+        .load_file(&fixture("poly_bert").join("model.jaxexport"))
+        .unwrap();
+    let a = numbered(&fixture("poly_bert").join("sizes/b5_s12"), "in");
+    let b = numbered(&fixture("poly_bert").join("sizes/b2_s16"), "in");
+    let e = bert
+        .run(&[a[0].view(), a[1].view(), b[2].view()])
+        .unwrap_err()
+        .to_string();
+    let n = |i: usize| bert.signature().inputs[i].name.clone();
+    assert_eq!(
+        e,
+        format!(
+            "input '{}' (2): dimension b = 2 but input '{}' (0) has b = 5",
+            n(2),
+            n(0)
+        )
+    );
+    // Rank and dtype are still checked first, against the symbolic type.
+    let e = m.run(&[y[1].view(), x[0].view()]).unwrap_err().to_string();
+    assert!(e.contains("got"), "{e}");
+    let bad = Tensor::from_slice(&[5], &[0f32; 5]).unwrap();
+    let e = m.run(&[bad.view(), y[1].view()]).unwrap_err().to_string();
+    assert!(e.contains("expected float32[b,4], got float32[5]"), "{e}");
+}
+
+#[test]
+fn policy_dims_bound_the_dimension_variables() {
+    let mut p = xlaguard::Policy::new();
+    p.dim("b", 4).dim_min("s", 10);
+    let m = engine()
+        .load_file(&fixture("poly_bert").join("model.jaxexport"))
+        .unwrap()
+        .with_policy(p)
+        .unwrap();
+    // b = 5 > 4.
+    let e = run(&m, &fixture("poly_bert").join("sizes/b5_s12")).unwrap_err();
+    assert!(matches!(e, Error::PolicyViolation(_)), "{e:?}");
+    assert!(
+        e.to_string()
+            .contains("dimension 'b' (axis 0) is 5, above its bound 4"),
+        "{e}"
+    );
+    // s = 8 < 10.
+    let e = run(&m, &fixture("poly_bert").join("sizes/b1_s8")).unwrap_err();
+    assert!(
+        e.to_string()
+            .contains("dimension 's' (axis 1) is 8, below its minimum 10"),
+        "{e}"
+    );
+    // Within both bounds: runs (b = 2, s = 16).
+    let dir = fixture("poly_bert").join("sizes/b2_s16");
+    assert_bit_equal(
+        "poly_bert b2_s16",
+        &run(&m, &dir).unwrap(),
+        &numbered(&dir, "out"),
+    );
+    // Nothing was compiled for the refused shapes.
+    assert_eq!(m.compiled_shapes(), vec![vec![vec![2, 16]; 3]]);
+    // A bound on a variable the model does not have is refused at bind.
+    let mut p = xlaguard::Policy::new();
+    p.dim("t", 4);
+    let e = engine()
+        .load_file(&fixture("poly_bert").join("model.jaxexport"))
+        .unwrap()
+        .with_policy(p)
+        .unwrap_err();
+    assert!(e.to_string().contains("b, s"), "{e}");
+}
+
+#[test]
+fn a_missing_or_corrupt_refiner_is_a_typed_error() {
+    let mut c = config();
+    c.compile.refiner = Some("/nonexistent/libTorchMLIRAggregateCAPI.so".into());
+    let e = Engine::new(&c).unwrap();
+    let err = e
+        .load_file(&fixture("poly_twice").join("model.jaxexport"))
+        .unwrap_err();
+    assert!(matches!(err, Error::Config(_)), "{err:?}");
+    let msg = err.to_string();
+    assert!(
+        msg.contains("scripts/fetch-plugin.sh --refiner-only") && msg.contains("does not exist"),
+        "{msg}"
+    );
+    // A file that is not the library: the model loads (nothing compiles yet), the first
+    // request's refine fails in the worker with a typed error, and the worker is gone.
+    let dir = tempfile::tempdir().unwrap();
+    let junk = dir.path().join("libTorchMLIRAggregateCAPI.so");
+    std::fs::write(&junk, b"\x7fELF not really").unwrap();
+    let mut c = config();
+    c.compile.refiner = Some(junk.clone());
+    let e = Engine::new(&c).unwrap();
+    let m = e
+        .load_file(&fixture("poly_twice").join("model.jaxexport"))
+        .unwrap();
+    let err = run(&m, &fixture("poly_twice").join("sizes/b2")).unwrap_err();
+    assert!(matches!(err, Error::CompileRejected(_)), "{err:?}");
+    assert!(err.to_string().contains(junk.to_str().unwrap()), "{err}");
+    // In-process compiles never load the refiner.
+    let mut c = config();
+    c.compile.isolation(xlaguard::compile::Isolation::Thread);
+    let e = Engine::new(&c).unwrap();
+    let m = e
+        .load_file(&fixture("poly_twice").join("model.jaxexport"))
+        .unwrap();
+    let err = run(&m, &fixture("poly_twice").join("sizes/b2")).unwrap_err();
+    assert!(err.to_string().contains("jailed compile workers"), "{err}");
+}
+
+#[test]
+fn executables_per_shape_are_bounded_and_cached_on_disk() {
+    let cache = tempfile::tempdir().unwrap();
+    let mut c = config();
+    c.compile.cache_dir = Some(cache.path().to_path_buf());
+    c.shapes.max_entries = 2;
+    let e = Engine::new(&c).unwrap();
+    let m = e
+        .load_file(&fixture("poly_twice").join("model.jaxexport"))
+        .unwrap();
+    for (tag, dir) in sizes("poly_twice") {
+        assert_bit_equal(&tag, &run(&m, &dir).unwrap(), &numbered(&dir, "out"));
+    }
+    // Three shapes ran; two are kept, the least recently used went.
+    let kept: Vec<u64> = m.compiled_shapes().iter().map(|s| s[0][0]).collect();
+    assert_eq!(kept, [2, 5]);
+    // One cache entry per shape; a second engine on the same cache loads them.
+    let entries = std::fs::read_dir(cache.path())
+        .unwrap()
+        .filter(|e| {
+            !e.as_ref()
+                .unwrap()
+                .file_name()
+                .to_string_lossy()
+                .contains("key")
+        })
+        .count();
+    assert!(entries >= 3, "{entries} cache entries");
+    let e2 = Engine::new(&c).unwrap();
+    let m2 = e2
+        .load_file(&fixture("poly_twice").join("model.jaxexport"))
+        .unwrap();
+    let shape = [vec![1u64, 4], vec![2, 4]];
+    let refs: Vec<&[u64]> = shape.iter().map(Vec::as_slice).collect();
+    let s = m2.specialize(&refs).unwrap();
+    assert!(s.info().compile.cache_hit, "{:?}", s.info().compile);
+    let dir = fixture("poly_twice").join("sizes/b1");
+    assert_bit_equal(
+        "b1 from cache",
+        &run(&m2, &dir).unwrap(),
+        &numbered(&dir, "out"),
+    );
+}
+
+#[test]
+fn cli_run_and_inspect() {
+    for model in MODELS {
+        let (tag, dir) = sizes(model).pop().unwrap();
+        let out = tempfile::tempdir().unwrap();
+        let mut ins: Vec<PathBuf> = std::fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| p.file_name().unwrap().to_string_lossy().starts_with("in"))
+            .collect();
+        ins.sort_by_key(|p| {
+            let n = p.file_stem().unwrap().to_string_lossy();
+            n[2..].parse::<u32>().unwrap()
+        });
+        let r = xlaguard_cmd()
+            .arg("run")
+            .arg(fixture(model).join("model.jaxexport"))
+            .args(&ins)
+            .arg("--out")
+            .arg(out.path())
+            .output()
+            .unwrap();
+        assert!(
+            r.status.success(),
+            "{model}: {}",
+            String::from_utf8_lossy(&r.stderr)
+        );
+        assert_bit_equal(
+            &format!("{model} {tag} (run)"),
+            &numbered(out.path(), "out"),
+            &numbered(&dir, "out"),
+        );
+    }
+    let r = xlaguard_cmd()
+        .args(["inspect", "hlo/poly_twice/model.jaxexport"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&r.stdout);
+    assert!(r.status.success(), "{text}");
+    assert!(
+        text.contains("float32[2*b,4]") && text.contains("float32[b,4]"),
+        "{text}"
+    );
+}
+
+#[test]
+fn serve_answers_every_size_like_jax_in_json_and_binary() {
+    let server = InProcess::start(
+        MODELS
+            .iter()
+            .map(|&n| ModelSpec::from_file(n, fixture(n).join("model.jaxexport")))
+            .collect(),
+        |c| c.max_body_bytes = 16 << 20,
+    );
+    let addr = server.addr;
+    wait_loaded(addr);
+    for model in MODELS {
+        let meta = get(addr, &format!("/v2/models/{model}")).json();
+        // Symbolic dimensions are -1 in the metadata, as Triton and KServe write them.
+        let shape0 = meta["inputs"][0]["shape"].as_array().unwrap().clone();
+        assert!(shape0.contains(&json!(-1)), "{model}: {meta}");
+        let names: Vec<String> = meta["inputs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|i| i["name"].as_str().unwrap().to_string())
+            .collect();
+        let name_refs: Vec<&str> = names.iter().map(String::as_str).collect();
+        let path = format!("/v2/models/{model}/infer");
+        for (tag, dir) in sizes(model) {
+            let inputs = numbered(&dir, "in");
+            let expected = numbered(&dir, "out");
+            let r = post_json(
+                addr,
+                &path,
+                &json!({"inputs": json_inputs(&name_refs, &inputs)}),
+            );
+            assert_eq!(r.status, 200, "{model} {tag}: {}", r.text());
+            let v = r.json();
+            for (k, e) in expected.iter().enumerate() {
+                let o = &v["outputs"][k];
+                assert_eq!(o["shape"], json!(e.shape()), "{model} {tag} out{k}");
+                assert_eq!(
+                    bytes_of_json(e.dtype(), &o["data"]),
+                    e.bytes(),
+                    "{model} {tag} out{k} (JSON)"
+                );
+            }
+            let header = json!({
+                "inputs": inputs.iter().zip(&names).map(|(t, n)| json!({
+                    "name": n, "datatype": datatype(t.dtype()), "shape": t.shape(),
+                    "parameters": {"binary_data_size": t.bytes().len()},
+                })).collect::<Vec<_>>(),
+                "parameters": {"binary_data_output": true},
+            });
+            let data: Vec<u8> = inputs.iter().flat_map(|t| t.bytes().to_vec()).collect();
+            let r = post_binary(addr, &path, &header, &data);
+            assert_eq!(r.status, 200, "{model} {tag}: {}", r.text());
+            let want: Vec<u8> = expected.iter().flat_map(|t| t.bytes().to_vec()).collect();
+            assert!(
+                r.binary() == want.as_slice(),
+                "{model} {tag}: binary outputs differ"
+            );
+        }
+    }
+    // A violated constraint is a 400 with JAX's message; the model keeps serving.
+    let v = meta("poly_bert")["violation"].clone();
+    let inputs = numbered(&fixture("poly_bert").join(v["dir"].as_str().unwrap()), "in");
+    let names: Vec<String> = get(addr, "/v2/models/poly_bert").json()["inputs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["name"].as_str().unwrap().to_string())
+        .collect();
+    let name_refs: Vec<&str> = names.iter().map(String::as_str).collect();
+    let r = post_json(
+        addr,
+        "/v2/models/poly_bert/infer",
+        &json!({"inputs": json_inputs(&name_refs, &inputs)}),
+    );
+    assert_eq!(r.status, 400, "{}", r.text());
+    assert!(r.error().contains("s <= 16"), "{}", r.text());
+}
