@@ -724,6 +724,84 @@ impl Model {
         Ok(m)
     }
 
+    /// Compiles a shape-polymorphic model ahead of requests for every combination of the given
+    /// dimension-variable values (`b = [1, 8]`, `s = [128]` → (1, 128) and (8, 128)).
+    ///
+    /// # Errors
+    /// [`Error::Config`] for a static model or a variable the model does not have or that is
+    /// missing; then as [`Model::specialize`] for each shape.
+    pub fn precompile(
+        &self,
+        values: &std::collections::BTreeMap<String, Vec<u64>>,
+    ) -> Result<(), Error> {
+        let Some(poly) = &self.poly else {
+            return Err(Error::Config(
+                "[shapes] is for shape-polymorphic models; this one is static".into(),
+            ));
+        };
+        let mut vars: Vec<String> = poly
+            .inputs
+            .iter()
+            .flatten()
+            .flatten()
+            .flat_map(DimExpr::vars)
+            .collect();
+        vars.sort();
+        vars.dedup();
+        for k in values.keys() {
+            if !vars.contains(k) {
+                return Err(Error::Config(format!(
+                    "the model has no dimension variable '{k}'; it has {}",
+                    vars.join(", ")
+                )));
+            }
+        }
+        if let Some(missing) = vars.iter().find(|v| !values.contains_key(*v)) {
+            return Err(Error::Config(format!(
+                "no values for dimension variable '{missing}' (the model has {})",
+                vars.join(", ")
+            )));
+        }
+        // Every combination, first variable slowest.
+        let mut combos: Vec<crate::dims::Bindings> = vec![crate::dims::Bindings::new()];
+        for v in &vars {
+            let xs = values.get(v).map(Vec::as_slice).unwrap_or_default();
+            combos = combos
+                .into_iter()
+                .flat_map(|b| {
+                    xs.iter().map(move |&x| {
+                        let mut b = b.clone();
+                        b.insert(v.clone(), i64::try_from(x).unwrap_or(i64::MAX));
+                        b
+                    })
+                })
+                .collect();
+        }
+        for b in combos {
+            let shapes: Vec<Vec<u64>> = poly
+                .inputs
+                .iter()
+                .zip(&self.signature.inputs)
+                .map(|(dims, spec)| {
+                    dims.iter()
+                        .zip(&spec.shape)
+                        .map(|(e, d)| match (e, d) {
+                            (Some(e), _) => e
+                                .eval(&b)
+                                .and_then(|v| u64::try_from(v).ok())
+                                .ok_or_else(|| Error::Config(format!("{e} has no size at {b:?}"))),
+                            (None, Dim::Static(n)) => Ok(*n),
+                            (None, Dim::Symbolic(s)) => Err(Error::Internal(s.clone())),
+                        })
+                        .collect()
+                })
+                .collect::<Result<_, _>>()?;
+            let refs: Vec<&[u64]> = shapes.iter().map(Vec::as_slice).collect();
+            self.specialize(&refs)?;
+        }
+        Ok(())
+    }
+
     /// Concrete shapes held by a shape-polymorphic model, least recently used first (empty for
     /// a static model).
     pub fn compiled_shapes(&self) -> Vec<Vec<Vec<u64>>> {

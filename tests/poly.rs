@@ -403,3 +403,54 @@ fn serve_answers_every_size_like_jax_in_json_and_binary() {
     assert_eq!(r.status, 400, "{}", r.text());
     assert!(r.error().contains("s <= 16"), "{}", r.text());
 }
+
+#[test]
+fn shapes_can_be_compiled_ahead_of_requests() {
+    let m = engine()
+        .load_file(&fixture("poly_bert").join("model.jaxexport"))
+        .unwrap();
+    let values = |pairs: &[(&str, &[u64])]| {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_vec()))
+            .collect::<std::collections::BTreeMap<_, _>>()
+    };
+    m.precompile(&values(&[("b", &[1, 2]), ("s", &[8])]))
+        .unwrap();
+    let mut shapes: Vec<Vec<u64>> = m.compiled_shapes().iter().map(|s| s[0].clone()).collect();
+    shapes.sort();
+    assert_eq!(shapes, [[1, 8], [2, 8]]);
+    let e = m.precompile(&values(&[("b", &[1])])).unwrap_err();
+    assert!(
+        e.to_string()
+            .contains("no values for dimension variable 's'"),
+        "{e}"
+    );
+    let e = m
+        .precompile(&values(&[("b", &[1]), ("s", &[8]), ("t", &[1])]))
+        .unwrap_err();
+    assert!(
+        e.to_string()
+            .contains("no dimension variable 't'; it has b, s"),
+        "{e}"
+    );
+    // A precompiled shape then runs without compiling again.
+    let dir = fixture("poly_bert").join("sizes/b1_s8");
+    assert_bit_equal("b1_s8", &run(&m, &dir).unwrap(), &numbered(&dir, "out"));
+    assert_eq!(m.compiled_shapes().len(), 2);
+    // From a model folder's config.toml.
+    let repo = tempfile::tempdir().unwrap();
+    copy_into(
+        &fixture("poly_twice").join("model.jaxexport"),
+        &repo.path().join("twice"),
+        "model.jaxexport",
+    );
+    std::fs::write(
+        repo.path().join("twice/config.toml"),
+        "[shapes]\nb = [1, 5]\n",
+    )
+    .unwrap();
+    let specs = xlaguard::server::repo::scan_repository(repo.path()).unwrap();
+    assert_eq!(specs[0].shapes.get("b"), Some(&vec![1, 5]));
+    assert!(specs[0].problem.is_none());
+}

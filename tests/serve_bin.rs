@@ -92,6 +92,37 @@ fn tritonclient_json_and_binary_equal_jax() {
 }
 
 #[test]
+fn tritonclient_on_shape_polymorphic_models() {
+    let repo = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("triton-poly-repo");
+    let _ = std::fs::remove_dir_all(&repo);
+    let models = ["poly_bert", "poly_keras_cnn"];
+    for m in models {
+        copy_into(
+            &fixture(m).join("model.jaxexport"),
+            &repo.join(m),
+            "model.jaxexport",
+        );
+    }
+    let s = Binary::start(&["--models", repo.to_str().unwrap()]);
+    let out = Command::new(python())
+        .current_dir(root())
+        .arg("tests/triton_client.py")
+        .args(["--url", &s.addr.to_string(), "--fixtures", "hlo", "--poly"])
+        .args(models)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // 2 metadata + (3 BERT sizes x 2 outputs + 3 CNN sizes x 1) x (JSON, binary) + 1 violation.
+    assert!(text.contains("OK 21 checks"), "{text}");
+    assert!(text.contains("ok: poly_bert b5_s12"), "{text}");
+}
+
+#[test]
 fn sigterm_drains_in_flight_requests_and_exits_0() {
     let s = Binary::start(&["--models", "tests/fixtures"]);
     let addr = s.addr;

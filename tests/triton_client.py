@@ -46,12 +46,57 @@ def load(path: Path, dtype: str) -> np.ndarray:
     return a
 
 
+def poly(client, fixtures: Path, models: list[str]) -> None:
+    """Shape-polymorphic models: every size of each fixture (hlo/<m>/sizes/<tag>/), JSON and
+    binary, equal to JAX's outputs; -1 in the metadata; a violated constraint is a 400."""
+    for model in models:
+        meta = client.get_model_metadata(model)
+        check(any(-1 in i["shape"] for i in meta["inputs"]), f"{model} metadata has -1")
+        fmeta = json.loads((fixtures / model / "meta.json").read_text())
+        for size in fmeta["sizes"]:
+            d = fixtures / model / "sizes" / size["tag"]
+            ins = [np.load(d / f"in{i}.npy") for i in range(len(meta["inputs"]))]
+            want = [np.load(d / f"out{i}.npy") for i in range(len(meta["outputs"]))]
+            for binary in (False, True):
+                inputs = []
+                for m, a in zip(meta["inputs"], ins):
+                    i = httpclient.InferInput(m["name"], list(a.shape), m["datatype"])
+                    i.set_data_from_numpy(a, binary_data=binary)
+                    inputs.append(i)
+                outs = [httpclient.InferRequestedOutput(m["name"], binary_data=binary) for m in meta["outputs"]]
+                r = client.infer(model, inputs, outputs=outs)
+                for m, w in zip(meta["outputs"], want):
+                    check(same(r.as_numpy(m["name"]), w),
+                          f"{model} {size['tag']} {m['name']} {'binary' if binary else 'JSON'} == JAX")
+        v = fmeta.get("violation")
+        if v:
+            d = fixtures / model / v["dir"]
+            inputs = []
+            for i, m in enumerate(meta["inputs"]):
+                a = np.load(d / f"in{i}.npy")
+                x = httpclient.InferInput(m["name"], list(a.shape), m["datatype"])
+                x.set_data_from_numpy(a)
+                inputs.append(x)
+            try:
+                client.infer(model, inputs)
+                check(False, f"{model} constraint violation refused")
+            except InferenceServerException as e:
+                check(e.status() == "400" and v["error"] in e.message(),
+                      f"{model} constraint violation refused with JAX's message")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--url", required=True)
     ap.add_argument("--fixtures", required=True, type=Path)
+    ap.add_argument("--poly", nargs="*", help="only check these shape-polymorphic models")
     args = ap.parse_args()
     client = httpclient.InferenceServerClient(url=args.url)
+    if args.poly:
+        poly(client, args.fixtures, args.poly)
+        client.close()
+        print(f"OK {checks} checks")
+        return
 
     check(client.is_server_live(), "server live")
     check(client.is_server_ready(), "server ready")

@@ -436,6 +436,12 @@ fn load_one(spec: &ModelSpec, engines: &mut Engines) -> Result<(Loaded, Duration
     if let Some(p) = &spec.policy {
         apply_policy(&mut model, p)?;
     }
+    if !spec.shapes.is_empty() {
+        model
+            .precompile(&spec.shapes)
+            .map_err(|e| format!("config.toml [shapes]: {e}"))?;
+    }
+    let took = started.elapsed().max(took);
     Ok((Loaded { model, platform }, took))
 }
 

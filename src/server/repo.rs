@@ -105,6 +105,9 @@ pub struct ModelSpec {
     pub policy: Option<PathBuf>,
     /// Why this model cannot be loaded, found while reading its folder (reported, not fatal).
     pub problem: Option<String>,
+    /// Shape-polymorphic models: values of dimension variables to compile at load
+    /// (`config.toml` `[shapes] b = [1, 8, 32]`; several variables: every combination).
+    pub shapes: std::collections::BTreeMap<String, Vec<u64>>,
 }
 
 impl ModelSpec {
@@ -118,6 +121,7 @@ impl ModelSpec {
             limits: LimitOverrides::default(),
             policy: None,
             problem: None,
+            shapes: std::collections::BTreeMap::new(),
         }
     }
 
@@ -141,6 +145,8 @@ struct ConfigFile {
     artifact: Option<String>,
     #[serde(default)]
     limits: Option<LimitsFile>,
+    #[serde(default)]
+    shapes: Option<std::collections::BTreeMap<String, Vec<u64>>>,
 }
 
 #[derive(Deserialize)]
@@ -302,6 +308,9 @@ pub fn read_model_dir(dir: &Path, name: &str) -> ModelSpec {
                 max_queue: l.max_queue,
                 timeout: l.timeout_ms.map(Duration::from_millis),
             };
+        }
+        if let Some(s) = &c.shapes {
+            spec.shapes.clone_from(s);
         }
         named = c.artifact.as_deref();
     }
