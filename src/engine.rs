@@ -365,6 +365,34 @@ impl Engine {
         };
         let inputs = parse(&sig.inputs)?;
         let outputs = parse(&sig.outputs)?;
+        // Argument names and constraints live in the module (JAX puts the names on the wrapped
+        // main): read them in a jailed worker, with the refiner.
+        let mut sig = sig;
+        let mut constraints = Vec::new();
+        if let Some(d) = self.compiler.describe(&self.client, &a.program)? {
+            let names: Vec<Option<artifact::hlo::ParameterName>> = d
+                .arg_names
+                .into_iter()
+                .map(|n| {
+                    n.map(|op_name| artifact::hlo::ParameterName {
+                        instruction: String::new(),
+                        op_name,
+                    })
+                })
+                .collect();
+            adopt_names(
+                &mut sig,
+                &a.input_paths,
+                &names,
+                a.kept_inputs.as_deref(),
+                0,
+            );
+            constraints = d
+                .assertions
+                .iter()
+                .filter_map(|m| constraint_of(m))
+                .collect();
+        }
         let program = std::mem::take(&mut a.program);
         let policy = BoundPolicy::default_for(&sig);
         Ok(Model {
@@ -380,6 +408,7 @@ impl Engine {
                 kept_inputs: a.kept_inputs.clone(),
                 platform_index,
                 signature_source: "artifact",
+                constraints,
                 compile_time: std::time::Duration::ZERO,
                 compile: CompileSummary {
                     isolation: self.compiler.isolation(),
@@ -438,6 +467,8 @@ pub struct ModelInfo {
     pub platform_index: Option<i32>,
     /// Where the signature came from: the artifact's metadata or the compiled executable.
     pub signature_source: &'static str,
+    /// A shape-polymorphic export's shape constraints, as JAX states them (`s <= 16`).
+    pub constraints: Vec<String>,
     /// Wall time of the compile (or of the cache load).
     pub compile_time: std::time::Duration,
     /// Where the compile ran, whether the cache served it, and what the worker used.
@@ -612,6 +643,7 @@ impl Model {
                 kept_inputs: a.kept_inputs,
                 platform_index,
                 signature_source: source,
+                constraints: Vec::new(),
                 compile_time,
                 compile,
             },
@@ -1357,7 +1389,34 @@ fn adopt_parameter_names(
     if paths.len() != sig.inputs.len() || !paths.iter().any(|p| p.has_placeholder_base()) {
         return;
     }
-    let names = artifact::hlo::entry_parameter_names(module);
+    adopt_names(
+        sig,
+        paths,
+        &artifact::hlo::entry_parameter_names(module),
+        kept,
+        skip,
+    );
+}
+
+/// The constraint a JAX shape-assertion message states (`s <= 16` from "Input shapes do not
+/// match the symbolic shape constraint s <= 16. Expected ..."); `None` for the other checks.
+fn constraint_of(message: &str) -> Option<String> {
+    const HEAD: &str = "the symbolic shape constraint ";
+    let rest = message.get(message.find(HEAD)?.saturating_add(HEAD.len())..)?;
+    Some(rest.split(". ").next()?.trim_end_matches('.').to_string())
+}
+
+/// [`adopt_parameter_names`] with the names given: one per module parameter (after `skip`).
+fn adopt_names(
+    sig: &mut Signature,
+    paths: &[artifact::LeafPath],
+    names: &[Option<artifact::hlo::ParameterName>],
+    kept: Option<&[usize]>,
+    skip: usize,
+) {
+    if paths.len() != sig.inputs.len() || !paths.iter().any(|p| p.has_placeholder_base()) {
+        return;
+    }
     let user_inputs: Vec<usize> = match kept {
         Some(k) => k.to_vec(),
         None => (0..sig.inputs.len()).collect(),

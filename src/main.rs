@@ -452,6 +452,8 @@ fn inspect(cfg: &EngineConfig, model: &str, json: bool, policy: Option<&Path>) -
             "plugin": found.as_ref().ok().map(|f| serde_json::json!({"path": f.path, "source": format!("{:?}", f.source), "kind": f.kind.name()})),
             "unsupported": unsupported,
             "note": note,
+            "polymorphic": bound.as_ref().is_some_and(|m| m.is_polymorphic()),
+            "constraints": bound.as_ref().map(|m| m.info().constraints.clone()).unwrap_or_default(),
             "policy": bound.as_ref().map(|m| {
                 let mut v = m.policy().to_json();
                 v["file"] = serde_json::json!(policy_file);
@@ -484,6 +486,12 @@ fn inspect(cfg: &EngineConfig, model: &str, json: bool, policy: Option<&Path>) -
     println!("outputs:");
     for (i, s) in sig.outputs.iter().enumerate() {
         println!("  {i}: {} {}", s.name, s.described_type());
+    }
+    if let Some(m) = bound.as_ref().filter(|m| m.is_polymorphic()) {
+        println!("shape-polymorphic: refined and compiled per concrete shape on first use");
+        if !m.info().constraints.is_empty() {
+            println!("constraints: {}", m.info().constraints.join(", "));
+        }
     }
     match (&bound, &policy_file) {
         (Some(m), file) => {

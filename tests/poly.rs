@@ -211,20 +211,23 @@ fn a_missing_or_corrupt_refiner_is_a_typed_error() {
         msg.contains("scripts/fetch-plugin.sh --refiner-only") && msg.contains("does not exist"),
         "{msg}"
     );
-    // A file that is not the library: the model loads (nothing compiles yet), the first
-    // request's refine fails in the worker with a typed error, and the worker is gone.
+    // A file that is not the library: the load (whose jailed worker reads the module's names
+    // with the refiner) fails with a typed error naming it; the engine goes on.
     let dir = tempfile::tempdir().unwrap();
     let junk = dir.path().join("libTorchMLIRAggregateCAPI.so");
     std::fs::write(&junk, b"\x7fELF not really").unwrap();
     let mut c = config();
     c.compile.refiner = Some(junk.clone());
     let e = Engine::new(&c).unwrap();
-    let m = e
+    let err = e
         .load_file(&fixture("poly_twice").join("model.jaxexport"))
-        .unwrap();
-    let err = run(&m, &fixture("poly_twice").join("sizes/b2")).unwrap_err();
+        .unwrap_err();
     assert!(matches!(err, Error::CompileRejected(_)), "{err:?}");
     assert!(err.to_string().contains(junk.to_str().unwrap()), "{err}");
+    let tiny = e
+        .load_file(&fixture("tiny").join("model.jaxexport"))
+        .unwrap();
+    assert_eq!(tiny.signature().inputs.len(), 2);
     // In-process compiles never load the refiner.
     let mut c = config();
     c.compile.isolation(xlaguard::compile::Isolation::Thread);
@@ -319,10 +322,18 @@ fn cli_run_and_inspect() {
         .unwrap();
     let text = String::from_utf8_lossy(&r.stdout);
     assert!(r.status.success(), "{text}");
+    // Positional names come from the module (JAX puts them on the wrapped main).
     assert!(
-        text.contains("float32[2*b,4]") && text.contains("float32[b,4]"),
+        text.contains("0: x float32[b,4]") && text.contains("1: y float32[2*b,4]"),
         "{text}"
     );
+    let r = xlaguard_cmd()
+        .args(["inspect", "hlo/poly_bert/model.jaxexport"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&r.stdout);
+    assert!(text.contains("constraints: s <= 16"), "{text}");
+    assert!(text.contains("token_ids int32[b,s]"), "{text}");
 }
 
 #[test]

@@ -490,6 +490,43 @@ fn parse_entry(s: &str, aliases: &HashMap<String, String>) -> Result<Entry, Arti
     Ok(Entry { ty, attrs, loc })
 }
 
+/// The `loc("...")` names of the arrays a `jax.export` module's wrapped main takes, in order:
+/// when JAX wraps `@main` (shape polymorphism, effects) the public `@main` arguments are
+/// `loc(unknown)` and the names sit on `@_wrapped_jax_export_main`, after its dimension
+/// variables (`jax.global_constant`) and tokens, which are skipped. Falls back to `@main`'s own
+/// arguments; empty when neither is found.
+pub(crate) fn wrapped_main_arg_locs(text: &str) -> Vec<Option<String>> {
+    let aliases = loc_aliases(text);
+    // The definitions (`call @_wrapped_jax_export_main(...)` inside @main is not one).
+    let start = [
+        "func.func private @_wrapped_jax_export_main(",
+        "func.func public @main(",
+    ]
+    .iter()
+    .find_map(|p| {
+        text.find(p)
+            .map(|i| i.saturating_add(p.len()).saturating_sub(1))
+    });
+    let Some(start) = start else {
+        return Vec::new();
+    };
+    let Some(close) = matching_close(text.as_bytes(), start) else {
+        return Vec::new();
+    };
+    let args = text.get(start.saturating_add(1)..close).unwrap_or("");
+    split_top(args, b',')
+        .into_iter()
+        .filter_map(|a| {
+            let (_, rest) = a.split_once(':')?;
+            let e = parse_entry(rest, &aliases).ok()?;
+            let skip = e.attrs.contains_key("jax.global_constant")
+                || e.attrs.contains_key("jax.token")
+                || matches!(e.ty, Ty::Token);
+            (!skip).then_some(e.loc)
+        })
+        .collect()
+}
+
 fn module_int_attr(header: &str, key: &str) -> Option<u32> {
     let at = header.find(key)?;
     let rest = header.get(at.saturating_add(key.len())..)?.trim_start();
@@ -778,6 +815,23 @@ module @m attributes {doc = "func.func public @main(%a: tensor<2xi8>)"} {
         let two = "module {\n func.func @main(%a: tensor<f32>) {\n}\n func.func public @main(%a: tensor<f32>) {\n}\n}";
         let e = load_text(two.as_bytes()).unwrap_err();
         assert!(e.to_string().contains("2 times"), "{e}");
+    }
+
+    #[test]
+    fn wrapped_main_names_skip_dimension_variables_and_the_call_site() {
+        let t = r#"#loc7 = loc("y")
+module @m {
+  func.func public @main(%arg0: tensor<?x4xf32> loc(unknown), %arg1: tensor<?x4xf32> loc(unknown)) -> tensor<f32> {
+    %8 = call @_wrapped_jax_export_main(%0, %arg0, %arg1) : (tensor<i32>, tensor<?x4xf32>, tensor<?x4xf32>) -> tensor<f32>
+  }
+  func.func private @_wrapped_jax_export_main(%arg0: tensor<i32> {jax.global_constant = "b"} loc(unknown), %arg1: tensor<?x4xf32> loc("x"), %arg2: tensor<?x4xf32> loc(#loc7)) -> tensor<f32> {
+  }
+}"#;
+        assert_eq!(
+            wrapped_main_arg_locs(t),
+            [Some("x".to_string()), Some("y".to_string())]
+        );
+        assert!(wrapped_main_arg_locs("module {}").is_empty());
     }
 
     #[test]

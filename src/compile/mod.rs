@@ -1060,6 +1060,27 @@ impl Compiler {
     /// Runs a test-only request in a jailed worker (test builds). A raw-options compile that
     /// succeeds answers `ret = 0, detail = "compiled"`.
     #[cfg(feature = "test-hooks")]
+    /// Reads a shape-polymorphic module's argument names and shape assertions, in a jailed
+    /// worker with the refiner (`None` with thread isolation, which never loads the refiner).
+    pub(crate) fn describe(
+        &self,
+        client: &Client,
+        module: &[u8],
+    ) -> Result<Option<protocol::Description>, Error> {
+        let Some(pool) = &self.pool else {
+            return Ok(None);
+        };
+        let done = pool
+            .run_encoded(protocol::encode(Kind::Describe, module))
+            .map_err(pool_error)?;
+        if done.frame.kind == Kind::Described {
+            return serde_json::from_slice(&done.frame.payload)
+                .map(Some)
+                .map_err(|e| Error::Internal(format!("a worker's description: {e}")));
+        }
+        self.finish_worker_reply(client, done).map(|_| None)
+    }
+
     pub(crate) fn test_request(
         &self,
         client: &Client,

@@ -35,6 +35,9 @@ pub enum Kind {
     Compile,
     /// Parent → worker: a test-only request (compiled into test builds only).
     Test,
+    /// Parent → worker: read a (shape-polymorphic) module's argument names and shape
+    /// assertions with the refiner; the (untrusted) module.
+    Describe,
     /// Worker → parent: jailed and ready; the jail report, JSON.
     Ready,
     /// Worker → parent: the serialized executable and compile statistics.
@@ -45,6 +48,8 @@ pub enum Kind {
     Fatal,
     /// Worker → parent: the answer to a test-only request, JSON.
     TestResult,
+    /// Worker → parent: what [`Kind::Describe`] found, JSON.
+    Described,
 }
 
 impl Kind {
@@ -53,11 +58,13 @@ impl Kind {
             Kind::Init => 1,
             Kind::Compile => 2,
             Kind::Test => 3,
+            Kind::Describe => 4,
             Kind::Ready => 10,
             Kind::Compiled => 11,
             Kind::Rejected => 12,
             Kind::Fatal => 13,
             Kind::TestResult => 14,
+            Kind::Described => 15,
         }
     }
 
@@ -66,11 +73,13 @@ impl Kind {
             1 => Kind::Init,
             2 => Kind::Compile,
             3 => Kind::Test,
+            4 => Kind::Describe,
             10 => Kind::Ready,
             11 => Kind::Compiled,
             12 => Kind::Rejected,
             13 => Kind::Fatal,
             14 => Kind::TestResult,
+            15 => Kind::Described,
             _ => return None,
         })
     }
@@ -309,6 +318,15 @@ pub struct CompileRequest<'a> {
     pub refine: Option<Refinement>,
     /// The module.
     pub program: &'a [u8],
+}
+
+/// What a worker read from a module ([`Kind::Describe`]).
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Description {
+    /// The `loc("...")` name of each array argument of the module's (wrapped) main, in order.
+    pub arg_names: Vec<Option<String>>,
+    /// The messages of its `@shape_assertion`s (JAX's, placeholders unfilled).
+    pub assertions: Vec<String>,
 }
 
 /// What a shape-polymorphic module is refined to.

@@ -147,7 +147,7 @@ pub(crate) fn run() -> i32 {
     // Only now the untrusted bytes.
     let max_module = init.limits.max_module_bytes.saturating_add(MAX_SMALL);
     let frame = match protocol::read_frame(&mut input, |k| match k {
-        Kind::Compile => max_module,
+        Kind::Compile | Kind::Describe => max_module,
         _ => MAX_SMALL,
     }) {
         Ok(Ok(f)) => f,
@@ -162,6 +162,7 @@ pub(crate) fn run() -> i32 {
             init.refiner.as_deref(),
             &mut out,
         ),
+        Kind::Describe => describe(init.refiner.as_deref(), &frame.payload, &mut out),
         #[cfg(feature = "test-hooks")]
         Kind::Test => test_request(&client.0, &frame.payload, &mut out),
         _ => 5,
@@ -422,6 +423,35 @@ fn failed_constraint(
         }
         Some(filled)
     })
+}
+
+/// Reads a module's argument names and shape assertions with the refiner.
+fn describe(refiner: Option<&std::path::Path>, module: &[u8], out: &mut impl Write) -> i32 {
+    let reject = |message: String| Rejection {
+        function: REFINE.to_string(),
+        code: None,
+        message,
+    };
+    let Some(path) = refiner else {
+        return write_rejection(out, &reject("no StableHLO refiner".into()));
+    };
+    let described = crate::refine::Refiner::load(path).and_then(|r| {
+        let text = r.print_with_locations(module)?;
+        Ok(protocol::Description {
+            arg_names: crate::artifact::mlir::wrapped_main_arg_locs(&text),
+            assertions: r.shape_assertions(module)?,
+        })
+    });
+    match described {
+        Ok(d) => {
+            let body = serde_json::to_vec(&d).unwrap_or_default();
+            match protocol::write_frame(out, Kind::Described, &body) {
+                Ok(()) => 0,
+                Err(_) => 3,
+            }
+        }
+        Err(e) => write_rejection(out, &reject(e.to_string())),
+    }
 }
 
 fn compile(

@@ -158,6 +158,7 @@ functions! {
     mlirOpPrintingFlagsCreate: fn() -> MlirOpPrintingFlags;
     mlirOpPrintingFlagsDestroy: fn(MlirOpPrintingFlags);
     mlirOpPrintingFlagsElideLargeElementsAttrs: fn(MlirOpPrintingFlags, isize);
+    mlirOpPrintingFlagsEnableDebugInfo: fn(MlirOpPrintingFlags, bool, bool);
     mlirOperationPrintWithFlags:
         fn(MlirOperation, MlirOpPrintingFlags, MlirStringCallback, *mut c_void);
     mlirLocationPrint: fn(MlirLocation, MlirStringCallback, *mut c_void);

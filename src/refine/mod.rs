@@ -306,6 +306,17 @@ impl Refiner {
         let module = session.deserialize(module)?;
         Ok(assertion_messages(&session.print(&module)))
     }
+
+    /// The module as StableHLO text with its locations (`loc("x")` on the arguments JAX named)
+    /// and large constants elided: what a caller reads argument names and shape assertions from.
+    ///
+    /// # Errors
+    /// [`RefineError::Deserialize`] / [`RefineError::Unsupported`] as [`Refiner::refine`].
+    pub fn print_with_locations(&self, module: &[u8]) -> Result<String, RefineError> {
+        let session = Session::new(&self.fns);
+        let module = session.deserialize(module)?;
+        Ok(session.print_with(&module, true))
+    }
 }
 
 /// The `error_message` of every `@shape_assertion` custom call in printed MLIR, unescaped.
@@ -623,12 +634,20 @@ impl<'a> Session<'a> {
 
     /// The module as text, with large constants elided (only types and op names matter here).
     fn print(&self, module: &Module<'_>) -> String {
+        self.print_with(module, false)
+    }
+
+    /// [`Session::print`], with locations (`loc(...)`, as aliases) when `locations`.
+    fn print_with(&self, module: &Module<'_>, locations: bool) -> String {
         let mut out = Vec::new();
         // SAFETY: live module; the flags are created and destroyed here; `out` is the Vec the
         // callback appends to.
         unsafe {
             let flags = (self.fns.mlirOpPrintingFlagsCreate)();
             (self.fns.mlirOpPrintingFlagsElideLargeElementsAttrs)(flags, 16);
+            if locations {
+                (self.fns.mlirOpPrintingFlagsEnableDebugInfo)(flags, true, false);
+            }
             let op = (self.fns.mlirModuleGetOperation)(module.raw);
             (self.fns.mlirOperationPrintWithFlags)(
                 op,
