@@ -1057,9 +1057,6 @@ impl Compiler {
             .unwrap_or_default()
     }
 
-    /// Runs a test-only request in a jailed worker (test builds). A raw-options compile that
-    /// succeeds answers `ret = 0, detail = "compiled"`.
-    #[cfg(feature = "test-hooks")]
     /// Reads a shape-polymorphic module's argument names and shape assertions, in a jailed
     /// worker with the refiner (`None` with thread isolation, which never loads the refiner).
     pub(crate) fn describe(
@@ -1081,6 +1078,9 @@ impl Compiler {
         self.finish_worker_reply(client, done).map(|_| None)
     }
 
+    /// Runs a test-only request in a jailed worker (test builds). A raw-options compile that
+    /// succeeds answers `ret = 0, detail = "compiled"`.
+    #[cfg(feature = "test-hooks")]
     pub(crate) fn test_request(
         &self,
         client: &Client,

@@ -427,13 +427,13 @@ fn failed_constraint(
 
 /// Reads a module's argument names and shape assertions with the refiner.
 fn describe(refiner: Option<&std::path::Path>, module: &[u8], out: &mut impl Write) -> i32 {
-    let reject = |message: String| Rejection {
-        function: REFINE.to_string(),
+    let reject = |function: &str, message: String| Rejection {
+        function: function.to_string(),
         code: None,
         message,
     };
     let Some(path) = refiner else {
-        return write_rejection(out, &reject("no StableHLO refiner".into()));
+        return write_rejection(out, &reject(REFINE, "no StableHLO refiner".into()));
     };
     let described = crate::refine::Refiner::load(path).and_then(|r| {
         let text = r.print_with_locations(module)?;
@@ -450,7 +450,10 @@ fn describe(refiner: Option<&std::path::Path>, module: &[u8], out: &mut impl Wri
                 Err(_) => 3,
             }
         }
-        Err(e) => write_rejection(out, &reject(e.to_string())),
+        Err(e @ crate::refine::RefineError::Unsupported { .. }) => {
+            write_rejection(out, &reject(REFINE_UNSUPPORTED, e.to_string()))
+        }
+        Err(e) => write_rejection(out, &reject(REFINE, e.to_string())),
     }
 }
 
