@@ -103,6 +103,14 @@ fn hits_tampering_and_truncation() {
         serde_json::json!(["float32[1,64]"])
     );
     assert_eq!(start["module"]["format"], "mlir");
+    // The worker's address space is sized from the module: the configured base plus 8 × its
+    // size (far below this host's memory for digits).
+    let base = start["limits"]["address_space_bytes"].as_u64().unwrap();
+    let size = start["module"]["size"].as_u64().unwrap();
+    assert_eq!(
+        start["address_space_limit_bytes"].as_u64().unwrap(),
+        base + 8 * size
+    );
 }
 
 #[test]

@@ -588,6 +588,7 @@ impl Compiler {
                     warm_up: config.warm_up_workers,
                     read_paths,
                     refiner: refiner.clone(),
+                    address_space_cap: sandbox::physical_memory().unwrap_or(0),
                 };
                 let init = serde_json::to_vec(&init)
                     .map_err(|e| Error::Internal(format!("encoding the worker init: {e}")))
@@ -721,6 +722,13 @@ impl Compiler {
             },
             "options": {"num_replicas": replicas, "num_partitions": partitions, "hex": cache::hex(&options)},
             "limits": self.limits_json(),
+            "address_space_limit_bytes": self.config.limits.address_space_bytes.map(|b| {
+                sandbox::address_space_for(
+                    b,
+                    sandbox::physical_memory().unwrap_or(0),
+                    input.program.len(),
+                )
+            }),
         });
         let with = |extra: serde_json::Value| {
             let mut v = base.clone();

@@ -123,12 +123,55 @@ fn setrlimit(res: libc::__rlimit_resource_t, soft: u64, hard: u64) -> io::Result
     }
 }
 
+/// The host's physical memory in bytes (`sysinfo`), if it can be read.
+pub(crate) fn physical_memory() -> Option<u64> {
+    let mut s = std::mem::MaybeUninit::<libc::sysinfo>::zeroed();
+    // SAFETY: sysinfo writes one struct into the pointer, valid for it.
+    if unsafe { libc::sysinfo(s.as_mut_ptr()) } != 0 {
+        return None;
+    }
+    // SAFETY: sysinfo returned 0, so it filled the struct.
+    let s = unsafe { s.assume_init() };
+    u64::from(s.totalram).checked_mul(u64::from(s.mem_unit))
+}
+
+/// The address-space limit of a compile of a `module_len`-byte module: the configured `base`
+/// plus 8 × the module (XLA holds a few copies of baked weights while it compiles: a 100 MiB
+/// module peaked at 4.3× its size), never above `cap` (the host's memory) unless `base` is.
+pub(crate) fn address_space_for(base: u64, cap: u64, module_len: usize) -> u64 {
+    let need = base.saturating_add((module_len as u64).saturating_mul(8));
+    need.min(cap.max(base))
+}
+
+#[cfg(test)]
+mod sizing_tests {
+    #[test]
+    fn address_space_grows_with_the_module_up_to_the_cap() {
+        use super::address_space_for as f;
+        const G: u64 = 1 << 30;
+        assert_eq!(f(16 * G, 24 * G, 0), 16 * G);
+        assert_eq!(f(16 * G, 24 * G, 100 << 20), 16 * G + (800 << 20));
+        assert_eq!(f(16 * G, 24 * G, 2 << 30), 24 * G);
+        // A cap below the configured limit never lowers it.
+        assert_eq!(f(16 * G, 8 * G, 1 << 30), 16 * G);
+        assert_eq!(f(256 << 20, 0, 1000), 256 << 20);
+    }
+}
+
+/// Sets the address-space limit (soft and hard) to `bytes` for the compile about to run;
+/// only ever lowers the hard limit [`set_rlimits`] left.
+pub(crate) fn limit_address_space(bytes: u64) -> Result<(), String> {
+    setrlimit(libc::RLIMIT_AS, bytes, bytes).map_err(|e| format!("RLIMIT_AS: {e}"))
+}
+
 /// Step 3: resource limits. Returns a description; a limit that cannot be set is an error
-/// (they are what stops a runaway compile).
-pub(crate) fn set_rlimits(l: &Limits) -> Result<String, String> {
+/// (they are what stops a runaway compile). The address space gets `l.address_space_bytes` as
+/// its soft limit and `cap` (at least that) as its hard limit, so that the limit of one compile
+/// can be sized from its module ([`address_space_for`]) before the module is parsed.
+pub(crate) fn set_rlimits(l: &Limits, cap: u64) -> Result<String, String> {
     let mut parts = Vec::new();
     if let Some(b) = l.address_space_bytes {
-        setrlimit(libc::RLIMIT_AS, b, b).map_err(|e| format!("RLIMIT_AS: {e}"))?;
+        setrlimit(libc::RLIMIT_AS, b, cap.max(b)).map_err(|e| format!("RLIMIT_AS: {e}"))?;
         parts.push(format!("AS {} MiB", b >> 20));
     }
     if let Some(s) = l.cpu_seconds {
@@ -398,10 +441,19 @@ fn allowed_syscalls(pid: u32) -> Result<BTreeMap<i64, Vec<seccompiler::SeccompRu
         libc::SYS_tgkill,
         vec![Rule::new(vec![dcond(0, Op::Eq, u64::from(pid))?]).map_err(e)?],
     );
-    // Reading resource limits only (a null new-limit pointer).
+    // Reading resource limits (a null new-limit pointer), and setting its own address-space
+    // limit, which the worker does once, before it parses a module ([`limit_address_space`]):
+    // without capabilities a hard limit can only go down, and that one sets soft = hard.
     m.insert(
         libc::SYS_prlimit64,
-        vec![Rule::new(vec![cond(2, Op::Eq, 0)?]).map_err(e)?],
+        vec![
+            Rule::new(vec![cond(2, Op::Eq, 0)?]).map_err(e)?,
+            Rule::new(vec![
+                cond(0, Op::Eq, 0)?,
+                cond(1, Op::Eq, libc::RLIMIT_AS as u64)?,
+            ])
+            .map_err(e)?,
+        ],
     );
     // Thread names and anonymous-mapping names.
     const PR_SET_VMA: u64 = 0x5356_4d41;

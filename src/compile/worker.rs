@@ -47,6 +47,10 @@ pub(crate) struct WorkerInit {
     /// The StableHLO refiner, loaded only for a request that asks for refinement.
     #[serde(default)]
     pub refiner: Option<PathBuf>,
+    /// The most address space a compile may be given (the host's memory): the limit of one
+    /// compile is sized from its module up to this.
+    #[serde(default)]
+    pub address_space_cap: u64,
 }
 
 /// What the worker reports with a compiled executable.
@@ -154,6 +158,13 @@ pub(crate) fn run() -> i32 {
         // The parent went away or broke the protocol: nothing to answer.
         Ok(Err(_)) | Err(_) => return 4,
     };
+    // Size the address space from the module before anything parses it.
+    if let Some(base) = init.limits.address_space_bytes {
+        let limit = sandbox::address_space_for(base, init.address_space_cap, frame.payload.len());
+        if let Err(e) = sandbox::limit_address_space(limit) {
+            return fatal(&mut out, &e);
+        }
+    }
     let code = match frame.kind {
         Kind::Compile => compile(
             &client.0,
@@ -187,7 +198,7 @@ fn jail_and_load(init: &WorkerInit) -> Result<(JailReport, Loaded), String> {
     // Step 2: environment.
     let env = sandbox::clear_env(ENV_ALLOWLIST);
     // Step 3: resource limits (never optional).
-    let rlimits = sandbox::set_rlimits(&init.limits)?;
+    let rlimits = sandbox::set_rlimits(&init.limits, init.address_space_cap)?;
     // Step 4: CPU affinity.
     let affinity = match &sb.cores {
         Some(c) => sandbox::set_affinity(c)?,
