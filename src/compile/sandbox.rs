@@ -132,7 +132,7 @@ pub(crate) fn physical_memory() -> Option<u64> {
     }
     // SAFETY: sysinfo returned 0, so it filled the struct.
     let s = unsafe { s.assume_init() };
-    u64::from(s.totalram).checked_mul(u64::from(s.mem_unit))
+    s.totalram.checked_mul(u64::from(s.mem_unit))
 }
 
 /// The address-space limit of a compile of a `module_len`-byte module: the configured `base`
