@@ -465,3 +465,78 @@ fn shapes_can_be_compiled_ahead_of_requests() {
     assert_eq!(specs[0].shapes.get("b"), Some(&vec![1, 5]));
     assert!(specs[0].problem.is_none());
 }
+
+#[test]
+fn a_second_process_loads_shapes_from_the_cache_and_a_tampered_entry_is_refused() {
+    let cache = tempfile::tempdir().unwrap();
+    let log = cache.path().join("audit.jsonl");
+    let dir = fixture("poly_twice").join("sizes/b2");
+    let cmd = |out: &Path| {
+        xlaguard_cmd()
+            .arg("--cache-dir")
+            .arg(cache.path().join("c"))
+            .arg("--audit-log")
+            .arg(&log)
+            .arg("run")
+            .arg(fixture("poly_twice").join("model.jaxexport"))
+            .arg(dir.join("in0.npy"))
+            .arg(dir.join("in1.npy"))
+            .arg("--out")
+            .arg(out)
+            .output()
+            .unwrap()
+    };
+    let events = || -> Vec<String> {
+        std::fs::read_to_string(&log)
+            .unwrap()
+            .lines()
+            .map(|l| {
+                serde_json::from_str::<Value>(l).unwrap()["event"]
+                    .as_str()
+                    .unwrap()
+                    .to_string()
+            })
+            .collect()
+    };
+    let outs: Vec<tempfile::TempDir> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    let r = cmd(outs[0].path());
+    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+    assert!(
+        !events().contains(&"cache_hit".to_string()),
+        "{:?}",
+        events()
+    );
+    // Another process, the same cache: the shape loads without compiling.
+    let r = cmd(outs[1].path());
+    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+    assert_eq!(
+        events().iter().filter(|e| *e == "cache_hit").count(),
+        1,
+        "{:?}",
+        events()
+    );
+    // Tamper with every entry: refused (authentication), recompiled, same outputs.
+    for e in std::fs::read_dir(cache.path().join("c")).unwrap() {
+        let p = e.unwrap().path();
+        if p.extension().is_some_and(|x| x == "xlx") {
+            let mut b = std::fs::read(&p).unwrap();
+            let n = b.len() / 2;
+            b[n] ^= 0xff;
+            std::fs::write(&p, b).unwrap();
+        }
+    }
+    let r = cmd(outs[2].path());
+    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+    assert!(
+        events().contains(&"cache_rejected".to_string()),
+        "{:?}",
+        events()
+    );
+    for out in &outs {
+        assert_bit_equal(
+            "b2 (cli, cache)",
+            &numbered(out.path(), "out"),
+            &numbered(&dir, "out"),
+        );
+    }
+}

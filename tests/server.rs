@@ -909,6 +909,7 @@ fn queue_full_gets_429_and_deadline_gets_503() {
             workers: Some(1),
             max_queue: Some(1),
             timeout: Some(Duration::from_millis(timeout_ms)),
+            ..LimitOverrides::default()
         };
         m
     };
@@ -1118,6 +1119,12 @@ fn model_repository_reports_bad_models_and_serves_the_others() {
     std::fs::write(root.join("broken/model.jaxexport"), b"not a model at all").unwrap();
     copy_into(&art, &root.join("typo"), "model.jaxexport");
     std::fs::write(root.join("typo/config.toml"), "versoin = 2\n").unwrap();
+    copy_into(&art, &root.join("toolarge"), "model.jaxexport");
+    std::fs::write(
+        root.join("toolarge/config.toml"),
+        "[limits]\nmax_module_bytes = 1000\n",
+    )
+    .unwrap();
     copy_into(&art, &root.join("guarded"), "model.jaxexport");
     std::fs::write(
         root.join("guarded/policy.toml"),
@@ -1155,6 +1162,7 @@ fn model_repository_reports_bad_models_and_serves_the_others() {
             "misguarded",
             "named",
             "poly",
+            "toolarge",
             "two",
             "typo"
         ]
@@ -1190,6 +1198,10 @@ fn model_repository_reports_bad_models_and_serves_the_others() {
             "several .jaxexport artifacts (a.jaxexport, b.jaxexport)",
         ),
         ("poly", "symbolic"),
+        (
+            "toolarge",
+            "above this model's config.toml [limits] max_module_bytes = 1000",
+        ),
     ] {
         let (st, why) = state(name);
         assert_eq!(st, "UNAVAILABLE", "{name}");
@@ -1200,7 +1212,7 @@ fn model_repository_reports_bad_models_and_serves_the_others() {
     assert_eq!(r.status, 400);
     assert_eq!(
         r.error(),
-        "models not ready: broken, empty, misguarded, poly, two, typo"
+        "models not ready: broken, empty, misguarded, poly, toolarge, two, typo"
     );
     assert_eq!(get(addr, "/v2/models/broken/ready").status, 400);
     let r = get(addr, "/v2/models/broken");

@@ -429,6 +429,15 @@ fn load_one(spec: &ModelSpec, engines: &mut Engines) -> Result<(Loaded, Duration
         ArtifactSource::Bytes(b) => artifact::load(b),
     }
     .map_err(|e| e.to_string())?;
+    if let Some(limit) = spec.limits.max_module_bytes {
+        let size = a.program.len() as u64;
+        if size > limit {
+            return Err(format!(
+                "the module is {size} bytes, above this model's config.toml [limits] \
+                 max_module_bytes = {limit}"
+            ));
+        }
+    }
     let platform = platform_of(a.kind);
     let started = Instant::now();
     let mut model = engine.load_artifact(a).map_err(|e| e.to_string())?;

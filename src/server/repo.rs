@@ -54,6 +54,10 @@ pub struct LimitOverrides {
     pub max_queue: Option<usize>,
     /// Request deadline.
     pub timeout: Option<Duration>,
+    /// Largest module this model may have, in bytes (at most the server's
+    /// `--max-module-bytes`): a bigger artifact makes the model unavailable before any worker
+    /// sees it.
+    pub max_module_bytes: Option<u64>,
 }
 
 /// How many requests a model runs and queues, and how long a request may take.
@@ -158,6 +162,8 @@ struct LimitsFile {
     max_queue: Option<usize>,
     #[serde(default)]
     timeout_ms: Option<u64>,
+    #[serde(default)]
+    max_module_bytes: Option<u64>,
 }
 
 /// Why a repository could not be read at all (a bad model folder is not this: it is reported
@@ -307,6 +313,7 @@ pub fn read_model_dir(dir: &Path, name: &str) -> ModelSpec {
                 workers: l.workers,
                 max_queue: l.max_queue,
                 timeout: l.timeout_ms.map(Duration::from_millis),
+                max_module_bytes: l.max_module_bytes,
             };
         }
         if let Some(s) = &c.shapes {
