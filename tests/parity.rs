@@ -8,10 +8,9 @@ mod common;
 mod serving;
 
 use serde_json::{json, Value};
-use xlaguard::server::repo::ModelSpec;
 use xlaguard::{DType, Tensor, TensorRef};
 
-use common::{engine, fixture, numbered, xlaguard_cmd};
+use common::{assert_bit_equal, engine, fixture, numbered, xlaguard_cmd};
 use serving::*;
 
 const MODELS: &[&str] = &[
@@ -29,21 +28,6 @@ const MODELS: &[&str] = &[
     "prng_keys",
 ];
 
-fn assert_bit_equal(model: &str, how: &str, got: &[Tensor], expected: &[Tensor]) {
-    assert_eq!(got.len(), expected.len(), "{model} ({how}): output count");
-    for (i, (g, e)) in got.iter().zip(expected).enumerate() {
-        assert_eq!(
-            g.type_string(),
-            e.type_string(),
-            "{model} ({how}): out{i} type"
-        );
-        assert!(
-            g.bytes() == e.bytes(),
-            "{model} ({how}): out{i} differs from JAX's output"
-        );
-    }
-}
-
 #[test]
 fn library_gives_jax_outputs_bit_for_bit() {
     for model in MODELS {
@@ -54,7 +38,7 @@ fn library_gives_jax_outputs_bit_for_bit() {
         let inputs = numbered(&dir, "in");
         let views: Vec<TensorRef<'_>> = inputs.iter().map(Tensor::view).collect();
         let got = m.run(&views).unwrap_or_else(|e| panic!("{model}: {e}"));
-        assert_bit_equal(model, "library", &got, &numbered(&dir, "out"));
+        assert_bit_equal(&format!("{model} (library)"), &got, &numbered(&dir, "out"));
     }
 }
 
@@ -115,8 +99,7 @@ fn cli_run_gives_jax_outputs_bit_for_bit() {
             String::from_utf8_lossy(&r.stderr)
         );
         assert_bit_equal(
-            model,
-            "run",
+            &format!("{model} (run)"),
             &numbered(out.path(), "out"),
             &numbered(&dir, "out"),
         );
@@ -173,26 +156,13 @@ fn json_equal(dtype: DType, got: &[u8], expected: &[u8]) -> bool {
 
 #[test]
 fn serve_gives_jax_outputs_in_json_and_binary() {
-    let server = InProcess::start(
-        MODELS
-            .iter()
-            .map(|&n| ModelSpec::from_file(n, fixture(n).join("model.jaxexport")))
-            .collect(),
-        |c| c.max_body_bytes = 16 << 20,
-    );
+    let server = serve_fixtures(MODELS);
     let addr = server.addr;
-    wait_loaded(addr);
     for model in MODELS {
         let dir = fixture(model);
         let meta = get(addr, &format!("/v2/models/{model}")).json();
         let inputs: Vec<Tensor> = numbered(&dir, "in").iter().map(wire_view).collect();
         let expected: Vec<Tensor> = numbered(&dir, "out").iter().map(wire_view).collect();
-        let names: Vec<String> = meta["inputs"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|i| i["name"].as_str().unwrap().to_string())
-            .collect();
         // Metadata shows each input as it travels: complex as FP32/FP64 [..., 2].
         for (i, t) in inputs.iter().enumerate() {
             assert_eq!(
@@ -202,16 +172,8 @@ fn serve_gives_jax_outputs_in_json_and_binary() {
             );
             assert_eq!(meta["inputs"][i]["shape"], json!(t.shape()), "{model}");
         }
-        let name_refs: Vec<&str> = names.iter().map(String::as_str).collect();
-        let path = format!("/v2/models/{model}/infer");
-
-        let r = post_json(
-            addr,
-            &path,
-            &json!({"inputs": json_inputs(&name_refs, &inputs)}),
-        );
-        assert_eq!(r.status, 200, "{model}: {}", r.text());
-        let v = r.json();
+        let names = served_input_names(addr, model);
+        let v = infer_json(addr, model, &names, &inputs);
         for (k, e) in expected.iter().enumerate() {
             let o = &v["outputs"][k];
             assert_eq!(o["datatype"], datatype(e.dtype()), "{model} out{k}");
@@ -222,22 +184,9 @@ fn serve_gives_jax_outputs_in_json_and_binary() {
                 "{model} out{k} (JSON) differs from JAX"
             );
         }
-
-        let header = json!({
-            "inputs": inputs.iter().zip(&names).map(|(t, n)| json!({
-                "name": n, "datatype": datatype(t.dtype()), "shape": t.shape(),
-                "parameters": {"binary_data_size": t.bytes().len()},
-            })).collect::<Vec<_>>(),
-            "outputs": v["outputs"].as_array().unwrap().iter().map(|o| json!({
-                "name": o["name"], "parameters": {"binary_data": true},
-            })).collect::<Vec<_>>(),
-        });
-        let data: Vec<u8> = inputs.iter().flat_map(|t| t.bytes().to_vec()).collect();
-        let r = post_binary(addr, &path, &header, &data);
-        assert_eq!(r.status, 200, "{model}: {}", r.text());
         let want: Vec<u8> = expected.iter().flat_map(|t| t.bytes().to_vec()).collect();
         assert!(
-            r.binary() == want.as_slice(),
+            infer_binary(addr, model, &names, &inputs) == want,
             "{model}: binary outputs differ from JAX's"
         );
     }

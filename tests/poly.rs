@@ -11,11 +11,10 @@ mod serving;
 use std::path::{Path, PathBuf};
 
 use serde_json::{json, Value};
-use xlaguard::server::repo::ModelSpec;
 use xlaguard::validate::InputError;
 use xlaguard::{Engine, Error, Tensor, TensorRef};
 
-use common::{config, engine, fixture, numbered, xlaguard_cmd};
+use common::{assert_bit_equal, config, engine, fixture, numbered, xlaguard_cmd};
 use serving::*;
 
 const MODELS: &[&str] = &[
@@ -50,14 +49,6 @@ fn run(m: &xlaguard::Model, dir: &Path) -> Result<Vec<Tensor>, Error> {
     let inputs = numbered(dir, "in");
     let views: Vec<TensorRef<'_>> = inputs.iter().map(Tensor::view).collect();
     m.run(&views)
-}
-
-fn assert_bit_equal(what: &str, got: &[Tensor], expected: &[Tensor]) {
-    assert_eq!(got.len(), expected.len(), "{what}: output count");
-    for (i, (g, e)) in got.iter().zip(expected).enumerate() {
-        assert_eq!(g.type_string(), e.type_string(), "{what}: out{i} type");
-        assert!(g.bytes() == e.bytes(), "{what}: out{i} differs from JAX's");
-    }
 }
 
 #[test]
@@ -338,38 +329,18 @@ fn cli_run_and_inspect() {
 
 #[test]
 fn serve_answers_every_size_like_jax_in_json_and_binary() {
-    let server = InProcess::start(
-        MODELS
-            .iter()
-            .map(|&n| ModelSpec::from_file(n, fixture(n).join("model.jaxexport")))
-            .collect(),
-        |c| c.max_body_bytes = 16 << 20,
-    );
+    let server = serve_fixtures(MODELS);
     let addr = server.addr;
-    wait_loaded(addr);
     for model in MODELS {
         let meta = get(addr, &format!("/v2/models/{model}")).json();
         // Symbolic dimensions are -1 in the metadata, as Triton and KServe write them.
         let shape0 = meta["inputs"][0]["shape"].as_array().unwrap().clone();
         assert!(shape0.contains(&json!(-1)), "{model}: {meta}");
-        let names: Vec<String> = meta["inputs"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|i| i["name"].as_str().unwrap().to_string())
-            .collect();
-        let name_refs: Vec<&str> = names.iter().map(String::as_str).collect();
-        let path = format!("/v2/models/{model}/infer");
+        let names = served_input_names(addr, model);
         for (tag, dir) in sizes(model) {
             let inputs = numbered(&dir, "in");
             let expected = numbered(&dir, "out");
-            let r = post_json(
-                addr,
-                &path,
-                &json!({"inputs": json_inputs(&name_refs, &inputs)}),
-            );
-            assert_eq!(r.status, 200, "{model} {tag}: {}", r.text());
-            let v = r.json();
+            let v = infer_json(addr, model, &names, &inputs);
             for (k, e) in expected.iter().enumerate() {
                 let o = &v["outputs"][k];
                 assert_eq!(o["shape"], json!(e.shape()), "{model} {tag} out{k}");
@@ -379,19 +350,9 @@ fn serve_answers_every_size_like_jax_in_json_and_binary() {
                     "{model} {tag} out{k} (JSON)"
                 );
             }
-            let header = json!({
-                "inputs": inputs.iter().zip(&names).map(|(t, n)| json!({
-                    "name": n, "datatype": datatype(t.dtype()), "shape": t.shape(),
-                    "parameters": {"binary_data_size": t.bytes().len()},
-                })).collect::<Vec<_>>(),
-                "parameters": {"binary_data_output": true},
-            });
-            let data: Vec<u8> = inputs.iter().flat_map(|t| t.bytes().to_vec()).collect();
-            let r = post_binary(addr, &path, &header, &data);
-            assert_eq!(r.status, 200, "{model} {tag}: {}", r.text());
             let want: Vec<u8> = expected.iter().flat_map(|t| t.bytes().to_vec()).collect();
             assert!(
-                r.binary() == want.as_slice(),
+                infer_binary(addr, model, &names, &inputs) == want,
                 "{model} {tag}: binary outputs differ"
             );
         }
@@ -399,12 +360,7 @@ fn serve_answers_every_size_like_jax_in_json_and_binary() {
     // A violated constraint is a 400 with JAX's message; the model keeps serving.
     let v = meta("poly_bert")["violation"].clone();
     let inputs = numbered(&fixture("poly_bert").join(v["dir"].as_str().unwrap()), "in");
-    let names: Vec<String> = get(addr, "/v2/models/poly_bert").json()["inputs"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|i| i["name"].as_str().unwrap().to_string())
-        .collect();
+    let names = served_input_names(addr, "poly_bert");
     let name_refs: Vec<&str> = names.iter().map(String::as_str).collect();
     let r = post_json(
         addr,

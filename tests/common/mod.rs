@@ -105,3 +105,15 @@ pub fn digits_still_work(engine: &Engine) {
     let out = m.run(&[ins[0].view()]).unwrap();
     assert_eq!(out[1].bytes(), numbered(&dir, "out")[1].bytes());
 }
+
+/// Asserts outputs equal JAX's bit for bit (type and bytes), naming `what` on failure.
+pub fn assert_bit_equal(what: &str, got: &[Tensor], expected: &[Tensor]) {
+    assert_eq!(got.len(), expected.len(), "{what}: output count");
+    for (i, (g, e)) in got.iter().zip(expected).enumerate() {
+        assert_eq!(g.type_string(), e.type_string(), "{what}: out{i} type");
+        assert!(
+            g.bytes() == e.bytes(),
+            "{what}: out{i} differs from JAX's output"
+        );
+    }
+}

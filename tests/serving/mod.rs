@@ -591,3 +591,56 @@ pub fn copy_into(file: &Path, dir: &Path, name: &str) {
     std::fs::create_dir_all(dir).unwrap();
     std::fs::copy(file, dir.join(name)).unwrap();
 }
+
+/// A server on loopback serving each `hlo/<name>/model.jaxexport`, with every model loaded.
+pub fn serve_fixtures(models: &[&str]) -> InProcess {
+    let s = InProcess::start(
+        models
+            .iter()
+            .map(|&n| ModelSpec::from_file(n, crate::common::fixture(n).join("model.jaxexport")))
+            .collect(),
+        |c| c.max_body_bytes = 16 << 20,
+    );
+    wait_loaded(s.addr);
+    s
+}
+
+/// The input names a served model's metadata lists, in order.
+pub fn served_input_names(addr: SocketAddr, model: &str) -> Vec<String> {
+    get(addr, &format!("/v2/models/{model}")).json()["inputs"]
+        .as_array()
+        .expect("metadata inputs")
+        .iter()
+        .map(|i| i["name"].as_str().expect("input name").to_string())
+        .collect()
+}
+
+/// Infers with JSON inputs and outputs; asserts 200 and returns the response.
+pub fn infer_json(
+    addr: SocketAddr,
+    model: &str,
+    names: &[String],
+    inputs: &[Tensor],
+) -> serde_json::Value {
+    let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+    let body = serde_json::json!({"inputs": json_inputs(&refs, inputs)});
+    let r = post_json(addr, &format!("/v2/models/{model}/infer"), &body);
+    assert_eq!(r.status, 200, "{model}: {}", r.text());
+    r.json()
+}
+
+/// Infers with binary inputs and every output binary; asserts 200 and returns the outputs'
+/// bytes, concatenated in order.
+pub fn infer_binary(addr: SocketAddr, model: &str, names: &[String], inputs: &[Tensor]) -> Vec<u8> {
+    let header = serde_json::json!({
+        "inputs": inputs.iter().zip(names).map(|(t, n)| serde_json::json!({
+            "name": n, "datatype": datatype(t.dtype()), "shape": t.shape(),
+            "parameters": {"binary_data_size": t.bytes().len()},
+        })).collect::<Vec<_>>(),
+        "parameters": {"binary_data_output": true},
+    });
+    let data: Vec<u8> = inputs.iter().flat_map(|t| t.bytes().to_vec()).collect();
+    let r = post_binary(addr, &format!("/v2/models/{model}/infer"), &header, &data);
+    assert_eq!(r.status, 200, "{model}: {}", r.text());
+    r.binary().to_vec()
+}
