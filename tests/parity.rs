@@ -10,7 +10,7 @@ mod serving;
 use serde_json::{json, Value};
 use xlaguard::{DType, Tensor, TensorRef};
 
-use common::{assert_bit_equal, engine, fixture, numbered, xlaguard_cmd};
+use common::{assert_bit_equal, cli_run, engine, fixture, numbered, xlaguard_cmd};
 use serving::*;
 
 const MODELS: &[&str] = &[
@@ -78,31 +78,8 @@ fn nan_made_by_the_model_survives_max_and_min() {
 fn cli_run_gives_jax_outputs_bit_for_bit() {
     for model in MODELS {
         let dir = fixture(model);
-        let out = tempfile::tempdir().unwrap();
-        let mut ins: Vec<_> = std::fs::read_dir(&dir)
-            .unwrap()
-            .map(|e| e.unwrap().file_name().into_string().unwrap())
-            .filter(|n| n.starts_with("in") && n.ends_with(".npy"))
-            .collect();
-        ins.sort_by_key(|n| n[2..n.len() - 4].parse::<u32>().unwrap());
-        let r = xlaguard_cmd()
-            .arg("run")
-            .arg(dir.join("model.jaxexport"))
-            .args(ins.iter().map(|n| dir.join(n)))
-            .arg("--out")
-            .arg(out.path())
-            .output()
-            .unwrap();
-        assert!(
-            r.status.success(),
-            "{model}: {}",
-            String::from_utf8_lossy(&r.stderr)
-        );
-        assert_bit_equal(
-            &format!("{model} (run)"),
-            &numbered(out.path(), "out"),
-            &numbered(&dir, "out"),
-        );
+        let got = cli_run(&dir.join("model.jaxexport"), &dir);
+        assert_bit_equal(&format!("{model} (run)"), &got, &numbered(&dir, "out"));
     }
 }
 

@@ -14,7 +14,7 @@ use serde_json::{json, Value};
 use xlaguard::validate::InputError;
 use xlaguard::{Engine, Error, Tensor, TensorRef};
 
-use common::{assert_bit_equal, config, engine, fixture, numbered, xlaguard_cmd};
+use common::{assert_bit_equal, cli_run, config, engine, fixture, numbered, xlaguard_cmd};
 use serving::*;
 
 const MODELS: &[&str] = &[
@@ -278,32 +278,10 @@ fn executables_per_shape_are_bounded_and_cached_on_disk() {
 fn cli_run_and_inspect() {
     for model in MODELS {
         let (tag, dir) = sizes(model).pop().unwrap();
-        let out = tempfile::tempdir().unwrap();
-        let mut ins: Vec<PathBuf> = std::fs::read_dir(&dir)
-            .unwrap()
-            .map(|e| e.unwrap().path())
-            .filter(|p| p.file_name().unwrap().to_string_lossy().starts_with("in"))
-            .collect();
-        ins.sort_by_key(|p| {
-            let n = p.file_stem().unwrap().to_string_lossy();
-            n[2..].parse::<u32>().unwrap()
-        });
-        let r = xlaguard_cmd()
-            .arg("run")
-            .arg(fixture(model).join("model.jaxexport"))
-            .args(&ins)
-            .arg("--out")
-            .arg(out.path())
-            .output()
-            .unwrap();
-        assert!(
-            r.status.success(),
-            "{model}: {}",
-            String::from_utf8_lossy(&r.stderr)
-        );
+        let got = cli_run(&fixture(model).join("model.jaxexport"), &dir);
         assert_bit_equal(
             &format!("{model} {tag} (run)"),
-            &numbered(out.path(), "out"),
+            &got,
             &numbered(&dir, "out"),
         );
     }

@@ -117,3 +117,33 @@ pub fn assert_bit_equal(what: &str, got: &[Tensor], expected: &[Tensor]) {
         );
     }
 }
+
+/// `xlaguard run MODEL in0.npy in1.npy ... --out DIR` on the `in*.npy` of `inputs_dir` (in
+/// numeric order); asserts success and returns the `out*.npy` it wrote.
+pub fn cli_run(model: &Path, inputs_dir: &Path) -> Vec<Tensor> {
+    let out = tempfile::tempdir().unwrap();
+    let mut ins: Vec<(u32, PathBuf)> = std::fs::read_dir(inputs_dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter_map(|p| {
+            let stem = p.file_stem()?.to_str()?.strip_prefix("in")?.parse().ok()?;
+            (p.extension()? == "npy").then_some((stem, p))
+        })
+        .collect();
+    ins.sort();
+    let r = xlaguard_cmd()
+        .arg("run")
+        .arg(model)
+        .args(ins.iter().map(|(_, p)| p))
+        .arg("--out")
+        .arg(out.path())
+        .output()
+        .unwrap();
+    assert!(
+        r.status.success(),
+        "{}: {}",
+        model.display(),
+        String::from_utf8_lossy(&r.stderr)
+    );
+    numbered(out.path(), "out")
+}
