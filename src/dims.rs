@@ -46,14 +46,30 @@ pub enum BinOp {
 /// Values of dimension variables.
 pub type Bindings = BTreeMap<String, i64>;
 
+/// Longest dimension text accepted (JAX's are a few dozen characters).
+const MAX_DIM_TEXT: usize = 512;
+/// Deepest nesting of parentheses and operations accepted.
+const MAX_DEPTH: usize = 32;
+
 impl DimExpr {
     /// Parses JAX's text for a dimension.
     ///
     /// # Errors
     /// A message naming the position of the first token that does not fit.
     pub fn parse(text: &str) -> Result<DimExpr, String> {
+        // The text comes from an untrusted artifact: bound it (and with it the recursion).
+        if text.len() > MAX_DIM_TEXT {
+            return Err(format!(
+                "a dimension of {} characters (at most {MAX_DIM_TEXT})",
+                text.len()
+            ));
+        }
         let tokens = tokenize(text)?;
-        let mut p = Parser { t: &tokens, i: 0 };
+        let mut p = Parser {
+            t: &tokens,
+            i: 0,
+            depth: 0,
+        };
         let e = p.expr()?;
         match p.t.get(p.i) {
             None => Ok(e),
@@ -237,6 +253,7 @@ fn tokenize(text: &str) -> Result<Vec<Tok>, String> {
 struct Parser<'a> {
     t: &'a [Tok],
     i: usize,
+    depth: usize,
 }
 
 impl Parser<'_> {
@@ -265,6 +282,16 @@ impl Parser<'_> {
     }
 
     fn expr(&mut self) -> Result<DimExpr, String> {
+        self.depth = self.depth.saturating_add(1);
+        if self.depth > MAX_DEPTH {
+            return Err(format!("nested deeper than {MAX_DEPTH}"));
+        }
+        let e = self.sum();
+        self.depth = self.depth.saturating_sub(1);
+        e
+    }
+
+    fn sum(&mut self) -> Result<DimExpr, String> {
         let mut terms = Vec::new();
         let mut neg = self.eat('-');
         loop {
@@ -548,6 +575,14 @@ mod tests {
         for bad in ["", "b +", "2**b", "b // 2", "foo(b, 2)", "(b", "b % 2"] {
             assert!(DimExpr::parse(bad).is_err(), "{bad}");
         }
+        // Hostile texts are refused, not a stack overflow.
+        let deep = format!("{}b{}", "(".repeat(300), ")".repeat(300));
+        assert!(DimExpr::parse(&deep).unwrap_err().contains("characters"));
+        let deep = format!("{}b{}", "(".repeat(40), ")".repeat(40));
+        assert!(DimExpr::parse(&deep).unwrap_err().contains("nested"));
+        let ok = format!("{}b{}", "(".repeat(20), ")".repeat(20));
+        assert_eq!(DimExpr::parse(&ok).unwrap(), DimExpr::Var("b".into()));
+        assert!(DimExpr::parse("99999999999999999999*b").is_err());
         assert_eq!(DimExpr::parse("b").unwrap().eval(&Bindings::new()), None);
     }
 
