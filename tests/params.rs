@@ -129,7 +129,7 @@ fn serve_binds_params_and_others_keep_serving() {
         assert_eq!(names, ["x"], "{name}: metadata lists only unbound inputs");
         let x = Tensor::read_npy(&dir.join("in0.npy")).unwrap();
         let expected = numbered(&dir, "out");
-        let bin = infer_binary(s.addr, name, &names, &[x.clone()]);
+        let bin = infer_binary(s.addr, name, &names, std::slice::from_ref(&x));
         assert!(
             bin == expected[0].bytes(),
             "{name}: binary output differs from JAX's"

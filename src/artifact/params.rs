@@ -90,7 +90,7 @@ impl Params {
             read_npz(bytes, source)?
         } else if source.ends_with(".npz") {
             return Err(malformed(source, None, "not a zip archive"));
-        } else if bytes.len() >= 9 && bytes[8] == b'{' || source.ends_with(".safetensors") {
+        } else if bytes.get(8) == Some(&b'{') || source.ends_with(".safetensors") {
             read_safetensors(bytes, source)?
         } else {
             return Err(ParamsError::UnknownFormat {
@@ -119,7 +119,7 @@ impl Params {
         for (n, t) in &tensors {
             h.update(n.as_bytes());
             h.update(t.bytes());
-            bytes += t.bytes().len() as u64;
+            bytes = bytes.saturating_add(t.bytes().len() as u64);
         }
         Ok(Params {
             tensors,
