@@ -9,7 +9,7 @@ use crate::compile::{
     TrustedExecutable,
 };
 use crate::dims::DimExpr;
-use crate::error::Error;
+use crate::error::{BindError, Error};
 use crate::pjrt::deps::preload_nvidia_libraries;
 use crate::pjrt::{
     Api, Buffer, Client, ClientOptions, ErrorCode, LoadError, LoadedExecutable, StagingBuffer,
@@ -429,6 +429,7 @@ impl Engine {
                 cache: std::sync::Mutex::new(Vec::new()),
                 bounds: self.shapes,
             })),
+            bound: None,
         })
     }
 }
@@ -495,6 +496,110 @@ pub struct Model {
     /// Shape-polymorphic models (then `exe` is `None`): the module and its executables per
     /// concrete shape.
     poly: Option<Box<Poly>>,
+    /// Inputs bound to stored tensors ([`Model::bind`]), resident on the device.
+    bound: Option<Box<Bound>>,
+}
+
+/// The inputs a model took from a params file: uploaded once, passed on every call.
+struct Bound {
+    /// The module's whole signature (`Model::signature` then lists only the unbound inputs).
+    full: Signature,
+    /// Full input index of each request-facing input.
+    user_to_full: Vec<usize>,
+    /// Per full input: `Some(i)` for the resident buffer `buffers[i]` of a bound input the
+    /// module keeps, `None` for a request input (or a bound one the module ignores).
+    slots: Vec<Option<usize>>,
+    /// The resident device buffers of the bound inputs the module keeps.
+    buffers: Vec<Buffer>,
+    /// What was bound, from where.
+    info: BoundParams,
+}
+
+/// The inputs of a model bound to stored tensors ([`Model::bind`]), as `inspect` shows them.
+#[derive(Clone, Debug)]
+pub struct BoundParams {
+    /// The params file (or the name given to in-memory tensors).
+    pub source: String,
+    /// SHA-256 of the params file (hex).
+    pub sha256: String,
+    /// Bytes of the bound tensors.
+    pub bytes: u64,
+    /// The bound inputs, in module order.
+    pub inputs: Vec<TensorSpec>,
+}
+
+/// A bound tensor whose dtype or shape is not the input's.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Mismatch {
+    /// The input (and tensor) name.
+    pub name: String,
+    /// The input's type, e.g. `float32[3,3,8]`.
+    pub expected: String,
+    /// The tensor's type.
+    pub got: String,
+}
+
+/// What [`Model::bind`] did, like burn-store's apply report: inputs bound (`applied`), inputs
+/// of a bound argument that the params lack (`missing`), tensors that name no input
+/// (`unused`), tensors whose dtype or shape differs (`mismatched`), and the inputs left to
+/// each request (`unbound`).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct BindReport {
+    /// Inputs bound, in module order.
+    pub applied: Vec<String>,
+    /// Inputs under an argument the params bind (e.g. `variables[...]`) with no tensor.
+    pub missing: Vec<String>,
+    /// Tensors that match no input (reported, not an error).
+    pub unused: Vec<String>,
+    /// Tensors whose dtype or shape is not the input's.
+    pub mismatched: Vec<Mismatch>,
+    /// Inputs each request still gives, in order.
+    pub unbound: Vec<String>,
+}
+
+impl BindReport {
+    /// True when nothing is missing or mismatched.
+    pub fn is_ok(&self) -> bool {
+        self.missing.is_empty() && self.mismatched.is_empty()
+    }
+}
+
+impl std::fmt::Display for BindReport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} applied", self.applied.len())?;
+        if !self.missing.is_empty() {
+            write!(f, "; missing: {}", quoted(&self.missing))?;
+        }
+        if !self.mismatched.is_empty() {
+            let m: Vec<String> = self
+                .mismatched
+                .iter()
+                .map(|m| format!("'{}' (expected {}, got {})", m.name, m.expected, m.got))
+                .collect();
+            write!(f, "; mismatched: {}", m.join(", "))?;
+        }
+        if !self.unused.is_empty() {
+            write!(f, "; unused: {}", quoted(&self.unused))?;
+        }
+        write!(f, "; unbound: {}", quoted(&self.unbound))
+    }
+}
+
+fn quoted(names: &[String]) -> String {
+    if names.is_empty() {
+        return "none".into();
+    }
+    names
+        .iter()
+        .map(|n| format!("'{n}'"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// The argument an input name belongs to: `variables` for `variables['params']['w']`,
+/// `trainable` for `trainable[0]`, `params` for `params.layers[0].weight`.
+fn argument_of(name: &str) -> &str {
+    name.find(['[', '.']).map_or(name, |i| &name[..i])
 }
 
 /// Most sets of resident input buffers a model keeps for reuse.
@@ -651,12 +756,164 @@ impl Model {
             serialized: None,
             platform_buffer,
             poly: None,
+            bound: None,
         })
     }
 
-    /// The inputs and outputs.
+    /// The inputs each request gives (all of the module's, less those bound with
+    /// [`Model::bind`]) and the outputs.
     pub fn signature(&self) -> &Signature {
         &self.signature
+    }
+
+    /// The module's whole signature, bound inputs included.
+    pub fn full_signature(&self) -> &Signature {
+        self.bound.as_ref().map_or(&self.signature, |b| &b.full)
+    }
+
+    /// The inputs bound to stored tensors, if any ([`Model::bind`]).
+    pub fn bound_params(&self) -> Option<&BoundParams> {
+        self.bound.as_ref().map(|b| &b.info)
+    }
+
+    /// Binds inputs to stored tensors by name: each is checked (dtype and shape exactly),
+    /// uploaded to the device once, and passed on every call; requests then give only the
+    /// other inputs ([`Model::signature`]). Every input under an argument the params bind
+    /// (`variables` for `variables['params']['w']`) must be given. Binding again replaces
+    /// the previous binding. The value policy's rules for bound inputs are dropped.
+    ///
+    /// # Errors
+    /// [`Error::Bind`] (with the report) for a missing or mismatched tensor, nothing bound;
+    /// [`Error::Config`] for a shape-polymorphic model; the plugin's error for an upload.
+    pub fn bind(&mut self, params: &crate::artifact::params::Params) -> Result<BindReport, Error> {
+        if self.poly.is_some() {
+            return Err(Error::Config(
+                "binding params to a shape-polymorphic model is not supported".into(),
+            ));
+        }
+        let full = self.full_signature().clone();
+        let mut report = BindReport::default();
+        let bound_args: std::collections::HashSet<&str> = params
+            .tensors()
+            .iter()
+            .map(|(n, _)| argument_of(n))
+            .collect();
+        let mut chosen: Vec<Option<&Tensor>> = Vec::with_capacity(full.inputs.len());
+        for spec in &full.inputs {
+            match params.get(&spec.name) {
+                Some(t) => {
+                    let shape = spec.static_shape();
+                    if t.dtype() != spec.dtype || shape.as_deref() != Some(t.shape()) {
+                        report.mismatched.push(Mismatch {
+                            name: spec.name.clone(),
+                            expected: spec.type_string(),
+                            got: t.type_string(),
+                        });
+                        chosen.push(None);
+                    } else {
+                        report.applied.push(spec.name.clone());
+                        chosen.push(Some(t));
+                    }
+                }
+                None => {
+                    if bound_args.contains(argument_of(&spec.name)) {
+                        report.missing.push(spec.name.clone());
+                    } else {
+                        report.unbound.push(spec.name.clone());
+                    }
+                    chosen.push(None);
+                }
+            }
+        }
+        report.unused = params
+            .tensors()
+            .iter()
+            .filter(|(n, _)| full.input_index(n).is_none())
+            .map(|(n, _)| n.clone())
+            .collect();
+        if !report.is_ok() {
+            return Err(Error::Bind(Box::new(BindError {
+                source_name: params.source().to_string(),
+                report,
+            })));
+        }
+        let mut slots = Vec::with_capacity(full.inputs.len());
+        let mut buffers = Vec::new();
+        let mut user_to_full = Vec::new();
+        let mut inputs = Vec::new();
+        let mut bytes = 0u64;
+        for (f, (spec, t)) in full.inputs.iter().zip(&chosen).enumerate() {
+            match t {
+                Some(t) => {
+                    inputs.push(spec.clone());
+                    bytes += t.bytes().len() as u64;
+                    let kept = self
+                        .info
+                        .kept_inputs
+                        .as_ref()
+                        .is_none_or(|k| k.contains(&f));
+                    if kept {
+                        let dims = dims_i64(t.shape())?;
+                        buffers.push(self.engine.client.buffer_from_host(
+                            t.bytes(),
+                            t.dtype(),
+                            &dims,
+                        )?);
+                        slots.push(Some(buffers.len() - 1));
+                    } else {
+                        slots.push(None);
+                    }
+                }
+                None => {
+                    user_to_full.push(f);
+                    slots.push(None);
+                }
+            }
+        }
+        let unbound = Signature {
+            inputs: user_to_full
+                .iter()
+                .map(|&f| full.inputs[f].clone())
+                .collect(),
+            outputs: full.outputs.clone(),
+        };
+        let mut policy = self.policy.policy().clone();
+        for spec in &inputs {
+            policy.inputs.remove(&spec.name);
+        }
+        let policy = BoundPolicy::new(policy, &unbound)?;
+        self.policy = policy;
+        self.signature = unbound;
+        if let Some(pool) = &self.staging {
+            if let Ok(mut p) = pool.lock() {
+                p.clear();
+            }
+        }
+        self.bound = Some(Box::new(Bound {
+            full,
+            user_to_full,
+            slots,
+            buffers,
+            info: BoundParams {
+                source: params.source().to_string(),
+                sha256: params.sha256().to_string(),
+                bytes,
+                inputs,
+            },
+        }));
+        Ok(report)
+    }
+
+    /// [`Model::bind`], builder style.
+    ///
+    /// # Errors
+    /// As [`Model::bind`].
+    pub fn with_params(
+        mut self,
+        params: &crate::artifact::params::Params,
+    ) -> Result<(Model, BindReport), Error> {
+        let report = self.bind(params)?;
+        Ok((self, report))
     }
 
     /// Metadata.
@@ -1137,10 +1394,16 @@ impl Model {
 
     /// True when the module takes user input `i` (the others are checked, then ignored).
     fn keeps(&self, i: usize) -> bool {
-        self.info
-            .kept_inputs
+        let full = self
+            .bound
             .as_ref()
-            .is_none_or(|k| k.contains(&i))
+            .map_or(Some(i), |b| b.user_to_full.get(i).copied());
+        full.is_some_and(|f| {
+            self.info
+                .kept_inputs
+                .as_ref()
+                .is_none_or(|k| k.contains(&f))
+        })
     }
 
     /// The inputs the module takes, each with the bytes to upload: the policy's staging copy
@@ -1163,12 +1426,7 @@ impl Model {
     fn new_staging_slot(&self) -> Result<Option<Vec<StagingBuffer>>, Error> {
         let mut slot = Vec::new();
         for (i, spec) in self.signature.inputs.iter().enumerate() {
-            if self
-                .info
-                .kept_inputs
-                .as_ref()
-                .is_some_and(|k| !k.contains(&i))
-            {
+            if !self.keeps(i) {
                 continue;
             }
             let shape = spec
@@ -1242,6 +1500,32 @@ impl Model {
     /// # Errors
     /// The plugin's error.
     pub fn execute_buffers(&self, args: &[&Buffer]) -> Result<Vec<Buffer>, Error> {
+        let merged;
+        let args = match &self.bound {
+            Some(b) => {
+                let mut user = args.iter();
+                let mut all = Vec::with_capacity(b.slots.len());
+                for (f, slot) in b.slots.iter().enumerate() {
+                    match slot {
+                        Some(k) => all.push(&b.buffers[*k]),
+                        None if self
+                            .info
+                            .kept_inputs
+                            .as_ref()
+                            .is_none_or(|k| k.contains(&f)) =>
+                        {
+                            if let Some(u) = user.next() {
+                                all.push(*u);
+                            }
+                        }
+                        None => {}
+                    }
+                }
+                merged = all;
+                &merged[..]
+            }
+            None => args,
+        };
         let out = match &self.platform_buffer {
             Some(p) => {
                 let mut all = Vec::with_capacity(args.len() + 1);

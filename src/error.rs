@@ -50,6 +50,13 @@ pub enum Error {
         /// Where NVIDIA libraries were looked for and what failed (CUDA plugins only).
         libraries: String,
     },
+    /// A params (weights) file is unreadable or malformed (422).
+    #[error(transparent)]
+    Params(#[from] crate::artifact::params::ParamsError),
+    /// Params do not fit the model's inputs: a tensor is missing or has another dtype or
+    /// shape (422). The report says which.
+    #[error(transparent)]
+    Bind(Box<BindError>),
     /// The plugin rejected the module at compile time (422).
     #[error("compile rejected: {0}")]
     CompileRejected(PjrtError),
@@ -114,4 +121,14 @@ impl From<PolicyError> for Error {
     fn from(e: PolicyError) -> Error {
         Error::Policy(Box::new(e))
     }
+}
+
+/// Params that do not fit a model ([`Error::Bind`]).
+#[derive(Debug, thiserror::Error)]
+#[error("params {source_name} do not fit the model: {report}")]
+pub struct BindError {
+    /// The params file (or the name given to in-memory tensors).
+    pub source_name: String,
+    /// What matched and what did not.
+    pub report: crate::engine::BindReport,
 }

@@ -32,8 +32,9 @@ pub mod signature;
 pub mod tensor;
 pub mod validate;
 
-pub use engine::{Engine, EngineConfig, Model, ModelInfo};
-pub use error::Error;
+pub use artifact::params::{Params, ParamsError};
+pub use engine::{BindReport, BoundParams, Engine, EngineConfig, Mismatch, Model, ModelInfo};
+pub use error::{BindError, Error};
 pub use signature::{DType, Dim, Signature, TensorSpec};
 pub use tensor::{Tensor, TensorRef};
 pub use validate::{Policy, PolicyObserver, PolicyViolation, RunReport};

@@ -91,6 +91,9 @@ enum Cmd {
         /// Value policy file (else MODEL.policy.toml beside the model, if any).
         #[arg(long, value_name = "FILE")]
         policy: Option<PathBuf>,
+        /// Weights (.safetensors or .npz) bound to the inputs of the same names.
+        #[arg(long, value_name = "FILE")]
+        params: Option<PathBuf>,
     },
     /// Validate inputs, run, write outputs as .npy.
     Run {
@@ -107,6 +110,10 @@ enum Cmd {
         /// Value policy file (else MODEL.policy.toml beside the model, if any).
         #[arg(long, value_name = "FILE")]
         policy: Option<PathBuf>,
+        /// Weights (.safetensors or .npz) bound to the inputs of the same names; the
+        /// positional inputs are then the others.
+        #[arg(long, value_name = "FILE")]
+        params: Option<PathBuf>,
     },
     /// Compile a model and write the serialized executable.
     Compile {
@@ -284,13 +291,15 @@ fn real_main(cli: Cli) -> Result<()> {
             model,
             json,
             policy,
-        } => inspect(&cfg, model, *json, policy.as_deref()),
+            params,
+        } => inspect(&cfg, model, *json, policy.as_deref(), params.as_deref()),
         Cmd::Run {
             model,
             inputs,
             named,
             out,
             policy,
+            params,
         } => run(
             &cfg,
             model,
@@ -298,6 +307,7 @@ fn real_main(cli: Cli) -> Result<()> {
             named,
             out.as_deref(),
             policy.as_deref(),
+            params.as_deref(),
         ),
         Cmd::Policy(PolicyCmd::Suggest {
             model,
@@ -398,8 +408,15 @@ fn print_policy(m: &Model) {
     }
 }
 
-fn inspect(cfg: &EngineConfig, model: &str, json: bool, policy: Option<&Path>) -> Result<()> {
+fn inspect(
+    cfg: &EngineConfig,
+    model: &str,
+    json: bool,
+    policy: Option<&Path>,
+    params: Option<&Path>,
+) -> Result<()> {
     let a = read_artifact(model)?;
+    let params = params.map(xlaguard::Params::read).transpose()?;
     let policy = policy_for(model, policy)?;
     let found = plugin::discover(cfg.plugin.as_deref(), cfg.device);
     let unsupported = a.check_supported().err().map(|e| e.to_string());
@@ -418,6 +435,10 @@ fn inspect(cfg: &EngineConfig, model: &str, json: bool, policy: Option<&Path>) -
                         sig = Some(m.signature().clone());
                         if let Some((p, _)) = &policy {
                             m.set_policy(p.clone())?;
+                        }
+                        if let Some(p) = &params {
+                            m.bind(p)?;
+                            sig = Some(m.signature().clone());
                         }
                         bound = Some(m);
                     }
@@ -454,6 +475,10 @@ fn inspect(cfg: &EngineConfig, model: &str, json: bool, policy: Option<&Path>) -
             "note": note,
             "polymorphic": bound.as_ref().is_some_and(|m| m.is_polymorphic()),
             "constraints": bound.as_ref().map(|m| m.info().constraints.clone()).unwrap_or_default(),
+            "bound": bound.as_ref().and_then(|m| m.bound_params()).map(|b| serde_json::json!({
+                "source": b.source, "sha256": b.sha256, "bytes": b.bytes,
+                "inputs": specs_json(&b.inputs),
+            })),
             "policy": bound.as_ref().map(|m| {
                 let mut v = m.policy().to_json();
                 v["file"] = serde_json::json!(policy_file);
@@ -470,8 +495,15 @@ fn inspect(cfg: &EngineConfig, model: &str, json: bool, policy: Option<&Path>) -
     }
     println!("kind: {:?}", a.kind);
     println!("inputs:");
+    let full_index = |i: usize, name: &str| {
+        bound
+            .as_ref()
+            .and_then(|m| m.full_signature().input_index(name))
+            .unwrap_or(i)
+    };
     for (i, s) in sig.inputs.iter().enumerate() {
-        let dropped = a.kept_inputs.as_ref().is_some_and(|k| !k.contains(&i));
+        let f = full_index(i, &s.name);
+        let dropped = a.kept_inputs.as_ref().is_some_and(|k| !k.contains(&f));
         println!(
             "  {i}: {} {}{}",
             s.name,
@@ -482,6 +514,18 @@ fn inspect(cfg: &EngineConfig, model: &str, json: bool, policy: Option<&Path>) -
                 ""
             }
         );
+    }
+    if let Some(b) = bound.as_ref().and_then(|m| m.bound_params()) {
+        println!(
+            "bound inputs: {} from {} (sha256 {}, {} bytes)",
+            b.inputs.len(),
+            b.source,
+            b.sha256,
+            b.bytes
+        );
+        for s in &b.inputs {
+            println!("  {} {}", s.name, s.described_type());
+        }
     }
     println!("outputs:");
     for (i, s) in sig.outputs.iter().enumerate() {
@@ -627,11 +671,16 @@ fn run(
     named: &[String],
     out: Option<&Path>,
     policy: Option<&Path>,
+    params: Option<&Path>,
 ) -> Result<()> {
     let engine = Engine::new(cfg)?;
     let mut m = engine.load_artifact(read_artifact(model)?)?;
     if let Some((p, _)) = policy_for(model, policy)? {
         m.set_policy(p)?;
+    }
+    if let Some(p) = params {
+        let report = m.bind(&xlaguard::Params::read(p)?)?;
+        eprintln!("params {}: {report}", p.display());
     }
     let inputs = load_inputs(&m, model, positional, named)?;
     let views: Vec<TensorRef<'_>> = inputs.iter().map(Tensor::view).collect();

@@ -38,6 +38,7 @@
 pub mod hlo;
 pub mod jaxexport;
 pub mod mlir;
+pub mod params;
 
 use std::borrow::Cow;
 use std::collections::HashMap;

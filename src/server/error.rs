@@ -16,9 +16,11 @@ pub fn status_for(e: &Error) -> StatusCode {
             StatusCode::BAD_REQUEST
         }
         // The model (or its policy file) cannot be run as given.
-        Error::Artifact(_) | Error::CompileRejected(_) | Error::Policy(_) => {
-            StatusCode::UNPROCESSABLE_ENTITY
-        }
+        Error::Artifact(_)
+        | Error::CompileRejected(_)
+        | Error::Policy(_)
+        | Error::Params(_)
+        | Error::Bind(_) => StatusCode::UNPROCESSABLE_ENTITY,
         // No device to run on.
         Error::PluginNotFound(_) | Error::PluginLoad(_) | Error::ClientCreate { .. } => {
             StatusCode::SERVICE_UNAVAILABLE

@@ -445,6 +445,11 @@ fn load_one(spec: &ModelSpec, engines: &mut Engines) -> Result<(Loaded, Duration
     if let Some(p) = &spec.policy {
         apply_policy(&mut model, p)?;
     }
+    if let Some(p) = &spec.params {
+        let params = crate::artifact::params::Params::read(p).map_err(|e| e.to_string())?;
+        let report = model.bind(&params).map_err(|e| e.to_string())?;
+        tracing::info!(model = %spec.name, params = %p.display(), %report, "params bound");
+    }
     if !spec.shapes.is_empty() {
         model
             .precompile(&spec.shapes)

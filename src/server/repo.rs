@@ -6,6 +6,7 @@
 //!     model.jaxexport      the artifact (*.jaxexport, *.mlirbc, *.mlir, *.hlo.pb or *.pb)
 //!     config.toml          optional: version, device, limits
 //!     policy.toml          optional: the model's value policy
+//!     params.safetensors   optional: tensors bound to inputs by name (or params.npz)
 //! ```
 //!
 //! The folder name is the model's name (letters, digits, `_`, `-`, `.`; up to 128 bytes, not
@@ -107,6 +108,8 @@ pub struct ModelSpec {
     pub limits: LimitOverrides,
     /// The model's `policy.toml`, when it has one.
     pub policy: Option<PathBuf>,
+    /// The model's `params.safetensors` (or `params.npz`), bound to its inputs at load.
+    pub params: Option<PathBuf>,
     /// Why this model cannot be loaded, found while reading its folder (reported, not fatal).
     pub problem: Option<String>,
     /// Shape-polymorphic models: values of dimension variables to compile at load
@@ -124,6 +127,7 @@ impl ModelSpec {
             device: None,
             limits: LimitOverrides::default(),
             policy: None,
+            params: None,
             problem: None,
             shapes: std::collections::BTreeMap::new(),
         }
@@ -328,6 +332,20 @@ pub fn read_model_dir(dir: &Path, name: &str) -> ModelSpec {
     let policy = dir.join("policy.toml");
     if policy.is_file() {
         spec.policy = Some(policy);
+    }
+    let params: Vec<PathBuf> = ["params.safetensors", "params.npz"]
+        .iter()
+        .map(|f| dir.join(f))
+        .filter(|p| p.is_file())
+        .collect();
+    match params.as_slice() {
+        [] => {}
+        [one] => spec.params = Some(one.clone()),
+        _ => {
+            spec.problem.get_or_insert_with(|| {
+                "the folder holds both params.safetensors and params.npz; keep one".into()
+            });
+        }
     }
     spec
 }

@@ -1,0 +1,280 @@
+//! Weights bound server-side (issue 11): `hlo/export_params.py`'s Flax (`apply(variables, x)`),
+//! Keras (`stateless_call`) and Equinox (`eqx.partition`) exports, their params bound from
+//! `params.safetensors` and `params.npz`, give JAX's outputs bit for bit from `x` alone through
+//! the library, `run --params` and `serve`; bad params files get typed errors naming the tensor.
+#![cfg(feature = "server")]
+
+mod common;
+mod serving;
+
+use std::path::Path;
+
+use xlaguard::server::repo::ModelSpec;
+use xlaguard::{Error, Params, ParamsError, Tensor};
+
+use common::{assert_bit_equal, engine, fixture, numbered, xlaguard_cmd};
+use serving::*;
+
+const MODELS: &[&str] = &["params_flax", "params_keras", "params_eqx"];
+
+fn model(name: &str) -> xlaguard::Model {
+    engine()
+        .load_file(&fixture(name).join("model.jaxexport"))
+        .unwrap()
+}
+
+#[test]
+fn library_bind_gives_jax_outputs_from_safetensors_and_npz() {
+    for name in MODELS {
+        let dir = fixture(name);
+        let x = Tensor::read_npy(&dir.join("in0.npy")).unwrap();
+        let expected = numbered(&dir, "out");
+        for file in ["params.safetensors", "params.npz"] {
+            let params = Params::read(&dir.join(file)).unwrap();
+            let mut m = model(name);
+            let full = m.signature().inputs.len();
+            let report = m.bind(&params).unwrap();
+            assert_eq!(report.applied.len(), full - 1, "{name} {file}: {report}");
+            assert!(report.missing.is_empty() && report.unused.is_empty());
+            assert_eq!(report.unbound, vec!["x".to_string()], "{name}");
+            let names: Vec<&str> = m
+                .signature()
+                .inputs
+                .iter()
+                .map(|s| s.name.as_str())
+                .collect();
+            assert_eq!(names, ["x"], "{name}: request signature");
+            assert_eq!(m.full_signature().inputs.len(), full);
+            let b = m.bound_params().unwrap();
+            assert_eq!(b.inputs.len(), full - 1);
+            assert_eq!(b.sha256.len(), 64);
+            assert!(b.bytes > 0);
+            // Twice: the resident buffers (and staging slots) are reused across calls.
+            for _ in 0..2 {
+                let out = m.run(&[x.view()]).unwrap();
+                assert_bit_equal(&format!("{name} {file}"), &out, &expected);
+            }
+        }
+    }
+}
+
+#[test]
+fn run_and_inspect_with_params() {
+    for name in MODELS {
+        let dir = fixture(name);
+        let out = tempfile::tempdir().unwrap();
+        let r = xlaguard_cmd()
+            .arg("run")
+            .arg(dir.join("model.jaxexport"))
+            .arg("--params")
+            .arg(dir.join("params.npz"))
+            .arg(dir.join("in0.npy"))
+            .arg("--out")
+            .arg(out.path())
+            .output()
+            .unwrap();
+        assert!(
+            r.status.success(),
+            "{name}: {}",
+            String::from_utf8_lossy(&r.stderr)
+        );
+        assert_bit_equal(name, &numbered(out.path(), "out"), &numbered(&dir, "out"));
+    }
+    let dir = fixture("params_flax");
+    let r = xlaguard_cmd()
+        .arg("inspect")
+        .arg(dir.join("model.jaxexport"))
+        .arg("--params")
+        .arg(dir.join("params.safetensors"))
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&r.stdout);
+    assert!(r.status.success(), "{text}");
+    assert!(
+        text.contains("inputs:\n  0: x float32[2,16,16,3]\nbound inputs: 14 from"),
+        "{text}"
+    );
+    assert!(
+        text.contains("  variables['params']['Conv_0']['kernel'] float32[3,3,3,8]"),
+        "{text}"
+    );
+}
+
+#[test]
+fn serve_binds_params_and_others_keep_serving() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut specs = Vec::new();
+    for (name, file) in [
+        ("params_flax", "params.safetensors"),
+        ("params_keras", "params.npz"),
+        ("params_eqx", "params.safetensors"),
+    ] {
+        specs.push(ModelSpec {
+            params: Some(fixture(name).join(file)),
+            ..ModelSpec::from_file(name, fixture(name).join("model.jaxexport"))
+        });
+    }
+    // A params file missing one tensor: that model is unavailable, naming it.
+    let broken = tmp.path().join("broken.safetensors");
+    let p = Params::read(&fixture("params_eqx").join("params.safetensors")).unwrap();
+    write_without(&p, "arg0[0][1][1]", &broken);
+    specs.push(ModelSpec {
+        params: Some(broken),
+        ..ModelSpec::from_file("broken", fixture("params_eqx").join("model.jaxexport"))
+    });
+    let s = InProcess::start(specs, |_| {});
+    for name in MODELS {
+        let dir = fixture(name);
+        let names = served_input_names(s.addr, name);
+        assert_eq!(names, ["x"], "{name}: metadata lists only unbound inputs");
+        let x = Tensor::read_npy(&dir.join("in0.npy")).unwrap();
+        let expected = numbered(&dir, "out");
+        let bin = infer_binary(s.addr, name, &names, std::slice::from_ref(&x));
+        assert!(
+            bin == expected[0].bytes(),
+            "{name}: binary output differs from JAX's"
+        );
+        let v = infer_json(s.addr, name, &names, &[x]);
+        let got = bytes_of_json(expected[0].dtype(), &v["outputs"][0]["data"]);
+        assert!(
+            got == expected[0].bytes(),
+            "{name}: JSON output differs from JAX's"
+        );
+    }
+    let r = get(s.addr, "/v2/models/broken/ready");
+    assert_ne!(r.status, 200);
+    let idx = post_json(s.addr, "/v2/repository/index", &serde_json::json!({}));
+    let text = idx.text();
+    assert!(text.contains("missing: 'arg0[0][1][1]'"), "{text}");
+}
+
+/// Writes `p` as safetensors without tensor `drop` (by hand: 8-byte length, JSON, data).
+fn write_without(p: &Params, drop: &str, path: &Path) {
+    write_st(
+        p.tensors()
+            .iter()
+            .filter(|(n, _)| n != drop)
+            .map(|(n, t)| (n.as_str(), t)),
+        path,
+    );
+}
+
+fn write_st<'a>(tensors: impl Iterator<Item = (&'a str, &'a Tensor)>, path: &Path) {
+    let mut header = serde_json::Map::new();
+    let mut data = Vec::new();
+    for (n, t) in tensors {
+        let dt = match t.dtype() {
+            xlaguard::DType::F32 => "F32",
+            xlaguard::DType::I32 => "I32",
+            other => panic!("{other:?}"),
+        };
+        let start = data.len();
+        data.extend_from_slice(t.bytes());
+        header.insert(n.into(), serde_json::json!({"dtype": dt, "shape": t.shape(), "data_offsets": [start, data.len()]}));
+    }
+    let h = serde_json::to_vec(&header).unwrap();
+    let mut out = (h.len() as u64).to_le_bytes().to_vec();
+    out.extend_from_slice(&h);
+    out.extend_from_slice(&data);
+    std::fs::write(path, out).unwrap();
+}
+
+fn eqx_params() -> Params {
+    Params::read(&fixture("params_eqx").join("params.safetensors")).unwrap()
+}
+
+fn bind_err(tensors: Vec<(String, Tensor)>) -> xlaguard::BindReport {
+    let p = Params::from_tensors(tensors, "test").unwrap();
+    match model("params_eqx").bind(&p) {
+        Err(Error::Bind(e)) => e.report,
+        other => panic!("expected a bind error, got {other:?}"),
+    }
+}
+
+#[test]
+fn missing_extra_wrong_dtype_wrong_shape() {
+    let all: Vec<(String, Tensor)> = eqx_params().tensors().to_vec();
+    // Missing.
+    let r = bind_err(
+        all.iter()
+            .filter(|(n, _)| n != "arg0[0][2][0]")
+            .cloned()
+            .collect(),
+    );
+    assert_eq!(r.missing, ["arg0[0][2][0]"]);
+    // Extra: reported, binding succeeds.
+    let mut extra = all.clone();
+    extra.push((
+        "arg0[9]".into(),
+        Tensor::from_slice(&[1], &[1.0f32]).unwrap(),
+    ));
+    let mut m = model("params_eqx");
+    let r = m
+        .bind(&Params::from_tensors(extra, "test").unwrap())
+        .unwrap();
+    assert_eq!(r.unused, ["arg0[9]"]);
+    // Wrong dtype.
+    let mut wrong = all.clone();
+    wrong[1].1 = Tensor::from_slice(&[32], &[0i32; 32]).unwrap();
+    let r = bind_err(wrong);
+    assert_eq!(r.mismatched.len(), 1);
+    assert_eq!(r.mismatched[0].name, "arg0[0][0][1]");
+    assert_eq!(r.mismatched[0].expected, "float32[32]");
+    assert_eq!(r.mismatched[0].got, "int32[32]");
+    // Wrong shape.
+    let mut wrong = all.clone();
+    wrong[1].1 = Tensor::from_slice(&[31], &[0f32; 31]).unwrap();
+    let r = bind_err(wrong);
+    assert_eq!(r.mismatched[0].got, "float32[31]");
+    let e = Error::Bind(Box::new(xlaguard::BindError {
+        source_name: "t".into(),
+        report: r,
+    }));
+    assert!(
+        e.to_string()
+            .contains("'arg0[0][0][1]' (expected float32[32], got float32[31])"),
+        "{e}"
+    );
+}
+
+#[test]
+fn corrupt_files_are_typed_errors() {
+    let bytes = std::fs::read(fixture("params_eqx").join("params.safetensors")).unwrap();
+    // Truncated: the data ends early.
+    let e = Params::from_bytes(&bytes[..bytes.len() - 10], "t.safetensors").unwrap_err();
+    assert!(matches!(e, ParamsError::Malformed { .. }), "{e}");
+    assert!(e.to_string().contains("truncated"), "{e}");
+    // Too short for the length.
+    let e = Params::from_bytes(&bytes[..5], "t.safetensors").unwrap_err();
+    assert!(matches!(e, ParamsError::Malformed { .. }), "{e}");
+    // A header claiming more bytes than the file has.
+    let mut big = bytes.clone();
+    big[..8].copy_from_slice(&(bytes.len() as u64 * 2).to_le_bytes());
+    let e = Params::from_bytes(&big, "t.safetensors").unwrap_err();
+    assert!(e.to_string().contains("the header claims"), "{e}");
+    // A tensor whose offsets go past its data.
+    let t = Tensor::from_slice(&[2], &[1.0f32, 2.0]).unwrap();
+    let h = br#"{"w":{"dtype":"F32","shape":[4],"data_offsets":[0,8]}}"#;
+    let mut f = (h.len() as u64).to_le_bytes().to_vec();
+    f.extend_from_slice(h);
+    f.extend_from_slice(t.bytes());
+    let e = Params::from_bytes(&f, "t.safetensors").unwrap_err();
+    assert!(matches!(e, ParamsError::Malformed { .. }), "{e}");
+    // Duplicate name in a safetensors header.
+    let h = br#"{"w":{"dtype":"F32","shape":[2],"data_offsets":[0,8]},"w":{"dtype":"F32","shape":[2],"data_offsets":[0,8]}}"#;
+    let mut f = (h.len() as u64).to_le_bytes().to_vec();
+    f.extend_from_slice(h);
+    f.extend_from_slice(t.bytes());
+    let e = Params::from_bytes(&f, "t.safetensors").unwrap_err();
+    assert!(
+        matches!(&e, ParamsError::Duplicate { name, .. } if name == "w"),
+        "{e}"
+    );
+    // Corrupt npz.
+    let npz = std::fs::read(fixture("params_eqx").join("params.npz")).unwrap();
+    let e = Params::from_bytes(&npz[..npz.len() / 2], "t.npz").unwrap_err();
+    assert!(matches!(e, ParamsError::Malformed { .. }), "{e}");
+    // Duplicate in memory.
+    let e = Params::from_tensors(vec![("a".into(), t.clone()), ("a".into(), t)], "m").unwrap_err();
+    assert!(matches!(e, ParamsError::Duplicate { .. }), "{e}");
+}
