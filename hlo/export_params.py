@@ -166,10 +166,9 @@ def eqx_mlp():
     def f(params, x):
         return eqx.combine(params, static)(x)
 
-    # xlaguard names a custom pytree node's children by position, not by the GetAttrKey
-    # JAX writes in the module's loc("params.layers[0].weight"): `xlaguard inspect` shows
-    # arg0[0][<layer>][<0 weight | 1 bias>] (the leaves in flattening order).
-    names = [f"arg0[0][{i}][{j}]" for i in range(3) for j in range(2)]
+    # Named as JAX writes them in the module's loc("params.layers[0].weight"): xlaguard takes a
+    # custom pytree node's child names from there (the serialized tree only numbers them).
+    names = None
     write("params_eqx", f, [("params", params)], x, libs=("equinox",), names=names,
           notes="Equinox MLP (12 -> 32 -> 32 -> 4), params, static = eqx.partition(model, "
                 "eqx.is_array), exported as f(params, x) = eqx.combine(params, static)(x).")

@@ -1705,8 +1705,10 @@ fn adopt_names(
         Some(k) => k.to_vec(),
         None => (0..sig.inputs.len()).collect(),
     };
-    // The base each placeholder argument gets: every leaf of one argument must agree.
+    // The base each placeholder argument gets: every leaf of one argument must agree. Leaves
+    // under custom pytree nodes also take the child names JAX wrote (`.layers[0].weight`).
     let mut bases: std::collections::HashMap<String, Option<String>> = Default::default();
+    let mut whole: std::collections::HashMap<usize, artifact::LeafPath> = Default::default();
     for (param, &input) in user_inputs.iter().enumerate() {
         let (Some(Some(pn)), Some(path)) = (names.get(param + skip), paths.get(input)) else {
             continue;
@@ -1714,7 +1716,13 @@ fn adopt_names(
         if !path.has_placeholder_base() {
             continue;
         }
-        let found = artifact::argument_base(path, &pn.op_name, &pn.instruction);
+        let mut found = artifact::argument_base(path, &pn.op_name, &pn.instruction);
+        if found.is_none() {
+            if let Some(p) = artifact::custom_node_path(path, &pn.op_name) {
+                found = Some(p.base.clone());
+                whole.insert(input, p);
+            }
+        }
         let slot = bases.entry(path.base.clone()).or_insert(found.clone());
         if *slot != found {
             *slot = None;
@@ -1726,10 +1734,13 @@ fn adopt_names(
         .map(|p| p.base.as_str())
         .collect();
     let mut renamed = paths.to_vec();
-    for p in &mut renamed {
+    for (i, p) in renamed.iter_mut().enumerate() {
         if let Some(Some(b)) = bases.get(&p.base) {
             if !known.contains(b.as_str()) {
-                p.base.clone_from(b);
+                match whole.remove(&i) {
+                    Some(w) => *p = w,
+                    None => p.base.clone_from(b),
+                }
             }
         }
     }

@@ -117,7 +117,7 @@ fn serve_binds_params_and_others_keep_serving() {
     // A params file missing one tensor: that model is unavailable, naming it.
     let broken = tmp.path().join("broken.safetensors");
     let p = Params::read(&fixture("params_eqx").join("params.safetensors")).unwrap();
-    write_without(&p, "arg0[0][1][1]", &broken);
+    write_without(&p, "params.layers[1].bias", &broken);
     specs.push(ModelSpec {
         params: Some(broken),
         ..ModelSpec::from_file("broken", fixture("params_eqx").join("model.jaxexport"))
@@ -145,7 +145,7 @@ fn serve_binds_params_and_others_keep_serving() {
     assert_ne!(r.status, 200);
     let idx = post_json(s.addr, "/v2/repository/index", &serde_json::json!({}));
     let text = idx.text();
-    assert!(text.contains("missing: 'arg0[0][1][1]'"), "{text}");
+    assert!(text.contains("missing: 'params.layers[1].bias'"), "{text}");
 }
 
 /// Writes `p` as safetensors without tensor `drop` (by hand: 8-byte length, JSON, data).
@@ -197,11 +197,11 @@ fn missing_extra_wrong_dtype_wrong_shape() {
     // Missing.
     let r = bind_err(
         all.iter()
-            .filter(|(n, _)| n != "arg0[0][2][0]")
+            .filter(|(n, _)| n != "params.layers[2].weight")
             .cloned()
             .collect(),
     );
-    assert_eq!(r.missing, ["arg0[0][2][0]"]);
+    assert_eq!(r.missing, ["params.layers[2].weight"]);
     // Extra: reported, binding succeeds.
     let mut extra = all.clone();
     extra.push((
@@ -214,16 +214,20 @@ fn missing_extra_wrong_dtype_wrong_shape() {
         .unwrap();
     assert_eq!(r.unused, ["arg0[9]"]);
     // Wrong dtype.
+    let bias = all
+        .iter()
+        .position(|(n, _)| n == "params.layers[0].bias")
+        .unwrap();
     let mut wrong = all.clone();
-    wrong[1].1 = Tensor::from_slice(&[32], &[0i32; 32]).unwrap();
+    wrong[bias].1 = Tensor::from_slice(&[32], &[0i32; 32]).unwrap();
     let r = bind_err(wrong);
     assert_eq!(r.mismatched.len(), 1);
-    assert_eq!(r.mismatched[0].name, "arg0[0][0][1]");
+    assert_eq!(r.mismatched[0].name, "params.layers[0].bias");
     assert_eq!(r.mismatched[0].expected, "float32[32]");
     assert_eq!(r.mismatched[0].got, "int32[32]");
     // Wrong shape.
     let mut wrong = all.clone();
-    wrong[1].1 = Tensor::from_slice(&[31], &[0f32; 31]).unwrap();
+    wrong[bias].1 = Tensor::from_slice(&[31], &[0f32; 31]).unwrap();
     let r = bind_err(wrong);
     assert_eq!(r.mismatched[0].got, "float32[31]");
     let e = Error::Bind(Box::new(xlaguard::BindError {
@@ -232,7 +236,7 @@ fn missing_extra_wrong_dtype_wrong_shape() {
     }));
     assert!(
         e.to_string()
-            .contains("'arg0[0][0][1]' (expected float32[32], got float32[31])"),
+            .contains("'params.layers[0].bias' (expected float32[32], got float32[31])"),
         "{e}"
     );
 }

@@ -606,9 +606,49 @@ pub(crate) fn argument_base(path: &LeafPath, op_name: &str, instruction: &str) -
     (is_identifier(base) && !generic(base)).then(|| base.to_string())
 }
 
+/// The whole path JAX wrote (`loc("params.layers[0].weight")`) for a leaf under a custom pytree
+/// node, whose children the serialized tree only numbers (`arg0[0][0][0]`): the same depth, and
+/// ours agrees wherever it has a name; `None` otherwise.
+pub(crate) fn custom_node_path(path: &LeafPath, op_name: &str) -> Option<LeafPath> {
+    let (base, elems) = mlir::parse_keystr(op_name)?;
+    if !is_identifier(&base) || elems.len() != path.elems.len() {
+        return None;
+    }
+    let mut renamed = false;
+    for (ours, theirs) in path.elems.iter().zip(&elems) {
+        match (ours, theirs) {
+            (PathElem::Index(a), PathElem::Index(b)) if a == b => {}
+            (PathElem::Index(_), PathElem::Attr(_) | PathElem::Key(_)) => renamed = true,
+            (a, b) if a == b => {}
+            _ => return None,
+        }
+    }
+    renamed.then_some(LeafPath { base, elems })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    #[allow(clippy::unwrap_used)]
+    fn custom_node_children_take_the_names_jax_wrote() {
+        let ours = lp(
+            "arg0",
+            vec![PathElem::Index(0), PathElem::Index(1), PathElem::Index(0)],
+        );
+        let p = custom_node_path(&ours, "params.layers[1].weight").unwrap();
+        assert_eq!(keystr(&p.elems), ".layers[1].weight");
+        assert_eq!(p.base, "params");
+        // Another index, another depth, or a clash with a name we have: not this leaf.
+        assert!(custom_node_path(&ours, "params.layers[2].weight").is_none());
+        assert!(custom_node_path(&ours, "params.layers.weight").is_none());
+        let keyed = lp("arg0", vec![PathElem::Key("w".into()), PathElem::Index(0)]);
+        assert!(custom_node_path(&keyed, "p['v'].a").is_none());
+        assert!(custom_node_path(&keyed, "p['w'].a").is_some());
+        // Nothing to rename: the plain rule applies.
+        assert!(custom_node_path(&ours, "params[0][1][0]").is_none());
+    }
 
     fn lp(base: &str, elems: Vec<PathElem>) -> LeafPath {
         LeafPath {
