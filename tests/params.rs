@@ -122,6 +122,13 @@ fn serve_binds_params_and_others_keep_serving() {
         params: Some(broken),
         ..ModelSpec::from_file("broken", fixture("params_eqx").join("model.jaxexport"))
     });
+    // The right weights under a config.toml sha256 that is not theirs: unavailable, naming both.
+    let good = Params::read(&fixture("params_eqx").join("params.safetensors")).unwrap();
+    specs.push(ModelSpec {
+        params: Some(fixture("params_eqx").join("params.safetensors")),
+        params_sha256: Some("0".repeat(64)),
+        ..ModelSpec::from_file("pinned", fixture("params_eqx").join("model.jaxexport"))
+    });
     let s = InProcess::start(specs, |_| {});
     for name in MODELS {
         let dir = fixture(name);
@@ -146,6 +153,35 @@ fn serve_binds_params_and_others_keep_serving() {
     let idx = post_json(s.addr, "/v2/repository/index", &serde_json::json!({}));
     let text = idx.text();
     assert!(text.contains("missing: 'params.layers[1].bias'"), "{text}");
+    assert!(
+        text.contains(&format!(
+            "sha256 {} but config.toml params_sha256 is {}",
+            good.sha256(),
+            "0".repeat(64)
+        )),
+        "{text}"
+    );
+    // From a model folder: params_sha256 is read from config.toml.
+    let repo = tempfile::tempdir().unwrap();
+    let m = repo.path().join("eqx");
+    std::fs::create_dir_all(&m).unwrap();
+    for f in ["model.jaxexport", "params.safetensors"] {
+        std::fs::copy(fixture("params_eqx").join(f), m.join(f)).unwrap();
+    }
+    std::fs::write(
+        m.join("config.toml"),
+        format!("params_sha256 = \"{}\"\n", good.sha256().to_uppercase()),
+    )
+    .unwrap();
+    let specs = xlaguard::server::repo::scan_repository(repo.path()).unwrap();
+    assert_eq!(specs[0].params_sha256.as_deref(), Some(good.sha256()));
+    std::fs::write(m.join("config.toml"), "params_sha256 = \"abc\"\n").unwrap();
+    let specs = xlaguard::server::repo::scan_repository(repo.path()).unwrap();
+    assert!(specs[0]
+        .problem
+        .as_deref()
+        .unwrap()
+        .contains("64 hex digits"));
 }
 
 /// Writes `p` as safetensors without tensor `drop` (by hand: 8-byte length, JSON, data).
@@ -281,4 +317,43 @@ fn corrupt_files_are_typed_errors() {
     // Duplicate in memory.
     let e = Params::from_tensors(vec![("a".into(), t.clone()), ("a".into(), t)], "m").unwrap_err();
     assert!(matches!(e, ParamsError::Duplicate { .. }), "{e}");
+}
+
+#[test]
+fn new_weights_reuse_the_compiled_executable() {
+    // Two versions of a model that differ only in their weights: the second load is a cache
+    // hit (the params are not part of the key), and each version answers with its own weights.
+    let cache = tempfile::tempdir().unwrap();
+    let mut c = common::config();
+    c.compile.cache_dir = Some(cache.path().to_path_buf());
+    let e = xlaguard::Engine::new(&c).unwrap();
+    let dir = fixture("params_eqx");
+    let p1 = Params::read(&dir.join("params.safetensors")).unwrap();
+    let halved: Vec<(String, Tensor)> = p1
+        .tensors()
+        .iter()
+        .map(|(n, t)| {
+            let v: Vec<f32> = t
+                .to_array::<f32>()
+                .unwrap()
+                .iter()
+                .map(|x| x * 0.5)
+                .collect();
+            (n.clone(), Tensor::from_slice(t.shape(), &v).unwrap())
+        })
+        .collect();
+    let p2 = Params::from_tensors(halved, "halved").unwrap();
+    let mut v1 = e.load_file(&dir.join("model.jaxexport")).unwrap();
+    v1.bind(&p1).unwrap();
+    let mut v2 = e.load_file(&dir.join("model.jaxexport")).unwrap();
+    v2.bind(&p2).unwrap();
+    assert!(!v1.info().compile.cache_hit && v2.info().compile.cache_hit);
+    let x = Tensor::read_npy(&dir.join("in0.npy")).unwrap();
+    let o1 = v1.run(&[x.view()]).unwrap();
+    let o2 = v2.run(&[x.view()]).unwrap();
+    assert_bit_equal("v1", &o1, &numbered(&dir, "out"));
+    assert!(
+        o1[0].bytes() != o2[0].bytes(),
+        "the new weights changed nothing"
+    );
 }

@@ -447,6 +447,15 @@ fn load_one(spec: &ModelSpec, engines: &mut Engines) -> Result<(Loaded, Duration
     }
     if let Some(p) = &spec.params {
         let params = crate::artifact::params::Params::read(p).map_err(|e| e.to_string())?;
+        if let Some(want) = &spec.params_sha256 {
+            if params.sha256() != want {
+                return Err(format!(
+                    "{}: sha256 {} but config.toml params_sha256 is {want}",
+                    p.display(),
+                    params.sha256()
+                ));
+            }
+        }
         let report = model.bind(&params).map_err(|e| e.to_string())?;
         tracing::info!(model = %spec.name, params = %p.display(), %report, "params bound");
     }

@@ -110,6 +110,8 @@ pub struct ModelSpec {
     pub policy: Option<PathBuf>,
     /// The model's `params.safetensors` (or `params.npz`), bound to its inputs at load.
     pub params: Option<PathBuf>,
+    /// The params file's expected sha256 (`config.toml` `params_sha256`), checked at load.
+    pub params_sha256: Option<String>,
     /// Why this model cannot be loaded, found while reading its folder (reported, not fatal).
     pub problem: Option<String>,
     /// Shape-polymorphic models: values of dimension variables to compile at load
@@ -128,6 +130,7 @@ impl ModelSpec {
             limits: LimitOverrides::default(),
             policy: None,
             params: None,
+            params_sha256: None,
             problem: None,
             shapes: std::collections::BTreeMap::new(),
         }
@@ -155,6 +158,8 @@ struct ConfigFile {
     limits: Option<LimitsFile>,
     #[serde(default)]
     shapes: Option<std::collections::BTreeMap<String, Vec<u64>>>,
+    #[serde(default)]
+    params_sha256: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -322,6 +327,15 @@ pub fn read_model_dir(dir: &Path, name: &str) -> ModelSpec {
         }
         if let Some(s) = &c.shapes {
             spec.shapes.clone_from(s);
+        }
+        if let Some(h) = &c.params_sha256 {
+            if h.len() != 64 || !h.bytes().all(|b| b.is_ascii_hexdigit()) {
+                spec.problem = Some(format!(
+                    "config.toml: params_sha256 must be 64 hex digits, got {h:?}"
+                ));
+                return spec;
+            }
+            spec.params_sha256 = Some(h.to_ascii_lowercase());
         }
         named = c.artifact.as_deref();
     }
