@@ -555,6 +555,9 @@ pub struct BindReport {
     pub mismatched: Vec<Mismatch>,
     /// Inputs each request still gives, in order.
     pub unbound: Vec<String>,
+    /// Bound tensors the model's value policy names, checked (and sanitized where it says so)
+    /// once, here: what each rule changed (`'w': 2 values clipped to max 1.0`).
+    pub checked: Vec<String>,
 }
 
 impl BindReport {
@@ -580,6 +583,9 @@ impl std::fmt::Display for BindReport {
         }
         if !self.unused.is_empty() {
             write!(f, "; unused: {}", quoted(&self.unused))?;
+        }
+        if !self.checked.is_empty() {
+            write!(f, "; checked: {}", self.checked.join(", "))?;
         }
         write!(f, "; unbound: {}", quoted(&self.unbound))
     }
@@ -837,6 +843,56 @@ impl Model {
                 report,
             })));
         }
+        // The value policy's rules for bound inputs, if it names any, apply once, now: a NaN in
+        // the weights is refused at load (or sanitized, as the rule says), not per call.
+        let ruled: Vec<usize> = (0..full.inputs.len())
+            .filter(|&f| {
+                chosen[f].is_some()
+                    && self
+                        .policy
+                        .policy()
+                        .inputs
+                        .contains_key(&full.inputs[f].name)
+            })
+            .collect();
+        let mut sanitized: std::collections::HashMap<usize, Vec<u8>> = Default::default();
+        if !ruled.is_empty() {
+            let mut rules = Policy::new();
+            for &f in &ruled {
+                let name = &full.inputs[f].name;
+                if let Some(ip) = self.policy.policy().inputs.get(name) {
+                    rules.inputs.insert(name.clone(), ip.clone());
+                }
+            }
+            let sig = Signature {
+                inputs: ruled.iter().map(|&f| full.inputs[f].clone()).collect(),
+                outputs: Vec::new(),
+            };
+            let checker = BoundPolicy::new(rules, &sig)?;
+            let views: Vec<TensorRef<'_>> = ruled
+                .iter()
+                .filter_map(|&f| chosen[f].map(Tensor::view))
+                .collect();
+            let prepared = checker.apply(&views, self.observer.as_deref())?;
+            for (j, &f) in ruled.iter().enumerate() {
+                if let Some(b) = prepared.staged(j) {
+                    sanitized.insert(f, b.to_vec());
+                }
+            }
+            let run = checker.recycle(prepared);
+            for ir in &run.inputs {
+                for c in &ir.changes {
+                    report.checked.push(format!("'{}': {c}", ir.name));
+                }
+            }
+            for &f in &ruled {
+                if !run.inputs.iter().any(|ir| ir.name == full.inputs[f].name) {
+                    report
+                        .checked
+                        .push(format!("'{}': passed", full.inputs[f].name));
+                }
+            }
+        }
         let mut slots = Vec::with_capacity(full.inputs.len());
         let mut buffers = Vec::new();
         let mut user_to_full = Vec::new();
@@ -854,8 +910,9 @@ impl Model {
                         .is_none_or(|k| k.contains(&f));
                     if kept {
                         let dims = dims_i64(t.shape())?;
+                        let data = sanitized.get(&f).map_or(t.bytes(), Vec::as_slice);
                         buffers.push(self.engine.client.buffer_from_host(
-                            t.bytes(),
+                            data,
                             t.dtype(),
                             &dims,
                         )?);

@@ -357,3 +357,54 @@ fn new_weights_reuse_the_compiled_executable() {
         "the new weights changed nothing"
     );
 }
+
+#[test]
+fn the_value_policy_checks_bound_weights_once_at_bind() {
+    let dir = fixture("params_eqx");
+    let p = Params::read(&dir.join("params.safetensors")).unwrap();
+    let name = "params.layers[0].bias";
+    let with_nan: Vec<(String, Tensor)> = p
+        .tensors()
+        .iter()
+        .map(|(n, t)| {
+            if n != name {
+                return (n.clone(), t.clone());
+            }
+            let mut v: Vec<f32> = t.to_array::<f32>().unwrap().iter().copied().collect();
+            v[3] = f32::NAN;
+            v[5] = 7.5;
+            (n.clone(), Tensor::from_slice(t.shape(), &v).unwrap())
+        })
+        .collect();
+    let bad = Params::from_tensors(with_nan, "nan").unwrap();
+    // A rule naming the weight: the NaN is refused at bind, naming it.
+    let mut policy = xlaguard::Policy::new();
+    policy
+        .input(name)
+        .nan(xlaguard::validate::NonFinite::Reject);
+    let mut m = model("params_eqx").with_policy(policy).unwrap();
+    let e = m.bind(&bad).unwrap_err();
+    assert!(matches!(e, Error::PolicyViolation(_)), "{e:?}");
+    assert!(
+        e.to_string().contains(name) && e.to_string().contains("NaN"),
+        "{e}"
+    );
+    // A sanitizing rule: the weight is replaced and clipped once, and the report says so.
+    let mut policy = xlaguard::Policy::new();
+    policy
+        .input(name)
+        .nan(xlaguard::validate::NonFinite::Replace(0.0))
+        .range(-10.0, 1.0)
+        .out_of_range(xlaguard::validate::OutOfRange::Clip);
+    let mut m = model("params_eqx").with_policy(policy).unwrap();
+    let r = m.bind(&bad).unwrap();
+    let text = r.checked.join("; ");
+    assert!(text.contains("NaN") && text.contains("clipped"), "{text}");
+    // The request-facing policy no longer names the bound input; calls run.
+    let x = Tensor::read_npy(&dir.join("in0.npy")).unwrap();
+    assert_eq!(m.run(&[x.view()]).unwrap().len(), 1);
+    // Without a rule for them, weights are not scanned (a NaN passes, as JAX would run it).
+    let mut m = model("params_eqx");
+    let r = m.bind(&bad).unwrap();
+    assert!(r.checked.is_empty());
+}
