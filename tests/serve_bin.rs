@@ -123,6 +123,41 @@ fn tritonclient_on_shape_polymorphic_models() {
 }
 
 #[test]
+fn tritonclient_sends_only_data_to_models_with_bound_weights() {
+    let repo = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("triton-params-repo");
+    let _ = std::fs::remove_dir_all(&repo);
+    let models = [
+        ("params_flax", "params.safetensors"),
+        ("params_keras", "params.npz"),
+        ("params_eqx", "params.safetensors"),
+    ];
+    for (m, params) in models {
+        copy_into(
+            &fixture(m).join("model.jaxexport"),
+            &repo.join(m),
+            "model.jaxexport",
+        );
+        copy_into(&fixture(m).join(params), &repo.join(m), params);
+    }
+    let s = Binary::start(&["--models", repo.to_str().unwrap()]);
+    let out = Command::new(python())
+        .current_dir(root())
+        .arg("tests/triton_client.py")
+        .args(["--url", &s.addr.to_string(), "--fixtures", "hlo", "--plain"])
+        .args(models.map(|(m, _)| m))
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // 3 models x 1 output x (JSON, binary).
+    assert!(text.contains("OK 6 checks"), "{text}");
+}
+
+#[test]
 fn sigterm_drains_in_flight_requests_and_exits_0() {
     let s = Binary::start(&["--models", "tests/fixtures"]);
     let addr = s.addr;

@@ -85,15 +85,38 @@ def poly(client, fixtures: Path, models: list[str]) -> None:
                       f"{model} constraint violation refused with JAX's message")
 
 
+def plain(client, fixtures: Path, models: list[str]) -> None:
+    """Models whose folder has in*.npy and out*.npy for the inputs the server asks for (e.g.
+    weights bound server-side: only `x`), JSON and binary, equal to JAX's outputs."""
+    for model in models:
+        meta = client.get_model_metadata(model)
+        d = fixtures / model
+        ins = [np.load(d / f"in{i}.npy") for i in range(len(meta["inputs"]))]
+        want = [np.load(d / f"out{i}.npy") for i in range(len(meta["outputs"]))]
+        for binary in (False, True):
+            inputs = []
+            for m, a in zip(meta["inputs"], ins):
+                i = httpclient.InferInput(m["name"], list(a.shape), m["datatype"])
+                i.set_data_from_numpy(a, binary_data=binary)
+                inputs.append(i)
+            outs = [httpclient.InferRequestedOutput(m["name"], binary_data=binary) for m in meta["outputs"]]
+            r = client.infer(model, inputs, outputs=outs)
+            for m, w in zip(meta["outputs"], want):
+                check(same(r.as_numpy(m["name"]), w),
+                      f"{model} {m['name']} {'binary' if binary else 'JSON'} == JAX")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--url", required=True)
     ap.add_argument("--fixtures", required=True, type=Path)
     ap.add_argument("--poly", nargs="*", help="only check these shape-polymorphic models")
+    ap.add_argument("--plain", nargs="*", help="only check these models (in*.npy -> out*.npy)")
     args = ap.parse_args()
     client = httpclient.InferenceServerClient(url=args.url)
-    if args.poly:
-        poly(client, args.fixtures, args.poly)
+    if args.poly or args.plain:
+        poly(client, args.fixtures, args.poly or [])
+        plain(client, args.fixtures, args.plain or [])
         client.close()
         print(f"OK {checks} checks")
         return
