@@ -17,7 +17,10 @@ fn median(mut v: Vec<Duration>) -> Duration {
 fn main() {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
     let model = std::env::var("MODEL").unwrap_or_else(|_| "hlo/params_flax".into());
-    let iters: usize = std::env::var("ITERS").ok().and_then(|v| v.parse().ok()).unwrap_or(2000);
+    let iters: usize = std::env::var("ITERS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(2000);
     let dir = root.join(&model);
     let mut c = EngineConfig::default();
     c.plugin(root.join("third_party/pjrt-cpu/pjrt_c_api_cpu_plugin.so"));
@@ -45,7 +48,10 @@ fn main() {
     let report = bound.bind(&params).unwrap();
     let load_bind = t.elapsed();
     let xv = [x.view()];
-    assert_eq!(all.run(&all_views).unwrap()[0].bytes(), bound.run(&xv).unwrap()[0].bytes());
+    assert_eq!(
+        all.run(&all_views).unwrap()[0].bytes(),
+        bound.run(&xv).unwrap()[0].bytes()
+    );
     let (mut a, mut b) = (Vec::with_capacity(iters), Vec::with_capacity(iters));
     for _ in 0..iters {
         let t = Instant::now();
@@ -60,9 +66,16 @@ fn main() {
     println!(
         "model {model}: {} bound tensors, {} bytes ({report})",
         params.tensors().len(),
-        params.tensors().iter().map(|(_, t)| t.bytes().len()).sum::<usize>()
+        params
+            .tensors()
+            .iter()
+            .map(|(_, t)| t.bytes().len())
+            .sum::<usize>()
     );
-    println!("load + compile + bind: {:.1} ms", load_bind.as_secs_f64() * 1e3);
+    println!(
+        "load + compile + bind: {:.1} ms",
+        load_bind.as_secs_f64() * 1e3
+    );
     println!(
         "per call (median of {iters}): weights sent {:.1} us; bound {:.1} us; bound / sent {:.2}",
         us(a),

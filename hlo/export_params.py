@@ -38,7 +38,7 @@ def named_leaves(argname: str, tree) -> dict[str, np.ndarray]:
 
 
 def write(name: str, fn, params: list[tuple[str, object]], x: np.ndarray, notes: str,
-          names: list[str] | None = None, **extra):
+          names: list[str] | None = None, npz: bool = True, **extra):
     """Exports fn(*params, x) and writes hlo/<name>/. `names`: the tensor names in leaf order,
     where xlaguard's differ from argument name + keystr."""
     d = HLO / name
@@ -58,7 +58,8 @@ def write(name: str, fn, params: list[tuple[str, object]], x: np.ndarray, notes:
         assert len(names) == len(tensors)
         tensors = dict(zip(names, tensors.values()))
     save_file(tensors, str(d / "params.safetensors"))
-    np.savez(d / "params.npz", **tensors)
+    if npz:  # (params_mobilenet writes safetensors only, to stay small)
+        np.savez(d / "params.npz", **tensors)
     with open(d / "in0.npy", "wb") as f:
         np.save(f, x, allow_pickle=False)
     outs = exp.call(*args)
@@ -174,7 +175,31 @@ def eqx_mlp():
                 "eqx.is_array), exported as f(params, x) = eqx.combine(params, static)(x).")
 
 
+def keras_mobilenet():
+    """The case people hit: a keras.applications model served via stateless_call."""
+    import keras
+    assert keras.backend.backend() == "jax"
+    keras.backend.clear_session()
+    keras.utils.set_random_seed(9)
+    model = keras.applications.MobileNetV3Small(
+        input_shape=(32, 32, 3), alpha=0.25, weights=None, classes=10, include_preprocessing=True)
+    x = np.random.default_rng(10).uniform(0, 255, (2, 32, 32, 3)).astype(np.float32)
+    trainable = [np.asarray(v.value) for v in model.trainable_variables]
+    non_trainable = [np.asarray(v.value) for v in model.non_trainable_variables]
+
+    def f(trainable, non_trainable, x):
+        outs, _ = model.stateless_call(trainable, non_trainable, x, training=False)
+        return outs
+
+    write("params_mobilenet", f, [("trainable", trainable), ("non_trainable", non_trainable)], x,
+          libs=("keras",), npz=False,
+          notes=f"keras.applications.MobileNetV3Small(alpha=0.25, weights=None, 32x32, 10 classes), "
+                f"{len(trainable)} trainable + {len(non_trainable)} non-trainable tensors, exported as "
+                "f(trainable, non_trainable, x) = model.stateless_call(..., training=False)[0].")
+
+
 if __name__ == "__main__":
     flax_cnn()
     keras_net()
     eqx_mlp()
+    keras_mobilenet()

@@ -15,7 +15,14 @@ use xlaguard::{Error, Params, ParamsError, Tensor};
 use common::{assert_bit_equal, engine, fixture, numbered, xlaguard_cmd};
 use serving::*;
 
-const MODELS: &[&str] = &["params_flax", "params_keras", "params_eqx"];
+/// Flax linen `apply(variables, x)`, a Keras net and keras.applications MobileNetV3Small via
+/// `stateless_call` (211 weight tensors), Equinox via `eqx.partition`.
+const MODELS: &[&str] = &[
+    "params_flax",
+    "params_keras",
+    "params_mobilenet",
+    "params_eqx",
+];
 
 fn model(name: &str) -> xlaguard::Model {
     engine()
@@ -30,6 +37,10 @@ fn library_bind_gives_jax_outputs_from_safetensors_and_npz() {
         let x = Tensor::read_npy(&dir.join("in0.npy")).unwrap();
         let expected = numbered(&dir, "out");
         for file in ["params.safetensors", "params.npz"] {
+            if !dir.join(file).is_file() {
+                assert_eq!((*name, file), ("params_mobilenet", "params.npz"));
+                continue;
+            }
             let params = Params::read(&dir.join(file)).unwrap();
             let mut m = model(name);
             let full = m.signature().inputs.len();
@@ -63,11 +74,15 @@ fn run_and_inspect_with_params() {
     for name in MODELS {
         let dir = fixture(name);
         let out = tempfile::tempdir().unwrap();
+        let file = ["params.npz", "params.safetensors"]
+            .into_iter()
+            .find(|f| dir.join(f).is_file())
+            .unwrap();
         let r = xlaguard_cmd()
             .arg("run")
             .arg(dir.join("model.jaxexport"))
             .arg("--params")
-            .arg(dir.join("params.npz"))
+            .arg(dir.join(file))
             .arg(dir.join("in0.npy"))
             .arg("--out")
             .arg(out.path())
@@ -107,6 +122,7 @@ fn serve_binds_params_and_others_keep_serving() {
     for (name, file) in [
         ("params_flax", "params.safetensors"),
         ("params_keras", "params.npz"),
+        ("params_mobilenet", "params.safetensors"),
         ("params_eqx", "params.safetensors"),
     ] {
         specs.push(ModelSpec {

@@ -129,6 +129,7 @@ fn tritonclient_sends_only_data_to_models_with_bound_weights() {
     let models = [
         ("params_flax", "params.safetensors"),
         ("params_keras", "params.npz"),
+        ("params_mobilenet", "params.safetensors"),
         ("params_eqx", "params.safetensors"),
     ];
     for (m, params) in models {
@@ -153,8 +154,8 @@ fn tritonclient_sends_only_data_to_models_with_bound_weights() {
         "{text}\n{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    // 3 models x 1 output x (JSON, binary).
-    assert!(text.contains("OK 6 checks"), "{text}");
+    // 4 models x 1 output x (JSON, binary).
+    assert!(text.contains("OK 8 checks"), "{text}");
 }
 
 #[test]
