@@ -62,30 +62,44 @@ fn python() -> std::path::PathBuf {
     p
 }
 
-#[test]
-fn tritonclient_json_and_binary_equal_jax() {
-    let repo = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("triton-repo");
+/// A model repository under the target's temp folder: for each model, its files copied from
+/// `hlo/<model>/`.
+fn triton_repo(name: &str, models: &[(&str, &[&str])]) -> std::path::PathBuf {
+    let repo = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join(name);
     let _ = std::fs::remove_dir_all(&repo);
-    for m in ["digits", "dtypes"] {
-        copy_into(
-            &fixture(m).join("model.jaxexport"),
-            &repo.join(m),
-            "model.jaxexport",
-        );
+    for (m, files) in models {
+        for f in *files {
+            copy_into(&fixture(m).join(f), &repo.join(m), f);
+        }
     }
+    repo
+}
+
+/// Serves `repo` and runs `tests/triton_client.py` against it with `args`; asserts it
+/// succeeded and returns what it printed.
+fn triton_client(repo: &std::path::Path, args: &[&str]) -> String {
     let s = Binary::start(&["--models", repo.to_str().unwrap()]);
     let out = Command::new(python())
         .current_dir(root())
         .arg("tests/triton_client.py")
         .args(["--url", &s.addr.to_string(), "--fixtures", "hlo"])
+        .args(args)
         .output()
         .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
     assert!(
         out.status.success(),
         "{text}\n{}",
         String::from_utf8_lossy(&out.stderr)
     );
+    text
+}
+
+#[test]
+fn tritonclient_json_and_binary_equal_jax() {
+    let model = &["model.jaxexport"][..];
+    let repo = triton_repo("triton-repo", &[("digits", model), ("dtypes", model)]);
+    let text = triton_client(&repo, &[]);
     assert!(text.contains("OK 43 checks"), "{text}");
     assert!(text.contains("ok: dtypes BF16 binary == JAX"));
     assert!(text.contains("ok: digits JSON logits == JAX"));
@@ -93,30 +107,12 @@ fn tritonclient_json_and_binary_equal_jax() {
 
 #[test]
 fn tritonclient_on_shape_polymorphic_models() {
-    let repo = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("triton-poly-repo");
-    let _ = std::fs::remove_dir_all(&repo);
-    let models = ["poly_bert", "poly_keras_cnn"];
-    for m in models {
-        copy_into(
-            &fixture(m).join("model.jaxexport"),
-            &repo.join(m),
-            "model.jaxexport",
-        );
-    }
-    let s = Binary::start(&["--models", repo.to_str().unwrap()]);
-    let out = Command::new(python())
-        .current_dir(root())
-        .arg("tests/triton_client.py")
-        .args(["--url", &s.addr.to_string(), "--fixtures", "hlo", "--poly"])
-        .args(models)
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{text}\n{}",
-        String::from_utf8_lossy(&out.stderr)
+    let model = &["model.jaxexport"][..];
+    let repo = triton_repo(
+        "triton-poly-repo",
+        &[("poly_bert", model), ("poly_keras_cnn", model)],
     );
+    let text = triton_client(&repo, &["--poly", "poly_bert", "poly_keras_cnn"]);
     // 2 metadata + (3 BERT sizes x 2 outputs + 3 CNN sizes x 1) x (JSON, binary) + 1 violation.
     assert!(text.contains("OK 21 checks"), "{text}");
     assert!(text.contains("ok: poly_bert b5_s12"), "{text}");
@@ -124,36 +120,18 @@ fn tritonclient_on_shape_polymorphic_models() {
 
 #[test]
 fn tritonclient_sends_only_data_to_models_with_bound_weights() {
-    let repo = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("triton-params-repo");
-    let _ = std::fs::remove_dir_all(&repo);
+    let st = &["model.jaxexport", "params.safetensors"][..];
+    let npz = &["model.jaxexport", "params.npz"][..];
     let models = [
-        ("params_flax", "params.safetensors"),
-        ("params_keras", "params.npz"),
-        ("params_mobilenet", "params.safetensors"),
-        ("params_eqx", "params.safetensors"),
+        ("params_flax", st),
+        ("params_keras", npz),
+        ("params_mobilenet", st),
+        ("params_eqx", st),
     ];
-    for (m, params) in models {
-        copy_into(
-            &fixture(m).join("model.jaxexport"),
-            &repo.join(m),
-            "model.jaxexport",
-        );
-        copy_into(&fixture(m).join(params), &repo.join(m), params);
-    }
-    let s = Binary::start(&["--models", repo.to_str().unwrap()]);
-    let out = Command::new(python())
-        .current_dir(root())
-        .arg("tests/triton_client.py")
-        .args(["--url", &s.addr.to_string(), "--fixtures", "hlo", "--plain"])
-        .args(models.map(|(m, _)| m))
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{text}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let repo = triton_repo("triton-params-repo", &models);
+    let mut args = vec!["--plain"];
+    args.extend(models.iter().map(|(m, _)| *m));
+    let text = triton_client(&repo, &args);
     // 4 models x 1 output x (JSON, binary).
     assert!(text.contains("OK 8 checks"), "{text}");
 }
