@@ -1321,6 +1321,14 @@ impl Model {
             summary,
         )?;
         m.serialized = serialized.map(Arc::from);
+        // The polymorphic model's names (read from the module at load) are the ones requests
+        // and policies use; the refined module's parameters no longer carry them.
+        for (s, p) in m.signature.inputs.iter_mut().zip(&self.signature.inputs) {
+            s.name.clone_from(&p.name);
+        }
+        for (s, p) in m.signature.outputs.iter_mut().zip(&self.signature.outputs) {
+            s.name.clone_from(&p.name);
+        }
         // The same rules; the [dims] bounds were checked on the variables already (the
         // specialization has no symbolic dimension to bind them to).
         let mut policy = self.policy.policy().clone();
@@ -1389,7 +1397,16 @@ impl Model {
     /// [`Error::Policy`] when the policy does not fit the signature (the old one stays).
     pub fn set_policy(&mut self, policy: Policy) -> Result<(), Error> {
         self.policy = BoundPolicy::new(policy, &self.signature)?;
+        self.forget_shapes();
         Ok(())
+    }
+
+    /// A shape-polymorphic model's compiled shapes carry the policy and observer they were made
+    /// with: drop them when either changes (the disk cache, if any, makes them cheap again).
+    fn forget_shapes(&mut self) {
+        if let Some(p) = &self.poly {
+            p.cache.lock().unwrap_or_else(|e| e.into_inner()).clear();
+        }
     }
 
     /// [`Model::set_policy`], builder style.
@@ -1405,6 +1422,7 @@ impl Model {
     /// sanitization.
     pub fn set_observer(&mut self, observer: Option<Arc<dyn PolicyObserver>>) {
         self.observer = observer;
+        self.forget_shapes();
     }
 
     /// Validates and copies inputs to the device (only those the module keeps).

@@ -474,3 +474,20 @@ fn a_second_process_loads_shapes_from_the_cache_and_a_tampered_entry_is_refused(
         );
     }
 }
+
+#[test]
+fn a_new_policy_applies_to_shapes_compiled_before_it() {
+    let mut m = engine()
+        .load_file(&fixture("poly_twice").join("model.jaxexport"))
+        .unwrap();
+    let dir = fixture("poly_twice").join("sizes/b2");
+    run(&m, &dir).unwrap();
+    assert_eq!(m.compiled_shapes().len(), 1);
+    // Now refuse values above 0.5 in x: the shape compiled earlier must follow the new rule.
+    let mut p = xlaguard::Policy::new();
+    p.input("x").range(-0.5, 0.5);
+    m.set_policy(p).unwrap();
+    let e = run(&m, &dir).unwrap_err();
+    assert!(matches!(e, Error::PolicyViolation(_)), "{e:?}");
+    assert!(e.to_string().contains("input 'x'"), "{e}");
+}

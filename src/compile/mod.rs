@@ -486,6 +486,8 @@ pub(crate) struct Compiler {
     options: CompileOptions,
     /// The StableHLO refiner workers load for shape-polymorphic modules, if one was found.
     refiner: Option<PathBuf>,
+    /// The refiner's sha256 (hex), for cache keys of refined compiles; hashed on first need.
+    refiner_sha: OnceLock<String>,
 }
 
 impl std::fmt::Debug for Compiler {
@@ -629,6 +631,7 @@ impl Compiler {
             xla_flags,
             options,
             refiner,
+            refiner_sha: OnceLock::new(),
         };
         let _ = c.plugin_identity(api_version);
         warn_once(&c.report);
@@ -752,10 +755,27 @@ impl Compiler {
             return Err(e);
         }
         // The cache, when configured and the plugin's identity is known.
-        // A refined compile is keyed by the argument types too: one entry per concrete shape.
+        // A refined compile is keyed by the argument types too (one entry per concrete shape)
+        // and by the refiner that rewrote the module.
         let keyed_options = match input.refine {
-            Some(r) => [&options[..], b"\0refine:", r.types.join(",").as_bytes()].concat(),
-            None => options.clone(),
+            Some(r) if self.cache.is_some() => {
+                let refiner = self.refiner_sha.get_or_init(|| {
+                    self.refiner
+                        .as_deref()
+                        .and_then(|p| cache::sha256_file(p).ok())
+                        .map(|s| cache::hex(&s))
+                        .unwrap_or_default()
+                });
+                [
+                    &options[..],
+                    b"\0refine:",
+                    r.types.join(",").as_bytes(),
+                    b"\0refiner:",
+                    refiner.as_bytes(),
+                ]
+                .concat()
+            }
+            _ => options.clone(),
         };
         let key = match (&self.cache, plugin.sha256) {
             (Some(_), Some(sha)) => Some(CacheKey::new(
