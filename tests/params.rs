@@ -424,3 +424,53 @@ fn the_value_policy_checks_bound_weights_once_at_bind() {
     let r = m.bind(&bad).unwrap();
     assert!(r.checked.is_empty());
 }
+
+#[test]
+fn config_toml_maps_tensor_names_to_input_names() {
+    // A file keyed by the model's own names without the argument (`.layers[0].weight`), and one
+    // tensor under a name of its own: `[params] prefix` and `rename` map them.
+    let p = eqx_params();
+    let repo = tempfile::tempdir().unwrap();
+    let dir = repo.path().join("eqx");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::copy(
+        fixture("params_eqx").join("model.jaxexport"),
+        dir.join("model.jaxexport"),
+    )
+    .unwrap();
+    let renamed: Vec<(String, &Tensor)> = p
+        .tensors()
+        .iter()
+        .map(|(n, t)| match n.as_str() {
+            "params.layers[2].bias" => ("last_bias".to_string(), t),
+            n => (n.trim_start_matches("params").to_string(), t),
+        })
+        .collect();
+    write_st(
+        renamed.iter().map(|(n, t)| (n.as_str(), *t)),
+        &dir.join("params.safetensors"),
+    );
+    std::fs::write(
+        dir.join("config.toml"),
+        "[params]\nprefix = \"params\"\nrename = { last_bias = \"params.layers[2].bias\" }\n",
+    )
+    .unwrap();
+    let specs = xlaguard::server::repo::scan_repository(repo.path()).unwrap();
+    assert!(specs[0].problem.is_none(), "{:?}", specs[0].problem);
+    let s = InProcess::start(specs, |_| {});
+    wait_loaded(s.addr);
+    let names = served_input_names(s.addr, "eqx");
+    assert_eq!(names, ["x"]);
+    let x = Tensor::read_npy(&fixture("params_eqx").join("in0.npy")).unwrap();
+    let got = infer_binary(s.addr, "eqx", &names, &[x]);
+    assert!(got == numbered(&fixture("params_eqx"), "out")[0].bytes());
+    // Two tensors mapped to one name: a duplicate, named.
+    let t = Tensor::from_slice(&[1], &[0f32]).unwrap();
+    let two = Params::from_tensors(vec![("a".into(), t.clone()), ("b".into(), t)], "m").unwrap();
+    let table = [("a".to_string(), "b".to_string())].into_iter().collect();
+    let e = two.renamed(None, &table).unwrap_err();
+    assert!(
+        matches!(e, ParamsError::Duplicate { ref name, .. } if name == "b"),
+        "{e:?}"
+    );
+}

@@ -129,6 +129,48 @@ impl Params {
         })
     }
 
+    /// The tensors renamed to the model's input names: a name in `rename` becomes its value;
+    /// any other gets `prefix` in front (`['params']['w']` under `variables` is
+    /// `variables['params']['w']`). The file's identity (sha256, size) is kept.
+    ///
+    /// ```
+    /// use xlaguard::{Params, Tensor};
+    /// let t = Tensor::from_slice(&[1], &[1.0f32]).unwrap();
+    /// let p = Params::from_tensors(vec![("['w']".into(), t.clone()), ("b".into(), t)], "mem")?;
+    /// let table = [("b".to_string(), "x['bias']".to_string())].into_iter().collect();
+    /// let r = p.renamed(Some("params"), &table)?;
+    /// assert!(r.get("params['w']").is_some() && r.get("x['bias']").is_some());
+    /// # Ok::<(), xlaguard::ParamsError>(())
+    /// ```
+    ///
+    /// # Errors
+    /// [`ParamsError::Duplicate`] when two tensors end up with one name.
+    pub fn renamed(
+        &self,
+        prefix: Option<&str>,
+        rename: &std::collections::BTreeMap<String, String>,
+    ) -> Result<Params, ParamsError> {
+        let tensors: Vec<(String, Tensor)> = self
+            .tensors
+            .iter()
+            .map(|(n, t)| {
+                let name = match (rename.get(n), prefix) {
+                    (Some(to), _) => to.clone(),
+                    (None, Some(p)) => format!("{p}{n}"),
+                    (None, None) => n.clone(),
+                };
+                (name, t.clone())
+            })
+            .collect();
+        check_unique(tensors.iter().map(|(n, _)| n.as_str()), &self.source)?;
+        Ok(Params {
+            tensors,
+            source: self.source.clone(),
+            sha256: self.sha256.clone(),
+            bytes: self.bytes,
+        })
+    }
+
     /// The tensors, in file order.
     pub fn tensors(&self) -> &[(String, Tensor)] {
         &self.tensors

@@ -456,6 +456,13 @@ fn load_one(spec: &ModelSpec, engines: &mut Engines) -> Result<(Loaded, Duration
                 ));
             }
         }
+        let params = if spec.params_prefix.is_some() || !spec.params_rename.is_empty() {
+            params
+                .renamed(spec.params_prefix.as_deref(), &spec.params_rename)
+                .map_err(|e| e.to_string())?
+        } else {
+            params
+        };
         let report = model.bind(&params).map_err(|e| e.to_string())?;
         tracing::info!(model = %spec.name, params = %p.display(), %report, "params bound");
     }

@@ -112,6 +112,10 @@ pub struct ModelSpec {
     pub params: Option<PathBuf>,
     /// The params file's expected sha256 (`config.toml` `params_sha256`), checked at load.
     pub params_sha256: Option<String>,
+    /// Put in front of every params tensor's name before binding (`[params] prefix`).
+    pub params_prefix: Option<String>,
+    /// Params tensor name → input name (`[params.rename]`), applied before the prefix.
+    pub params_rename: std::collections::BTreeMap<String, String>,
     /// Why this model cannot be loaded, found while reading its folder (reported, not fatal).
     pub problem: Option<String>,
     /// Shape-polymorphic models: values of dimension variables to compile at load
@@ -131,6 +135,8 @@ impl ModelSpec {
             policy: None,
             params: None,
             params_sha256: None,
+            params_prefix: None,
+            params_rename: std::collections::BTreeMap::new(),
             problem: None,
             shapes: std::collections::BTreeMap::new(),
         }
@@ -160,6 +166,17 @@ struct ConfigFile {
     shapes: Option<std::collections::BTreeMap<String, Vec<u64>>>,
     #[serde(default)]
     params_sha256: Option<String>,
+    #[serde(default)]
+    params: Option<ParamsFile>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ParamsFile {
+    #[serde(default)]
+    prefix: Option<String>,
+    #[serde(default)]
+    rename: std::collections::BTreeMap<String, String>,
 }
 
 #[derive(Deserialize)]
@@ -336,6 +353,10 @@ pub fn read_model_dir(dir: &Path, name: &str) -> ModelSpec {
                 return spec;
             }
             spec.params_sha256 = Some(h.to_ascii_lowercase());
+        }
+        if let Some(p) = &c.params {
+            spec.params_prefix.clone_from(&p.prefix);
+            spec.params_rename.clone_from(&p.rename);
         }
         named = c.artifact.as_deref();
     }
