@@ -12,7 +12,7 @@ use std::path::Path;
 use xlaguard::server::repo::ModelSpec;
 use xlaguard::{Error, Params, ParamsError, Tensor};
 
-use common::{assert_bit_equal, engine, fixture, numbered, xlaguard_cmd};
+use common::{assert_bit_equal, cli_run_with, engine, fixture, numbered, xlaguard_cmd};
 use serving::*;
 
 /// Flax linen `apply(variables, x)`, a Keras net and keras.applications MobileNetV3Small via
@@ -73,27 +73,17 @@ fn library_bind_gives_jax_outputs_from_safetensors_and_npz() {
 fn run_and_inspect_with_params() {
     for name in MODELS {
         let dir = fixture(name);
-        let out = tempfile::tempdir().unwrap();
         let file = ["params.npz", "params.safetensors"]
             .into_iter()
             .find(|f| dir.join(f).is_file())
             .unwrap();
-        let r = xlaguard_cmd()
-            .arg("run")
-            .arg(dir.join("model.jaxexport"))
-            .arg("--params")
-            .arg(dir.join(file))
-            .arg(dir.join("in0.npy"))
-            .arg("--out")
-            .arg(out.path())
-            .output()
-            .unwrap();
-        assert!(
-            r.status.success(),
-            "{name}: {}",
-            String::from_utf8_lossy(&r.stderr)
+        let params = dir.join(file);
+        let got = cli_run_with(
+            &dir.join("model.jaxexport"),
+            &dir,
+            &["--params".as_ref(), params.as_os_str()],
         );
-        assert_bit_equal(name, &numbered(out.path(), "out"), &numbered(&dir, "out"));
+        assert_bit_equal(name, &got, &numbered(&dir, "out"));
     }
     let dir = fixture("params_flax");
     let r = xlaguard_cmd()

@@ -46,6 +46,23 @@ def load(path: Path, dtype: str) -> np.ndarray:
     return a
 
 
+def infer_both_ways(client, model: str, meta: dict, d: Path, label: str) -> None:
+    """The folder's in*.npy as the model's inputs, JSON then binary; every output == out*.npy."""
+    ins = [np.load(d / f"in{i}.npy") for i in range(len(meta["inputs"]))]
+    want = [np.load(d / f"out{i}.npy") for i in range(len(meta["outputs"]))]
+    for binary in (False, True):
+        inputs = []
+        for m, a in zip(meta["inputs"], ins):
+            i = httpclient.InferInput(m["name"], list(a.shape), m["datatype"])
+            i.set_data_from_numpy(a, binary_data=binary)
+            inputs.append(i)
+        outs = [httpclient.InferRequestedOutput(m["name"], binary_data=binary) for m in meta["outputs"]]
+        r = client.infer(model, inputs, outputs=outs)
+        for m, w in zip(meta["outputs"], want):
+            check(same(r.as_numpy(m["name"]), w),
+                  f"{label} {m['name']} {'binary' if binary else 'JSON'} == JAX")
+
+
 def poly(client, fixtures: Path, models: list[str]) -> None:
     """Shape-polymorphic models: every size of each fixture (hlo/<m>/sizes/<tag>/), JSON and
     binary, equal to JAX's outputs; -1 in the metadata; a violated constraint is a 400."""
@@ -55,19 +72,7 @@ def poly(client, fixtures: Path, models: list[str]) -> None:
         fmeta = json.loads((fixtures / model / "meta.json").read_text())
         for size in fmeta["sizes"]:
             d = fixtures / model / "sizes" / size["tag"]
-            ins = [np.load(d / f"in{i}.npy") for i in range(len(meta["inputs"]))]
-            want = [np.load(d / f"out{i}.npy") for i in range(len(meta["outputs"]))]
-            for binary in (False, True):
-                inputs = []
-                for m, a in zip(meta["inputs"], ins):
-                    i = httpclient.InferInput(m["name"], list(a.shape), m["datatype"])
-                    i.set_data_from_numpy(a, binary_data=binary)
-                    inputs.append(i)
-                outs = [httpclient.InferRequestedOutput(m["name"], binary_data=binary) for m in meta["outputs"]]
-                r = client.infer(model, inputs, outputs=outs)
-                for m, w in zip(meta["outputs"], want):
-                    check(same(r.as_numpy(m["name"]), w),
-                          f"{model} {size['tag']} {m['name']} {'binary' if binary else 'JSON'} == JAX")
+            infer_both_ways(client, model, meta, d, f"{model} {size['tag']}")
         v = fmeta.get("violation")
         if v:
             d = fixtures / model / v["dir"]
@@ -90,20 +95,7 @@ def plain(client, fixtures: Path, models: list[str]) -> None:
     weights bound server-side: only `x`), JSON and binary, equal to JAX's outputs."""
     for model in models:
         meta = client.get_model_metadata(model)
-        d = fixtures / model
-        ins = [np.load(d / f"in{i}.npy") for i in range(len(meta["inputs"]))]
-        want = [np.load(d / f"out{i}.npy") for i in range(len(meta["outputs"]))]
-        for binary in (False, True):
-            inputs = []
-            for m, a in zip(meta["inputs"], ins):
-                i = httpclient.InferInput(m["name"], list(a.shape), m["datatype"])
-                i.set_data_from_numpy(a, binary_data=binary)
-                inputs.append(i)
-            outs = [httpclient.InferRequestedOutput(m["name"], binary_data=binary) for m in meta["outputs"]]
-            r = client.infer(model, inputs, outputs=outs)
-            for m, w in zip(meta["outputs"], want):
-                check(same(r.as_numpy(m["name"]), w),
-                      f"{model} {m['name']} {'binary' if binary else 'JSON'} == JAX")
+        infer_both_ways(client, model, meta, fixtures / model, model)
 
 
 def main() -> None:

@@ -121,6 +121,11 @@ pub fn assert_bit_equal(what: &str, got: &[Tensor], expected: &[Tensor]) {
 /// `xlaguard run MODEL in0.npy in1.npy ... --out DIR` on the `in*.npy` of `inputs_dir` (in
 /// numeric order); asserts success and returns the `out*.npy` it wrote.
 pub fn cli_run(model: &Path, inputs_dir: &Path) -> Vec<Tensor> {
+    cli_run_with(model, inputs_dir, &[])
+}
+
+/// [`cli_run`] with more arguments for `run` (e.g. `--params FILE`).
+pub fn cli_run_with(model: &Path, inputs_dir: &Path, extra: &[&std::ffi::OsStr]) -> Vec<Tensor> {
     let out = tempfile::tempdir().unwrap();
     let mut ins: Vec<(u32, PathBuf)> = std::fs::read_dir(inputs_dir)
         .unwrap()
@@ -134,6 +139,7 @@ pub fn cli_run(model: &Path, inputs_dir: &Path) -> Vec<Tensor> {
     let r = xlaguard_cmd()
         .arg("run")
         .arg(model)
+        .args(extra)
         .args(ins.iter().map(|(_, p)| p))
         .arg("--out")
         .arg(out.path())
