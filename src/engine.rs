@@ -434,6 +434,24 @@ impl Engine {
     }
 }
 
+/// `spec`'s shape with its symbolic dimensions (`dims`, parsed) evaluated under `b`; `None`
+/// when one has no non-negative value there.
+fn concrete_shape(
+    spec: &TensorSpec,
+    dims: &[Option<DimExpr>],
+    b: &crate::dims::Bindings,
+) -> Option<Vec<u64>> {
+    spec.shape
+        .iter()
+        .zip(dims)
+        .map(|(d, e)| match (d, e) {
+            (_, Some(e)) => u64::try_from(e.eval(b)?).ok(),
+            (Dim::Static(n), None) => Some(*n),
+            (Dim::Symbolic(_), None) => None,
+        })
+        .collect()
+}
+
 /// A shape-polymorphic model's module and its executables per concrete shape.
 struct Poly {
     /// The artifact, without its program.
@@ -1129,17 +1147,9 @@ impl Model {
                 .iter()
                 .zip(&self.signature.inputs)
                 .map(|(dims, spec)| {
-                    dims.iter()
-                        .zip(&spec.shape)
-                        .map(|(e, d)| match (e, d) {
-                            (Some(e), _) => e
-                                .eval(&b)
-                                .and_then(|v| u64::try_from(v).ok())
-                                .ok_or_else(|| Error::Config(format!("{e} has no size at {b:?}"))),
-                            (None, Dim::Static(n)) => Ok(*n),
-                            (None, Dim::Symbolic(s)) => Err(Error::Internal(s.clone())),
-                        })
-                        .collect()
+                    concrete_shape(spec, dims, &b).ok_or_else(|| {
+                        Error::Config(format!("{} has no size at {b:?}", spec.type_string()))
+                    })
                 })
                 .collect::<Result<_, _>>()?;
             let refs: Vec<&[u64]> = shapes.iter().map(Vec::as_slice).collect();
@@ -1264,17 +1274,13 @@ impl Model {
             spec.shape = shape.iter().map(|&d| Dim::Static(d)).collect();
         }
         for (spec, dims) in sig.outputs.iter_mut().zip(&poly.outputs) {
-            for (d, e) in spec.shape.iter_mut().zip(dims) {
-                if let Some(e) = e {
-                    let v = e
-                        .eval(bindings)
-                        .and_then(|v| u64::try_from(v).ok())
-                        .ok_or_else(|| {
-                            Error::Internal(format!("output dimension {e} has no value"))
-                        })?;
-                    *d = Dim::Static(v);
-                }
-            }
+            let shape = concrete_shape(spec, dims, bindings).ok_or_else(|| {
+                Error::Internal(format!(
+                    "output {} has no size at {bindings:?}",
+                    spec.type_string()
+                ))
+            })?;
+            spec.shape = shape.into_iter().map(Dim::Static).collect();
         }
         let mut a = poly.meta.clone();
         let kept: Vec<usize> = match &a.kept_inputs {
@@ -1351,10 +1357,7 @@ impl Model {
     /// The shapes of positional inputs, checked for count, dtype and rank against the
     /// symbolic signature.
     fn shapes_of<'a>(&self, inputs: &[TensorRef<'a>]) -> Result<Vec<&'a [u64]>, Error> {
-        validate::check_count(&self.signature, inputs.len())?;
-        for (i, (spec, t)) in self.signature.inputs.iter().zip(inputs).enumerate() {
-            validate::check_input(spec, i, t)?;
-        }
+        validate::check_inputs(&self.signature, inputs)?;
         Ok(inputs.iter().map(|t| t.shape).collect())
     }
 

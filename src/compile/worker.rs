@@ -339,11 +339,7 @@ fn refine(
     to: &protocol::Refinement,
 ) -> Result<Vec<u8>, Rejection> {
     use crate::refine::{RefineError, Refiner};
-    let reject = |function: &str, message: String| Rejection {
-        function: function.to_string(),
-        code: None,
-        message,
-    };
+    let reject = refine_rejection;
     let Some(path) = refiner else {
         return Err(reject(
             REFINE,
@@ -436,13 +432,19 @@ fn failed_constraint(
     })
 }
 
-/// Reads a module's argument names and shape assertions with the refiner.
-fn describe(refiner: Option<&std::path::Path>, module: &[u8], out: &mut impl Write) -> i32 {
-    let reject = |function: &str, message: String| Rejection {
+/// A refinement failure for the parent, under one of the `REFINE*` function names.
+fn refine_rejection(function: &str, message: String) -> Rejection {
+    Rejection {
         function: function.to_string(),
         code: None,
         message,
-    };
+    }
+}
+
+/// Reads a module's argument names and shape assertions with the refiner: one deserialize and
+/// one print serve both.
+fn describe(refiner: Option<&std::path::Path>, module: &[u8], out: &mut impl Write) -> i32 {
+    let reject = refine_rejection;
     let Some(path) = refiner else {
         return write_rejection(out, &reject(REFINE, "no StableHLO refiner".into()));
     };
@@ -450,7 +452,7 @@ fn describe(refiner: Option<&std::path::Path>, module: &[u8], out: &mut impl Wri
         let text = r.print_with_locations(module)?;
         Ok(protocol::Description {
             arg_names: crate::artifact::mlir::wrapped_main_arg_locs(&text),
-            assertions: r.shape_assertions(module)?,
+            assertions: crate::refine::assertion_messages(&text),
         })
     });
     match described {

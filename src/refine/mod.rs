@@ -319,8 +319,9 @@ impl Refiner {
     }
 }
 
-/// The `error_message` of every `@shape_assertion` custom call in printed MLIR, unescaped.
-fn assertion_messages(text: &str) -> Vec<String> {
+/// The `error_message` of every `@shape_assertion` custom call in printed MLIR (as
+/// [`Refiner::print_with_locations`] gives it), unescaped.
+pub fn assertion_messages(text: &str) -> Vec<String> {
     let mut out = Vec::new();
     let mut rest = text;
     while let Some(at) = rest.find("@shape_assertion") {
