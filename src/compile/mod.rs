@@ -488,6 +488,8 @@ pub(crate) struct Compiler {
     refiner: Option<PathBuf>,
     /// The refiner's sha256 (hex), for cache keys of refined compiles; hashed on first need.
     refiner_sha: OnceLock<String>,
+    /// The most address space one compile may be given (the host's memory; 0 unknown).
+    address_space_cap: u64,
 }
 
 impl std::fmt::Debug for Compiler {
@@ -563,6 +565,7 @@ impl Compiler {
             None => None,
         };
         let refiner = crate::plugin::find_refiner(config.refiner.as_deref());
+        let address_space_cap = sandbox::physical_memory().unwrap_or(0);
         let stats = Arc::new(CompileStats::default());
         let plugin_path = std::fs::canonicalize(plugin_path).unwrap_or(plugin_path.to_path_buf());
         let (pool, report) = match config.isolation {
@@ -590,7 +593,7 @@ impl Compiler {
                     warm_up: config.warm_up_workers,
                     read_paths,
                     refiner: refiner.clone(),
-                    address_space_cap: sandbox::physical_memory().unwrap_or(0),
+                    address_space_cap,
                 };
                 let init = serde_json::to_vec(&init)
                     .map_err(|e| Error::Internal(format!("encoding the worker init: {e}")))
@@ -632,6 +635,7 @@ impl Compiler {
             options,
             refiner,
             refiner_sha: OnceLock::new(),
+            address_space_cap,
         };
         let _ = c.plugin_identity(api_version);
         warn_once(&c.report);
@@ -726,11 +730,7 @@ impl Compiler {
             "options": {"num_replicas": replicas, "num_partitions": partitions, "hex": cache::hex(&options)},
             "limits": self.limits_json(),
             "address_space_limit_bytes": self.config.limits.address_space_bytes.map(|b| {
-                sandbox::address_space_for(
-                    b,
-                    sandbox::physical_memory().unwrap_or(0),
-                    input.program.len(),
-                )
+                sandbox::address_space_for(b, self.address_space_cap, input.program.len())
             }),
         });
         let with = |extra: serde_json::Value| {
