@@ -3,6 +3,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use crate::artifact::params::{BindReport, Mismatch};
 use crate::artifact::{self, Artifact, ArtifactError, ArtifactKind, ProgramFormat};
 use crate::compile::{
     CompileConfig, CompileInput, CompileSummary, Compiler, JailReport, StatsSnapshot,
@@ -544,80 +545,6 @@ pub struct BoundParams {
     pub bytes: u64,
     /// The bound inputs, in module order.
     pub inputs: Vec<TensorSpec>,
-}
-
-/// A bound tensor whose dtype or shape is not the input's.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Mismatch {
-    /// The input (and tensor) name.
-    pub name: String,
-    /// The input's type, e.g. `float32[3,3,8]`.
-    pub expected: String,
-    /// The tensor's type.
-    pub got: String,
-}
-
-/// What [`Model::bind`] did, like burn-store's apply report: inputs bound (`applied`), inputs
-/// of a bound argument that the params lack (`missing`), tensors that name no input
-/// (`unused`), tensors whose dtype or shape differs (`mismatched`), and the inputs left to
-/// each request (`unbound`).
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct BindReport {
-    /// Inputs bound, in module order.
-    pub applied: Vec<String>,
-    /// Inputs under an argument the params bind (e.g. `variables[...]`) with no tensor.
-    pub missing: Vec<String>,
-    /// Tensors that match no input (reported, not an error).
-    pub unused: Vec<String>,
-    /// Tensors whose dtype or shape is not the input's.
-    pub mismatched: Vec<Mismatch>,
-    /// Inputs each request still gives, in order.
-    pub unbound: Vec<String>,
-    /// Bound tensors the model's value policy names, checked (and sanitized where it says so)
-    /// once, here: what each rule changed (`'w': 2 values clipped to max 1.0`).
-    pub checked: Vec<String>,
-}
-
-impl BindReport {
-    /// True when nothing is missing or mismatched.
-    pub fn is_ok(&self) -> bool {
-        self.missing.is_empty() && self.mismatched.is_empty()
-    }
-}
-
-impl std::fmt::Display for BindReport {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{} applied", self.applied.len())?;
-        if !self.missing.is_empty() {
-            write!(f, "; missing: {}", quoted(&self.missing))?;
-        }
-        if !self.mismatched.is_empty() {
-            let m: Vec<String> = self
-                .mismatched
-                .iter()
-                .map(|m| format!("'{}' (expected {}, got {})", m.name, m.expected, m.got))
-                .collect();
-            write!(f, "; mismatched: {}", m.join(", "))?;
-        }
-        if !self.unused.is_empty() {
-            write!(f, "; unused: {}", quoted(&self.unused))?;
-        }
-        if !self.checked.is_empty() {
-            write!(f, "; checked: {}", self.checked.join(", "))?;
-        }
-        write!(f, "; unbound: {}", quoted(&self.unbound))
-    }
-}
-
-fn quoted(names: &[String]) -> String {
-    if names.is_empty() {
-        return "none".into();
-    }
-    names
-        .iter()
-        .map(|n| format!("'{n}'"))
-        .collect::<Vec<_>>()
-        .join(", ")
 }
 
 /// The argument an input name belongs to: `variables` for `variables['params']['w']`,
@@ -1386,7 +1313,7 @@ impl Model {
             let shapes = self.shapes_of(inputs)?;
             self.solve_dims(poly, &shapes)?;
         }
-        self.policy.check(inputs)
+        Ok(self.policy.check(inputs)?)
     }
 
     /// The value policy in force, bound to the signature.
@@ -1653,7 +1580,8 @@ impl Model {
         scanner: &crate::pjrt::cuda::DeviceScanner,
         inputs: &[&dyn crate::pjrt::cuda::DeviceInput<'a>],
     ) -> Result<Vec<Tensor>, Error> {
-        use crate::pjrt::cuda::{bounds_of, judge, sanitizes, CudaError};
+        use crate::pjrt::cuda::CudaError;
+        use crate::validate::device::{bounds_of, judge, sanitizes};
         if self.poly.is_some() {
             return Err(self.needs_shapes());
         }

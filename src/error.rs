@@ -9,7 +9,7 @@ use crate::pjrt::{LoadError, PjrtError};
 use crate::plugin::NotFound;
 use crate::tensor::TensorError;
 use crate::validate::InputError;
-use crate::validate::{PolicyError, PolicyViolation};
+use crate::validate::{PolicyError, PolicyViolation, ValidationError};
 
 /// Every error the library returns. One variant per kind a caller acts on; each maps to one
 /// HTTP status in the server.
@@ -111,6 +111,17 @@ pub enum Error {
     Internal(String),
 }
 
+impl From<ValidationError> for Error {
+    fn from(e: ValidationError) -> Error {
+        match e {
+            ValidationError::InvalidInput(e) => Error::InvalidInput(e),
+            ValidationError::PolicyViolation(v) => Error::PolicyViolation(v),
+            ValidationError::Policy(p) => Error::Policy(p),
+            ValidationError::Internal(s) => Error::Internal(s),
+        }
+    }
+}
+
 impl From<PolicyViolation> for Error {
     fn from(v: PolicyViolation) -> Error {
         Error::PolicyViolation(Box::new(v))
@@ -130,5 +141,5 @@ pub struct BindError {
     /// The params file (or the name given to in-memory tensors).
     pub source_name: String,
     /// What matched and what did not.
-    pub report: crate::engine::BindReport,
+    pub report: crate::artifact::params::BindReport,
 }

@@ -32,8 +32,8 @@ pub mod signature;
 pub mod tensor;
 pub mod validate;
 
-pub use artifact::params::{Params, ParamsError};
-pub use engine::{BindReport, BoundParams, Engine, EngineConfig, Mismatch, Model, ModelInfo};
+pub use artifact::params::{BindReport, Mismatch, Params, ParamsError};
+pub use engine::{BoundParams, Engine, EngineConfig, Model, ModelInfo};
 pub use error::{BindError, Error};
 pub use signature::{DType, Dim, Signature, TensorSpec};
 pub use tensor::{Tensor, TensorRef};

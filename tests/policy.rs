@@ -781,7 +781,10 @@ fn suggest_widens_the_observed_range() {
     assert_eq!(s.observed[0].inf, 2);
     // Wrong dtype.
     let e = suggest(digits.signature(), &[(0, ids.view())], 0.0).unwrap_err();
-    assert!(matches!(e, Error::InvalidInput(_)), "{e}");
+    assert!(
+        matches!(e, xlaguard::validate::ValidationError::InvalidInput(_)),
+        "{e}"
+    );
     let e = suggest(digits.signature(), &[], -1.0).unwrap_err();
     assert_eq!(
         e.to_string(),

@@ -55,3 +55,18 @@ fn disallowed_flags_are_refused_and_allowed_ones_work() {
     common::digits_still_work(&e);
     std::env::remove_var("XLA_FLAGS");
 }
+
+/// Every allowed flag is either one `CompileOptions` writes into `DebugOptions`, or not a
+/// `DebugOptions` field at all (per the `xla.proto` descriptor jaxlib embeds).
+#[test]
+fn allowed_flags_that_are_debug_options_fields_are_all_encoded() {
+    let table: Vec<serde_json::Value> = serde_json::from_str(include_str!(
+        "../hlo/compile_options/debug_options_fields.json"
+    ))
+    .unwrap();
+    for flag in ALLOWED_XLA_FLAGS {
+        let encoded = xlaguard::pjrt::options::is_debug_options_flag(flag);
+        let is_field = table.iter().any(|f| f["name"] == *flag);
+        assert_eq!(encoded, is_field, "{flag}");
+    }
+}

@@ -353,3 +353,77 @@ fn read_npz(bytes: &[u8], source: &str) -> Result<Vec<(String, Tensor)>, ParamsE
     }
     Ok(out)
 }
+
+/// A bound tensor whose dtype or shape is not the input's.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Mismatch {
+    /// The input (and tensor) name.
+    pub name: String,
+    /// The input's type, e.g. `float32[3,3,8]`.
+    pub expected: String,
+    /// The tensor's type.
+    pub got: String,
+}
+
+/// What [`crate::Model::bind`] did, like burn-store's apply report: inputs bound (`applied`), inputs
+/// of a bound argument that the params lack (`missing`), tensors that name no input
+/// (`unused`), tensors whose dtype or shape differs (`mismatched`), and the inputs left to
+/// each request (`unbound`).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct BindReport {
+    /// Inputs bound, in module order.
+    pub applied: Vec<String>,
+    /// Inputs under an argument the params bind (e.g. `variables[...]`) with no tensor.
+    pub missing: Vec<String>,
+    /// Tensors that match no input (reported, not an error).
+    pub unused: Vec<String>,
+    /// Tensors whose dtype or shape is not the input's.
+    pub mismatched: Vec<Mismatch>,
+    /// Inputs each request still gives, in order.
+    pub unbound: Vec<String>,
+    /// Bound tensors the model's value policy names, checked (and sanitized where it says so)
+    /// once, here: what each rule changed (`'w': 2 values clipped to max 1.0`).
+    pub checked: Vec<String>,
+}
+
+impl BindReport {
+    /// True when nothing is missing or mismatched.
+    pub fn is_ok(&self) -> bool {
+        self.missing.is_empty() && self.mismatched.is_empty()
+    }
+}
+
+impl std::fmt::Display for BindReport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} applied", self.applied.len())?;
+        if !self.missing.is_empty() {
+            write!(f, "; missing: {}", quoted(&self.missing))?;
+        }
+        if !self.mismatched.is_empty() {
+            let m: Vec<String> = self
+                .mismatched
+                .iter()
+                .map(|m| format!("'{}' (expected {}, got {})", m.name, m.expected, m.got))
+                .collect();
+            write!(f, "; mismatched: {}", m.join(", "))?;
+        }
+        if !self.unused.is_empty() {
+            write!(f, "; unused: {}", quoted(&self.unused))?;
+        }
+        if !self.checked.is_empty() {
+            write!(f, "; checked: {}", self.checked.join(", "))?;
+        }
+        write!(f, "; unbound: {}", quoted(&self.unbound))
+    }
+}
+
+fn quoted(names: &[String]) -> String {
+    if names.is_empty() {
+        return "none".into();
+    }
+    names
+        .iter()
+        .map(|n| format!("'{n}'"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}

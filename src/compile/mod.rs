@@ -15,6 +15,8 @@
 
 pub mod audit;
 pub mod cache;
+mod failure;
+mod limits;
 mod pool;
 pub mod protocol;
 pub mod sandbox;
@@ -31,7 +33,9 @@ use serde_json::json;
 
 pub use audit::AuditLog;
 pub use cache::{Cache, CacheKey, CacheRejection};
-pub use protocol::{ProtocolError, Refinement};
+pub use failure::{FailureCause, WorkerFailure};
+pub use limits::{Limits, SandboxOptions, DEFAULT_MAX_MODULE_BYTES};
+pub use protocol::{ProtocolError, Refinement, WORKER_ARG};
 pub use sandbox::{ChildUsage, ExitInfo, JailReport};
 pub use stats::{CompileStats, Histogram, StatsSnapshot};
 #[cfg(feature = "test-hooks")]
@@ -43,9 +47,6 @@ use crate::pjrt::{Client, ClientOptions, CompileOptions, ErrorCode, LoadedExecut
 use pool::{Pool, PoolConfig, PoolError};
 use protocol::Kind;
 use stats::Counter;
-
-/// The hidden first argument that turns the host executable into a compile worker.
-pub const WORKER_ARG: &str = "__xlaguard-compile-worker";
 
 /// Environment variable naming the worker executable (when [`CompileConfig::worker_exe`] is
 /// not set).
@@ -78,74 +79,6 @@ impl Isolation {
         match self {
             Isolation::Process => "process",
             Isolation::Thread => "thread",
-        }
-    }
-}
-
-/// The default [`Limits::max_module_bytes`]: 2 GiB, the size limit of the artifact formats
-/// (flatbuffer, protobuf) and of [`crate::artifact::load`].
-pub const DEFAULT_MAX_MODULE_BYTES: usize = 1 << 31;
-
-/// Resource limits of one compile.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Limits {
-    /// Wall-clock deadline of a compile; the worker is killed when it passes.
-    pub deadline: Duration,
-    /// How long a worker may take to start (jail, plugin load, client).
-    pub startup_timeout: Duration,
-    /// `RLIMIT_AS` of a worker (`None`: unlimited).
-    pub address_space_bytes: Option<u64>,
-    /// `RLIMIT_CPU` of a worker, seconds (`None`: unlimited).
-    pub cpu_seconds: Option<u64>,
-    /// `RLIMIT_NOFILE` of a worker.
-    pub open_files: u64,
-    /// Largest module accepted, bytes (checked before any worker sees it).
-    pub max_module_bytes: usize,
-    /// Largest serialized executable accepted from a worker, bytes.
-    pub max_executable_bytes: usize,
-}
-
-impl Default for Limits {
-    fn default() -> Self {
-        Limits {
-            deadline: Duration::from_secs(120),
-            startup_timeout: Duration::from_secs(60),
-            address_space_bytes: Some(16 << 30),
-            cpu_seconds: Some(600),
-            open_files: 64,
-            max_module_bytes: DEFAULT_MAX_MODULE_BYTES,
-            max_executable_bytes: 1 << 30,
-        }
-    }
-}
-
-/// Which protections the worker applies. Each one the kernel cannot enforce is reported in
-/// [`JailReport::unenforced`]; with `strict`, the worker refuses to start instead.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct SandboxOptions {
-    /// Landlock filesystem (read-only allowlist), network and signal restrictions.
-    pub landlock: bool,
-    /// The seccomp-bpf allowlist.
-    pub seccomp: bool,
-    /// A new network namespace.
-    pub network_namespace: bool,
-    /// CPU cores the worker (and XLA's thread pool) may use; `None` keeps the inherited set.
-    pub cores: Option<Vec<usize>>,
-    /// Extra read-only paths for Landlock (e.g. device files and libraries of a GPU plugin).
-    pub extra_read_paths: Vec<PathBuf>,
-    /// Refuse to compile unless every protection is in force.
-    pub strict: bool,
-}
-
-impl Default for SandboxOptions {
-    fn default() -> Self {
-        SandboxOptions {
-            landlock: true,
-            seccomp: true,
-            network_namespace: true,
-            cores: None,
-            extra_read_paths: Vec::new(),
-            strict: false,
         }
     }
 }
@@ -231,98 +164,6 @@ impl CompileConfig {
         self
     }
 }
-
-/// Why a worker produced no executable.
-#[derive(Clone, Debug, PartialEq)]
-#[non_exhaustive]
-pub enum FailureCause {
-    /// The worker could not be started.
-    Spawn(String),
-    /// The worker started but could not jail itself or load the plugin.
-    Setup(String),
-    /// Killed by a signal it raised or caused (abort, segfault...).
-    Signal(i32),
-    /// Exited without replying.
-    Exit(i32),
-    /// Killed by seccomp (`SIGSYS`): it made a forbidden system call.
-    SeccompKill,
-    /// Killed at the wall-clock deadline.
-    Timeout(Duration),
-    /// Hit the CPU-time limit (seconds).
-    CpuLimit(u64),
-    /// Ran out of address space under the memory limit (bytes).
-    MemoryLimit(u64),
-    /// Broke the protocol (and was killed).
-    Protocol(ProtocolError),
-    /// The pipes failed.
-    Io(String),
-}
-
-impl std::fmt::Display for FailureCause {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            FailureCause::Spawn(e) => write!(f, "could not start: {e}"),
-            FailureCause::Setup(e) => write!(f, "could not set up: {e}"),
-            FailureCause::Signal(s) => write!(f, "killed by {}", sandbox::signal_name(*s)),
-            FailureCause::Exit(c) => write!(f, "exited with code {c} without replying"),
-            FailureCause::SeccompKill => {
-                write!(f, "killed by seccomp (SIGSYS) for a forbidden system call")
-            }
-            FailureCause::Timeout(d) => {
-                write!(f, "killed at the {:.1} s deadline", d.as_secs_f64())
-            }
-            FailureCause::CpuLimit(s) => write!(f, "hit the CPU limit of {s} s"),
-            FailureCause::MemoryLimit(b) => {
-                write!(f, "ran out of memory under the {} MiB limit", b >> 20)
-            }
-            FailureCause::Protocol(e) => write!(f, "broke the protocol: {e}"),
-            FailureCause::Io(e) => write!(f, "pipe error: {e}"),
-        }
-    }
-}
-
-/// A compile worker that failed: what happened, and what it used.
-#[derive(Clone, Debug, PartialEq)]
-pub struct WorkerFailure {
-    /// The worker's pid (0 if it never started).
-    pub pid: u32,
-    /// What happened.
-    pub cause: FailureCause,
-    /// How the process ended, when known.
-    pub exit: Option<ExitInfo>,
-    /// CPU time and peak RSS (from `wait4`).
-    pub usage: ChildUsage,
-    /// Wall time from start to death.
-    pub wall: Duration,
-    /// The end of its stderr (XLA's `Check failed: ...` lands here).
-    pub stderr_tail: String,
-}
-
-impl std::fmt::Display for WorkerFailure {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "compile worker {} {}", self.pid, self.cause)?;
-        if let Some(e) = self.exit {
-            write!(f, " ({e})")?;
-        }
-        let last: Vec<&str> = self
-            .stderr_tail
-            .lines()
-            .filter(|l| !l.trim().is_empty())
-            .collect();
-        if let Some(l) = last
-            .iter()
-            .rev()
-            .find(|l| l.contains("Check failed") || l.contains("error") || l.contains("Error"))
-        {
-            write!(f, "; stderr: {}", l.trim())?;
-        } else if let Some(l) = last.last() {
-            write!(f, "; stderr: {}", l.trim())?;
-        }
-        Ok(())
-    }
-}
-
-impl std::error::Error for WorkerFailure {}
 
 impl WorkerFailure {
     fn into_error(self: Box<Self>) -> Error {

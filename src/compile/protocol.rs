@@ -15,6 +15,9 @@
 
 use std::io::{Read, Write};
 
+/// The hidden first argument that turns the host executable into a compile worker.
+pub const WORKER_ARG: &str = "__xlaguard-compile-worker";
+
 /// Frame magic.
 pub const MAGIC: [u8; 4] = *b"XLGW";
 /// Protocol version; a peer speaking another one is refused.

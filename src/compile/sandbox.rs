@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use super::Limits;
+use super::limits::Limits;
 
 /// What the jail of a compile worker enforces, as the worker itself observed it.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]

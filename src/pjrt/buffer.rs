@@ -3,7 +3,7 @@
 use std::sync::Arc;
 
 use super::api::{api_fn, Api};
-use super::client::ClientInner;
+use super::inner::ClientInner;
 use super::{dtype_of, ffi, PjrtError};
 use crate::signature::DType;
 
@@ -378,26 +378,12 @@ unsafe impl Send for StagingBuffer {}
 unsafe impl Sync for StagingBuffer {}
 
 impl StagingBuffer {
-    /// A zero-filled `dtype[dims]` buffer on device 0, when the plugin keeps it in host memory,
-    /// dense row-major (the CPU plugin); `None` otherwise.
-    ///
-    /// # Errors
-    /// The plugin's error.
-    pub fn new(
-        client: &super::Client,
-        dtype: DType,
-        dims: &[i64],
+    /// Wraps `buffer` (of `len` bytes) when the plugin keeps it in host memory, dense row-major;
+    /// `None` otherwise. [`StagingBuffer::new`] (beside the client) makes the buffer.
+    pub(super) fn from_buffer(
+        buffer: Buffer,
+        len: usize,
     ) -> Result<Option<StagingBuffer>, PjrtError> {
-        let len = dims
-            .iter()
-            .try_fold(dtype.size(), |acc, &d| {
-                usize::try_from(d).ok().and_then(|d| acc.checked_mul(d))
-            })
-            .ok_or_else(|| PjrtError::Contract {
-                function: "PJRT_Client_BufferFromHostBuffer",
-                detail: format!("{dtype}{dims:?} overflows"),
-            })?;
-        let buffer = client.buffer_from_host(&vec![0u8; len], dtype, dims)?;
         Ok(buffer
             .cpu_dense_ptr(len)?
             .map(|ptr| StagingBuffer { buffer, ptr, len }))

@@ -3,10 +3,11 @@
 use std::ffi::c_char;
 use std::sync::Arc;
 
-use super::api::{api_fn, lossy, Api};
-use super::buffer::{BorrowedBuffer, Buffer, Event};
+use super::api::{api_fn, Api};
+use super::buffer::{BorrowedBuffer, Buffer, Event, StagingBuffer};
 use super::executable::LoadedExecutable;
 use super::ffi;
+use super::inner::ClientInner;
 use super::options::CompileOptions;
 use super::{buffer_type, PjrtError};
 use crate::signature::DType;
@@ -87,20 +88,6 @@ impl ClientOptions {
 pub struct Client {
     pub(crate) inner: Arc<ClientInner>,
 }
-
-pub(crate) struct ClientInner {
-    pub(crate) api: Arc<Api>,
-    pub(crate) raw: *mut ffi::PJRT_Client,
-    devices: Vec<*mut ffi::PJRT_Device>,
-    platform: String,
-    platform_version: String,
-}
-
-// SAFETY: PJRT clients are thread-safe by contract (JAX shares one across threads); the device
-// pointers are owned by the client and immutable.
-unsafe impl Send for ClientInner {}
-// SAFETY: as above.
-unsafe impl Sync for ClientInner {}
 
 impl std::fmt::Debug for Client {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -195,47 +182,6 @@ impl Client {
         Ok(Client {
             inner: Arc::new(client),
         })
-    }
-}
-
-impl ClientInner {
-    fn query_devices(&self) -> Result<Vec<*mut ffi::PJRT_Device>, PjrtError> {
-        let f = api_fn!(self.api, PJRT_Client_AddressableDevices)?;
-        let mut args = ffi::PJRT_Client_AddressableDevices_Args::new();
-        args.client = self.raw;
-        // SAFETY: live client, valid args.
-        let err = unsafe { f(&mut args) };
-        self.api.check(err, "PJRT_Client_AddressableDevices")?;
-        if args.addressable_devices.is_null() {
-            return Ok(Vec::new());
-        }
-        // SAFETY: the plugin returns `num_addressable_devices` device pointers owned by the client.
-        Ok(unsafe {
-            std::slice::from_raw_parts(args.addressable_devices, args.num_addressable_devices)
-        }
-        .to_vec())
-    }
-
-    fn query_platform(&self) -> Result<String, PjrtError> {
-        let f = api_fn!(self.api, PJRT_Client_PlatformName)?;
-        let mut args = ffi::PJRT_Client_PlatformName_Args::new();
-        args.client = self.raw;
-        // SAFETY: live client, valid args; the name is owned by the client and copied now.
-        let err = unsafe { f(&mut args) };
-        self.api.check(err, "PJRT_Client_PlatformName")?;
-        // SAFETY: pointer and size from the plugin.
-        Ok(unsafe { lossy(args.platform_name, args.platform_name_size) })
-    }
-
-    fn query_platform_version(&self) -> Result<String, PjrtError> {
-        let f = api_fn!(self.api, PJRT_Client_PlatformVersion)?;
-        let mut args = ffi::PJRT_Client_PlatformVersion_Args::new();
-        args.client = self.raw;
-        // SAFETY: live client, valid args.
-        let err = unsafe { f(&mut args) };
-        self.api.check(err, "PJRT_Client_PlatformVersion")?;
-        // SAFETY: pointer and size from the plugin.
-        Ok(unsafe { lossy(args.platform_version, args.platform_version_size) })
     }
 }
 
@@ -468,16 +414,28 @@ impl Client {
 /// `on_delete_callback` for device views: the memory belongs to the caller, nothing to do.
 unsafe extern "C" fn keep_device_memory(_ptr: *mut std::ffi::c_void, _arg: *mut std::ffi::c_void) {}
 
-impl Drop for ClientInner {
-    fn drop(&mut self) {
-        if let Ok(f) = api_fn!(self.api, PJRT_Client_Destroy) {
-            let mut args = ffi::PJRT_Client_Destroy_Args::new();
-            args.client = self.raw;
-            // SAFETY: we own the client; destroyed once. Executables and buffers hold an
-            // `Arc<Client>`, so none outlives it.
-            let err = unsafe { f(&mut args) };
-            let _ = self.api.check(err, "PJRT_Client_Destroy");
-        }
+impl StagingBuffer {
+    /// A zero-filled `dtype[dims]` buffer on device 0, when the plugin keeps it in host memory,
+    /// dense row-major (the CPU plugin); `None` otherwise.
+    ///
+    /// # Errors
+    /// The plugin's error.
+    pub fn new(
+        client: &Client,
+        dtype: DType,
+        dims: &[i64],
+    ) -> Result<Option<StagingBuffer>, PjrtError> {
+        let len = dims
+            .iter()
+            .try_fold(dtype.size(), |acc, &d| {
+                usize::try_from(d).ok().and_then(|d| acc.checked_mul(d))
+            })
+            .ok_or_else(|| PjrtError::Contract {
+                function: "PJRT_Client_BufferFromHostBuffer",
+                detail: format!("{dtype}{dims:?} overflows"),
+            })?;
+        let buffer = client.buffer_from_host(&vec![0u8; len], dtype, dims)?;
+        StagingBuffer::from_buffer(buffer, len)
     }
 }
 

@@ -12,9 +12,6 @@ use cudarc::driver::{
 };
 
 use crate::signature::DType;
-use crate::validate::enforce::{InputRules, Offender, PolicyViolation, Rule};
-use crate::validate::policy::NonFinite;
-use crate::validate::scan::Value;
 
 /// CUDA C source of the scan kernels.
 const KERNEL: &str = r#"
@@ -568,11 +565,12 @@ impl<'a, T: cudarc::driver::DeviceRepr> DeviceTensor<'a, T> {
         scanner.scan(self.slice, self.dtype, self.len(), bounds)
     }
 
-    /// The value at flat index `i` (one element copied to the host; for messages).
+    /// The little-endian bytes of the element at flat index `i` (one element copied to the
+    /// host; for messages).
     ///
     /// # Errors
     /// [`CudaError`] on a failed copy or an index out of range.
-    pub fn value_at(&self, scanner: &DeviceScanner, i: u64) -> Result<Value, CudaError> {
+    pub fn element_bytes(&self, scanner: &DeviceScanner, i: u64) -> Result<Vec<u8>, CudaError> {
         let size = self.dtype.size();
         let byte = usize::try_from(i)
             .ok()
@@ -591,16 +589,10 @@ impl<'a, T: cudarc::driver::DeviceRepr> DeviceTensor<'a, T> {
         let bytes =
             unsafe { std::slice::from_raw_parts(host.as_ptr().cast::<u8>(), host.len() * elem) };
         let off = byte - first * elem;
-        let b = bytes
+        bytes
             .get(off..off + size)
-            .ok_or_else(|| CudaError("short copy".into()))?;
-        Ok(match self.dtype {
-            DType::F32 => Value::F32(f32::from_le_bytes([b[0], b[1], b[2], b[3]])),
-            DType::BF16 => Value::BF16(half::bf16::from_le_bytes([b[0], b[1]])),
-            DType::F16 => Value::F16(half::f16::from_le_bytes([b[0], b[1]])),
-            DType::I32 => Value::Int(i64::from(i32::from_le_bytes([b[0], b[1], b[2], b[3]]))),
-            other => return Err(CudaError(format!("value_at does not read {other}"))),
-        })
+            .map(<[u8]>::to_vec)
+            .ok_or_else(|| CudaError("short copy".into()))
     }
 
     /// A PJRT buffer viewing this memory (no copy), valid while the borrow lasts.
@@ -669,11 +661,11 @@ pub trait DeviceInput<'a> {
     /// # Errors
     /// As [`DeviceScanner::scan`].
     fn scan(&self, scanner: &DeviceScanner, bounds: Bounds) -> Result<DeviceStats, CudaError>;
-    /// One value, for messages.
+    /// One element's little-endian bytes, for messages.
     ///
     /// # Errors
-    /// As [`DeviceTensor::value_at`].
-    fn value_at(&self, scanner: &DeviceScanner, i: u64) -> Result<Value, CudaError>;
+    /// As [`DeviceTensor::element_bytes`].
+    fn element_bytes(&self, scanner: &DeviceScanner, i: u64) -> Result<Vec<u8>, CudaError>;
     /// A PJRT view of the memory.
     ///
     /// # Errors
@@ -695,8 +687,8 @@ impl<'a, T: cudarc::driver::DeviceRepr> DeviceInput<'a> for DeviceTensor<'a, T> 
     fn scan(&self, scanner: &DeviceScanner, bounds: Bounds) -> Result<DeviceStats, CudaError> {
         DeviceTensor::scan(self, scanner, bounds)
     }
-    fn value_at(&self, scanner: &DeviceScanner, i: u64) -> Result<Value, CudaError> {
-        DeviceTensor::value_at(self, scanner, i)
+    fn element_bytes(&self, scanner: &DeviceScanner, i: u64) -> Result<Vec<u8>, CudaError> {
+        DeviceTensor::element_bytes(self, scanner, i)
     }
     fn view(
         &self,
@@ -705,81 +697,4 @@ impl<'a, T: cudarc::driver::DeviceRepr> DeviceInput<'a> for DeviceTensor<'a, T> 
     ) -> Result<super::BorrowedBuffer<'a>, super::PjrtError> {
         DeviceTensor::view(self, client, scanner)
     }
-}
-
-/// The device scan's bounds for an input's policy rules.
-pub fn bounds_of(rules: &InputRules) -> Bounds {
-    Bounds {
-        min: rules.limits().min().map(|b| b.as_f64()),
-        max: rules.limits().max().map(|b| b.as_f64()),
-    }
-}
-
-/// True when the rules would change values (clip, replace, normalize), which device inputs do
-/// not support: they are checked, never rewritten.
-pub fn sanitizes(rules: &InputRules) -> bool {
-    rules.out_of_range() == crate::validate::policy::OutOfRange::Clip
-        && (rules.limits().min().is_some() || rules.limits().max().is_some())
-        || matches!(rules.nan(), NonFinite::Replace(_))
-        || matches!(rules.inf(), NonFinite::Replace(_))
-        || rules.normalize().is_some()
-}
-
-/// Applies an input's policy rules to a device scan: the first broken rule, in the order NaN,
-/// Inf, min, max, becomes the same [`PolicyViolation`] the host scan reports.
-///
-/// # Errors
-/// [`CudaError`] if reading the offending value fails.
-pub fn judge(
-    rules: &InputRules,
-    input: &dyn DeviceInput<'_>,
-    scanner: &DeviceScanner,
-    stats: &DeviceStats,
-) -> Result<Option<PolicyViolation>, CudaError> {
-    let float = input.dtype().is_float();
-    let mut checks: Vec<(Rule, u64, Option<u64>, Option<String>)> = Vec::new();
-    if float && rules.nan() == NonFinite::Reject {
-        checks.push((Rule::Nan, stats.nan, stats.first_nan, None));
-    }
-    if float && rules.inf() == NonFinite::Reject {
-        checks.push((
-            Rule::Inf,
-            stats.pos_inf + stats.neg_inf,
-            stats.first_inf,
-            None,
-        ));
-    }
-    if let Some(lo) = rules.limits().min() {
-        checks.push((
-            Rule::Min,
-            stats.below,
-            stats.first_below,
-            Some(lo.to_string()),
-        ));
-    }
-    if let Some(hi) = rules.limits().max() {
-        checks.push((
-            Rule::Max,
-            stats.above,
-            stats.first_above,
-            Some(hi.to_string()),
-        ));
-    }
-    for (rule, count, first, limit) in checks {
-        if let (true, Some(i)) = (count > 0, first) {
-            return Ok(Some(PolicyViolation {
-                input: Some(rules.name().to_string()),
-                rule,
-                count,
-                limit,
-                first: Some(Offender {
-                    flat: i,
-                    index: unravel(i, input.shape()),
-                    value: input.value_at(scanner, i)?,
-                }),
-                dim: None,
-            }));
-        }
-    }
-    Ok(None)
 }

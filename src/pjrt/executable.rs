@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use super::api::{api_fn, lossy};
 use super::buffer::{await_event, Buffer};
-use super::client::ClientInner;
+use super::inner::ClientInner;
 use super::{dtype_of, ffi, PjrtError};
 use crate::signature::DType;
 

@@ -11,6 +11,7 @@ pub mod cuda;
 pub mod deps;
 mod executable;
 pub mod ffi;
+mod inner;
 pub mod options;
 
 use std::path::PathBuf;

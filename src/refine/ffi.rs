@@ -7,7 +7,7 @@
 use std::ffi::{c_char, c_int, c_void, CStr};
 use std::path::Path;
 
-use super::RefineError;
+use super::error::RefineError;
 
 /// `MlirStringRef`: a non-owning `(data, length)` string; not NUL-terminated.
 #[repr(C)]

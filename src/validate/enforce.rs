@@ -18,7 +18,7 @@ use super::policy::{
 };
 use super::sanitize::{self, Ops};
 use super::scan::{self, Bound, LimitError, Limits, Tally, Value};
-use crate::error::Error;
+use super::InputError;
 use crate::signature::{DType, Dim, Signature, TensorSpec};
 use crate::tensor::TensorRef;
 
@@ -108,6 +108,37 @@ pub struct PolicyViolation {
 }
 
 impl std::error::Error for PolicyViolation {}
+
+/// Why validation refused inputs, or a policy. [`crate::Error`] has a variant for each (the
+/// same names), so `?` converts.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ValidationError {
+    /// An input does not match the signature.
+    #[error(transparent)]
+    InvalidInput(#[from] InputError),
+    /// An input's values break the policy.
+    #[error(transparent)]
+    PolicyViolation(Box<PolicyViolation>),
+    /// A policy (or a parameter of one, like `suggest`'s margin) is malformed.
+    #[error(transparent)]
+    Policy(Box<PolicyError>),
+    /// A check failed in a way that is a bug, not the input's fault.
+    #[error("internal: {0}")]
+    Internal(String),
+}
+
+impl From<PolicyViolation> for ValidationError {
+    fn from(v: PolicyViolation) -> ValidationError {
+        ValidationError::PolicyViolation(Box::new(v))
+    }
+}
+
+impl From<PolicyError> for ValidationError {
+    fn from(e: PolicyError) -> ValidationError {
+        ValidationError::Policy(Box::new(e))
+    }
+}
 
 impl fmt::Display for PolicyViolation {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -726,8 +757,8 @@ impl BoundPolicy {
     /// a sanitizing rule would change pass.
     ///
     /// # Errors
-    /// [`Error::InvalidInput`] or [`Error::PolicyViolation`].
-    pub fn check(&self, inputs: &[TensorRef<'_>]) -> Result<(), Error> {
+    /// [`ValidationError::InvalidInput`] or [`ValidationError::PolicyViolation`].
+    pub fn check(&self, inputs: &[TensorRef<'_>]) -> Result<(), ValidationError> {
         self.run(inputs, None, false).map(|_| ())
     }
 
@@ -735,12 +766,12 @@ impl BoundPolicy {
     /// the rejection, or (on success) about each sanitization.
     ///
     /// # Errors
-    /// [`Error::InvalidInput`] or [`Error::PolicyViolation`].
+    /// [`ValidationError::InvalidInput`] or [`ValidationError::PolicyViolation`].
     pub fn apply(
         &self,
         inputs: &[TensorRef<'_>],
         observer: Option<&dyn PolicyObserver>,
-    ) -> Result<Prepared, Error> {
+    ) -> Result<Prepared, ValidationError> {
         self.run(inputs, observer, true)
     }
 
@@ -749,9 +780,9 @@ impl BoundPolicy {
         inputs: &[TensorRef<'_>],
         observer: Option<&dyn PolicyObserver>,
         sanitize: bool,
-    ) -> Result<Prepared, Error> {
+    ) -> Result<Prepared, ValidationError> {
         super::check_inputs(&self.signature, inputs)?;
-        let reject = |v: PolicyViolation| -> Error {
+        let reject = |v: PolicyViolation| -> ValidationError {
             if let Some(o) = observer {
                 o.observe(&PolicyEvent {
                     input: v.input.as_deref(),
@@ -760,7 +791,7 @@ impl BoundPolicy {
                     action: PolicyAction::Rejected,
                 });
             }
-            Error::from(v)
+            ValidationError::from(v)
         };
         if let Some(limit) = self.policy.max_total_bytes {
             let total: u64 = inputs.iter().map(|t| t.data.len() as u64).sum();
@@ -784,7 +815,7 @@ impl BoundPolicy {
             let pool = sanitize.then_some(&self.pool);
             let (staged, changes) = evaluate(r, t, pool).map_err(|e| match e {
                 Eval::Violation(v) => reject(*v),
-                Eval::Internal(s) => Error::Internal(s),
+                Eval::Internal(s) => ValidationError::Internal(s),
             })?;
             prepared.staged.push(staged);
             if !changes.is_empty() {
@@ -813,8 +844,8 @@ impl BoundPolicy {
     /// Checks solved dimension variables against the policy's `[dims]` bounds.
     ///
     /// # Errors
-    /// [`Error::PolicyViolation`] naming the variable, where it occurs, and the bound.
-    pub fn check_dims(&self, bindings: &crate::dims::Bindings) -> Result<(), Error> {
+    /// [`ValidationError::PolicyViolation`] naming the variable, where it occurs, and the bound.
+    pub fn check_dims(&self, bindings: &crate::dims::Bindings) -> Result<(), ValidationError> {
         for (name, &value) in bindings {
             let value = u64::try_from(value).unwrap_or(0);
             let max = self.policy.dims.get(name).filter(|&&m| value > m);
@@ -828,14 +859,16 @@ impl BoundPolicy {
                     .position(|d| matches!(d, Dim::Symbolic(v) if v == name))?;
                 Some((s.name.clone(), axis))
             });
-            return Err(Error::PolicyViolation(Box::new(PolicyViolation {
-                input: at.as_ref().map(|(n, _)| n.clone()),
-                rule: Rule::Dim,
-                count: value,
-                limit: Some(limit.to_string()),
-                first: None,
-                dim: Some((name.clone(), at.map_or(0, |(_, a)| a))),
-            })));
+            return Err(ValidationError::PolicyViolation(Box::new(
+                PolicyViolation {
+                    input: at.as_ref().map(|(n, _)| n.clone()),
+                    rule: Rule::Dim,
+                    count: value,
+                    limit: Some(limit.to_string()),
+                    first: None,
+                    dim: Some((name.clone(), at.map_or(0, |(_, a)| a))),
+                },
+            )));
         }
         Ok(())
     }

@@ -4,6 +4,8 @@
 //! values may be, [`scan`] checks them in one fused pass, and [`enforce`] applies a policy bound
 //! to a model's signature on every call (rejecting or sanitizing).
 
+#[cfg(feature = "cuda")]
+pub mod device;
 pub mod enforce;
 pub mod policy;
 mod sanitize;
@@ -12,7 +14,7 @@ pub mod suggest;
 
 pub use enforce::{
     BoundPolicy, Change, InputReport, InputRules, Offender, PolicyAction, PolicyEvent,
-    PolicyObserver, PolicyViolation, Prepared, Rule, RunReport,
+    PolicyObserver, PolicyViolation, Prepared, Rule, RunReport, ValidationError,
 };
 pub use policy::{
     InputPolicy, NonFinite, Normalize, OutOfRange, Policy, PolicyError, PolicyErrorKind,

@@ -3,10 +3,10 @@
 
 use std::fmt::Write as _;
 
+use super::enforce::ValidationError;
 use super::policy::{NonFinite, Policy, PolicyError, PolicyErrorKind};
 use super::scan::{self, Bound, Limits, Value};
 use super::InputError;
-use crate::error::Error;
 use crate::signature::{format_type, DType, Signature};
 use crate::tensor::TensorRef;
 
@@ -115,13 +115,13 @@ fn as_int(v: Value) -> Option<i128> {
 /// whole numbers), clamped to the dtype; NaN/Inf are rejected unless a sample had some.
 ///
 /// # Errors
-/// [`Error::InvalidInput`] for a sample of the wrong dtype or an unknown input index;
-/// [`Error::Policy`] for a negative or non-finite margin.
+/// [`ValidationError::InvalidInput`] for a sample of the wrong dtype or an unknown input index;
+/// [`ValidationError::Policy`] for a negative or non-finite margin.
 pub fn suggest(
     sig: &Signature,
     samples: &[(usize, TensorRef<'_>)],
     margin: f64,
-) -> Result<Suggestion, Error> {
+) -> Result<Suggestion, ValidationError> {
     if !(margin.is_finite() && margin >= 0.0) {
         return Err(PolicyError {
             file: None,
@@ -163,7 +163,7 @@ pub fn suggest(
             .into());
         }
         let s = scan::scan(t.data, &Limits::unbounded(t.dtype))
-            .map_err(|e| Error::Internal(e.to_string()))?;
+            .map_err(|e| ValidationError::Internal(e.to_string()))?;
         let o = &mut observed[*index];
         o.samples += 1;
         o.elements += s.elements;
