@@ -169,13 +169,16 @@ pub fn check_bytecode(b: &[u8]) -> Result<(), ArtifactError> {
     Ok(())
 }
 
-/// Splits `s` at top-level occurrences of `sep`, respecting (), <>, {}, [] and strings.
-fn split_top(s: &str, sep: u8) -> Vec<&str> {
-    let b = s.as_bytes();
-    let mut out = Vec::new();
+/// Walks `b` from `from`, skipping string literals and `->`, and calls `visit(i, c, depth)` for
+/// every other byte with the bracket depth ((), <>, {}, []) after it; stops at the first `true`
+/// and returns its index.
+fn walk_brackets(
+    b: &[u8],
+    from: usize,
+    mut visit: impl FnMut(usize, u8, i64) -> bool,
+) -> Option<usize> {
     let mut depth: i64 = 0;
-    let mut start = 0usize;
-    let mut i = 0usize;
+    let mut i = from;
     while let Some(&c) = b.get(i) {
         match c {
             b'"' => {
@@ -188,14 +191,27 @@ fn split_top(s: &str, sep: u8) -> Vec<&str> {
             }
             b'(' | b'<' | b'{' | b'[' => depth = depth.saturating_add(1),
             b')' | b'>' | b'}' | b']' => depth = depth.saturating_sub(1),
-            _ if c == sep && depth == 0 => {
-                out.push(s.get(start..i).unwrap_or(""));
-                start = i.saturating_add(1);
-            }
             _ => {}
+        }
+        if visit(i, c, depth) {
+            return Some(i);
         }
         i = i.saturating_add(1);
     }
+    None
+}
+
+/// Splits `s` at top-level occurrences of `sep`, respecting (), <>, {}, [] and strings.
+fn split_top(s: &str, sep: u8) -> Vec<&str> {
+    let mut out = Vec::new();
+    let mut start = 0usize;
+    walk_brackets(s.as_bytes(), 0, |i, c, depth| {
+        if c == sep && depth == 0 {
+            out.push(s.get(start..i).unwrap_or(""));
+            start = i.saturating_add(1);
+        }
+        false
+    });
     out.push(s.get(start..).unwrap_or(""));
     out
 }
@@ -215,30 +231,9 @@ fn skip_string(b: &[u8], i: usize) -> usize {
 
 /// Index of the bracket closing the one at `open`, or `None`.
 fn matching_close(b: &[u8], open: usize) -> Option<usize> {
-    let mut depth: i64 = 0;
-    let mut i = open;
-    while let Some(&c) = b.get(i) {
-        match c {
-            b'"' => {
-                i = skip_string(b, i);
-                continue;
-            }
-            b'-' if b.get(i.saturating_add(1)) == Some(&b'>') => {
-                i = i.saturating_add(2);
-                continue;
-            }
-            b'(' | b'<' | b'{' | b'[' => depth = depth.saturating_add(1),
-            b')' | b'>' | b'}' | b']' => {
-                depth = depth.saturating_sub(1);
-                if depth == 0 {
-                    return Some(i);
-                }
-            }
-            _ => {}
-        }
-        i = i.saturating_add(1);
-    }
-    None
+    walk_brackets(b, open, |_, c, depth| {
+        matches!(c, b')' | b'>' | b'}' | b']') && depth == 0
+    })
 }
 
 /// Decodes an MLIR string literal body (`"..."` with escapes).

@@ -1276,9 +1276,8 @@ mod avx2 {
     /// Sum of the eight i32 lanes (each a non-negative count).
     #[target_feature(enable = "avx2")]
     unsafe fn hsum_epi32(v: __m256i) -> u64 {
-        let mut a = [0i32; 8];
-        // SAFETY: `a` is 32 writable bytes; storeu has no alignment requirement.
-        unsafe { _mm256_storeu_si256(a.as_mut_ptr().cast(), v) };
+        // SAFETY: AVX2 is enabled here, as `lanes` needs.
+        let a: [i32; 8] = unsafe { lanes(v) };
         a.iter().map(|&x| u64::from(x.unsigned_abs())).sum()
     }
 
@@ -1338,115 +1337,85 @@ mod avx2 {
         }
     }
 
-    /// bf16/f16 fast pass: min and max key over whole vectors (NaN keys included: they lie
-    /// beyond the infinities', so the caller's bound check catches them).
+    /// The 32 bytes of `v` as `N` lanes of `T` (`size_of::<T>() * N == 32`).
     #[target_feature(enable = "avx2")]
-    unsafe fn half_fast(data: &[u8]) -> (i16, i16) {
-        let n = data.len() / 32;
-        let p = data.as_ptr();
-        // SAFETY: as in `f32_fast`: loads stay within `data`, unaligned loads are allowed.
-        unsafe {
-            let mask = _mm256_set1_epi16(0x7fff);
-            let key = |j: usize| {
-                let x = _mm256_loadu_si256(p.add(j * 32).cast::<__m256i>());
-                let neg = _mm256_srai_epi16::<15>(x);
-                _mm256_sub_epi16(_mm256_xor_si256(_mm256_and_si256(x, mask), neg), neg)
-            };
-            let (mut a0, mut a1) = (_mm256_set1_epi16(i16::MAX), _mm256_set1_epi16(i16::MAX));
-            let (mut b0, mut b1) = (_mm256_set1_epi16(i16::MIN), _mm256_set1_epi16(i16::MIN));
-            let mut j = 0;
-            while j + 2 <= n {
-                let (k0, k1) = (key(j), key(j + 1));
-                a0 = _mm256_min_epi16(a0, k0);
-                a1 = _mm256_min_epi16(a1, k1);
-                b0 = _mm256_max_epi16(b0, k0);
-                b1 = _mm256_max_epi16(b1, k1);
-                j += 2;
+    unsafe fn lanes<T: Copy + Default, const N: usize>(v: __m256i) -> [T; N] {
+        const { assert!(std::mem::size_of::<T>() * N == 32) };
+        let mut a = [T::default(); N];
+        // SAFETY: `a` is exactly 32 writable bytes (checked above); storeu has no alignment
+        // requirement.
+        unsafe { _mm256_storeu_si256(a.as_mut_ptr().cast(), v) };
+        a
+    }
+
+    /// An integer-keyed fast pass over whole vectors: the min and max of `key(x)` per lane,
+    /// with two accumulators each to hide the min/max latency, then across lanes.
+    macro_rules! min_max_pass {
+        ($(#[$doc:meta])* fn $name:ident -> $t:ty, lanes $n:literal,
+         $min:ident, $max:ident, start ($lo:expr, $hi:expr), key |$x:ident| $key:expr) => {
+            $(#[$doc])*
+            #[target_feature(enable = "avx2")]
+            unsafe fn $name(data: &[u8]) -> ($t, $t) {
+                let n = data.len() / 32;
+                let p = data.as_ptr();
+                // SAFETY: every load reads the 32 bytes at j * 32 with j < n = len / 32, inside
+                // `data`; `_mm256_loadu_si256` has no alignment requirement.
+                unsafe {
+                    let key = |j: usize| {
+                        let $x = _mm256_loadu_si256(p.add(j * 32).cast::<__m256i>());
+                        $key
+                    };
+                    let (mut a0, mut a1) = ($lo, $lo);
+                    let (mut b0, mut b1) = ($hi, $hi);
+                    let mut j = 0;
+                    while j + 2 <= n {
+                        let (k0, k1) = (key(j), key(j + 1));
+                        a0 = $min(a0, k0);
+                        a1 = $min(a1, k1);
+                        b0 = $max(b0, k0);
+                        b1 = $max(b1, k1);
+                        j += 2;
+                    }
+                    if j < n {
+                        let k = key(j);
+                        a0 = $min(a0, k);
+                        b0 = $max(b0, k);
+                    }
+                    let sa: [$t; $n] = lanes($min(a0, a1));
+                    let sb: [$t; $n] = lanes($max(b0, b1));
+                    (
+                        sa.iter().copied().min().unwrap_or(<$t>::MAX),
+                        sb.iter().copied().max().unwrap_or(<$t>::MIN),
+                    )
+                }
             }
-            if j < n {
-                let k = key(j);
-                a0 = _mm256_min_epi16(a0, k);
-                b0 = _mm256_max_epi16(b0, k);
-            }
-            let mut sa = [0i16; 16];
-            let mut sb = [0i16; 16];
-            _mm256_storeu_si256(sa.as_mut_ptr().cast(), _mm256_min_epi16(a0, a1));
-            _mm256_storeu_si256(sb.as_mut_ptr().cast(), _mm256_max_epi16(b0, b1));
-            (
-                sa.iter().copied().min().unwrap_or(i16::MAX),
-                sb.iter().copied().max().unwrap_or(i16::MIN),
-            )
+        };
+    }
+
+    min_max_pass! {
+        /// bf16/f16 fast pass: min and max key over whole vectors (NaN keys included: they lie
+        /// beyond the infinities', so the caller's bound check catches them).
+        fn half_fast -> i16, lanes 16, _mm256_min_epi16, _mm256_max_epi16,
+        start (_mm256_set1_epi16(i16::MAX), _mm256_set1_epi16(i16::MIN)),
+        key |x| {
+            let neg = _mm256_srai_epi16::<15>(x);
+            let mag = _mm256_and_si256(x, _mm256_set1_epi16(0x7fff));
+            _mm256_sub_epi16(_mm256_xor_si256(mag, neg), neg)
         }
     }
 
-    /// i32 fast pass: min and max over whole vectors.
-    #[target_feature(enable = "avx2")]
-    unsafe fn i32_fast(data: &[u8]) -> (i32, i32) {
-        let n = data.len() / 32;
-        let p = data.as_ptr();
-        // SAFETY: as in `f32_fast`: loads stay within `data`, unaligned loads are allowed.
-        unsafe {
-            let ld = |j: usize| _mm256_loadu_si256(p.add(j * 32).cast::<__m256i>());
-            let (mut a0, mut a1) = (_mm256_set1_epi32(i32::MAX), _mm256_set1_epi32(i32::MAX));
-            let (mut b0, mut b1) = (_mm256_set1_epi32(i32::MIN), _mm256_set1_epi32(i32::MIN));
-            let mut j = 0;
-            while j + 2 <= n {
-                let (x0, x1) = (ld(j), ld(j + 1));
-                a0 = _mm256_min_epi32(a0, x0);
-                a1 = _mm256_min_epi32(a1, x1);
-                b0 = _mm256_max_epi32(b0, x0);
-                b1 = _mm256_max_epi32(b1, x1);
-                j += 2;
-            }
-            if j < n {
-                let x = ld(j);
-                a0 = _mm256_min_epi32(a0, x);
-                b0 = _mm256_max_epi32(b0, x);
-            }
-            let mut sa = [0i32; 8];
-            let mut sb = [0i32; 8];
-            _mm256_storeu_si256(sa.as_mut_ptr().cast(), _mm256_min_epi32(a0, a1));
-            _mm256_storeu_si256(sb.as_mut_ptr().cast(), _mm256_max_epi32(b0, b1));
-            (
-                sa.iter().copied().min().unwrap_or(i32::MAX),
-                sb.iter().copied().max().unwrap_or(i32::MIN),
-            )
-        }
+    min_max_pass! {
+        /// i32 fast pass: min and max over whole vectors.
+        fn i32_fast -> i32, lanes 8, _mm256_min_epi32, _mm256_max_epi32,
+        start (_mm256_set1_epi32(i32::MAX), _mm256_set1_epi32(i32::MIN)),
+        key |x| x
     }
 
-    /// u8 fast pass: min and max over whole vectors.
-    #[target_feature(enable = "avx2")]
-    unsafe fn u8_fast(data: &[u8]) -> (u8, u8) {
-        let n = data.len() / 32;
-        let p = data.as_ptr();
-        // SAFETY: as in `f32_fast`: loads stay within `data`, unaligned loads are allowed.
-        unsafe {
-            let ld = |j: usize| _mm256_loadu_si256(p.add(j * 32).cast::<__m256i>());
-            let (mut a0, mut a1) = (_mm256_set1_epi8(-1), _mm256_set1_epi8(-1));
-            let (mut b0, mut b1) = (_mm256_setzero_si256(), _mm256_setzero_si256());
-            let mut j = 0;
-            while j + 2 <= n {
-                let (x0, x1) = (ld(j), ld(j + 1));
-                a0 = _mm256_min_epu8(a0, x0);
-                a1 = _mm256_min_epu8(a1, x1);
-                b0 = _mm256_max_epu8(b0, x0);
-                b1 = _mm256_max_epu8(b1, x1);
-                j += 2;
-            }
-            if j < n {
-                let x = ld(j);
-                a0 = _mm256_min_epu8(a0, x);
-                b0 = _mm256_max_epu8(b0, x);
-            }
-            let mut sa = [0u8; 32];
-            let mut sb = [0u8; 32];
-            _mm256_storeu_si256(sa.as_mut_ptr().cast(), _mm256_min_epu8(a0, a1));
-            _mm256_storeu_si256(sb.as_mut_ptr().cast(), _mm256_max_epu8(b0, b1));
-            (
-                sa.iter().copied().min().unwrap_or(u8::MAX),
-                sb.iter().copied().max().unwrap_or(0),
-            )
-        }
+    min_max_pass! {
+        /// u8 fast pass: min and max over whole vectors.
+        fn u8_fast -> u8, lanes 32, _mm256_min_epu8, _mm256_max_epu8,
+        start (_mm256_set1_epi8(-1), _mm256_setzero_si256()),
+        key |x| x
     }
 
     /// f32: NaN, +inf, -inf, finite < lo, finite > hi; finite min and max.
@@ -1551,10 +1520,8 @@ mod avx2 {
                 hsum_epi32(_mm256_madd_epi16(cb, ones)),
                 hsum_epi32(_mm256_madd_epi16(ca, ones)),
             ];
-            let mut a = [0i16; 16];
-            let mut b = [0i16; 16];
-            _mm256_storeu_si256(a.as_mut_ptr().cast(), vmin);
-            _mm256_storeu_si256(b.as_mut_ptr().cast(), vmax);
+            let a: [i16; 16] = lanes(vmin);
+            let b: [i16; 16] = lanes(vmax);
             let mn = a.iter().copied().min().unwrap_or(i16::MAX);
             let mx = b.iter().copied().max().unwrap_or(i16::MIN);
             // Finite keys are strictly inside (i16::MIN, i16::MAX): the sentinels mean "none".
@@ -1586,10 +1553,7 @@ mod avx2 {
                 vmin = _mm256_min_epi32(vmin, x);
                 vmax = _mm256_max_epi32(vmax, x);
             }
-            let mut a = [0i32; 8];
-            let mut b = [0i32; 8];
-            _mm256_storeu_si256(a.as_mut_ptr().cast(), vmin);
-            _mm256_storeu_si256(b.as_mut_ptr().cast(), vmax);
+            let (a, b): ([i32; 8], [i32; 8]) = (lanes(vmin), lanes(vmax));
             let counts = [0, 0, 0, hsum_epi32(cb), hsum_epi32(ca)];
             // Called only with at least one vector, so min/max are real values.
             (counts, a.iter().copied().min(), b.iter().copied().max())
@@ -1620,16 +1584,9 @@ mod avx2 {
                 vmin = _mm256_min_epu8(vmin, x);
                 vmax = _mm256_max_epu8(vmax, x);
             }
-            let bsum = |v: __m256i| -> u64 {
-                let mut s = [0u64; 4];
-                _mm256_storeu_si256(s.as_mut_ptr().cast(), _mm256_sad_epu8(v, z));
-                s.iter().sum()
-            };
+            let bsum = |v: __m256i| -> u64 { lanes::<u64, 4>(_mm256_sad_epu8(v, z)).iter().sum() };
             let counts = [0, 0, 0, bsum(cb), bsum(ca)];
-            let mut a = [0u8; 32];
-            let mut b = [0u8; 32];
-            _mm256_storeu_si256(a.as_mut_ptr().cast(), vmin);
-            _mm256_storeu_si256(b.as_mut_ptr().cast(), vmax);
+            let (a, b): ([u8; 32], [u8; 32]) = (lanes(vmin), lanes(vmax));
             (counts, a.iter().copied().min(), b.iter().copied().max())
         }
     }
