@@ -1,8 +1,10 @@
-//! Weights bound server-side vs sent with every call, in one run (ratios; noisy VM): the same
-//! exported module, once with its params bound (`Model::bind`: resident device buffers, the
-//! caller gives only `x`) and once with every weight passed as an input on each call.
+//! Weights bound server-side vs sent with every call vs baked in, in one run (ratios; noisy VM):
+//! the same exported module, once with every weight passed as an input on each call, once with
+//! its params bound (`Model::bind`: resident device buffers, the caller gives only `x`), and
+//! once with them baked in as constants (`Engine::load_baked`: what an export with baked weights
+//! gives). The three are interleaved call by call, so drift hits them alike.
 //!
-//! `cargo bench --bench params` (`MODEL=hlo/params_keras ITERS=2000` to change).
+//! `cargo bench --bench params` (`MODEL=hlo/params_mobilenet ITERS=2000` to change).
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -47,12 +49,20 @@ fn main() {
     let mut bound = engine.load_file(&dir.join("model.jaxexport")).unwrap();
     let report = bound.bind(&params).unwrap();
     let load_bind = t.elapsed();
+    let t = Instant::now();
+    let artifact = xlaguard::artifact::load_file(&dir.join("model.jaxexport")).unwrap();
+    let (baked, _) = engine.load_baked(artifact, &params, None).unwrap();
+    let load_bake = t.elapsed();
     let xv = [x.view()];
     assert_eq!(
         all.run(&all_views).unwrap()[0].bytes(),
         bound.run(&xv).unwrap()[0].bytes()
     );
-    let (mut a, mut b) = (Vec::with_capacity(iters), Vec::with_capacity(iters));
+    let (mut a, mut b, mut c) = (
+        Vec::with_capacity(iters),
+        Vec::with_capacity(iters),
+        Vec::with_capacity(iters),
+    );
     for _ in 0..iters {
         let t = Instant::now();
         all.run(&all_views).unwrap();
@@ -60,8 +70,11 @@ fn main() {
         let t = Instant::now();
         bound.run(&xv).unwrap();
         b.push(t.elapsed());
+        let t = Instant::now();
+        baked.run(&xv).unwrap();
+        c.push(t.elapsed());
     }
-    let (a, b) = (median(a), median(b));
+    let (a, b, c) = (median(a), median(b), median(c));
     let us = |d: Duration| d.as_secs_f64() * 1e6;
     println!(
         "model {model}: {} bound tensors, {} bytes ({report})",
@@ -73,13 +86,17 @@ fn main() {
             .sum::<usize>()
     );
     println!(
-        "load + compile + bind: {:.1} ms",
-        load_bind.as_secs_f64() * 1e3
+        "load + compile + bind: {:.1} ms; load + compile + bind + compile baked: {:.1} ms",
+        load_bind.as_secs_f64() * 1e3,
+        load_bake.as_secs_f64() * 1e3
     );
     println!(
-        "per call (median of {iters}): weights sent {:.1} us; bound {:.1} us; bound / sent {:.2}",
+        "per call (median of {iters}): weights sent {:.1} us; bound {:.1} us; baked {:.1} us; \
+         bound / sent {:.2}; bound / baked {:.2}",
         us(a),
         us(b),
-        b.as_secs_f64() / a.as_secs_f64()
+        us(c),
+        b.as_secs_f64() / a.as_secs_f64(),
+        b.as_secs_f64() / c.as_secs_f64()
     );
 }

@@ -4,8 +4,8 @@ and an Equinox model via `eqx.partition` as `f(params, x)`.
 
 Each folder hlo/params_<lib>/ holds model.jaxexport, the weights as params.safetensors and
 params.npz (keyed by the input names xlaguard shows: argument name + jax.tree_util.keystr
-path), in0.npy (x only), out*.npy (JAX's outputs of exp.call with the real weights) and
-meta.json. Run: KERAS_BACKEND=jax venv312/bin/python hlo/export_params.py
+path), in0.npy (x only), out*.npy (JAX's outputs of exp.call with the real weights), baked_out*.npy
+(JAX's outputs of an export with the same weights baked in as constants) and meta.json. Run: KERAS_BACKEND=jax venv312/bin/python hlo/export_params.py
 """
 
 from __future__ import annotations
@@ -67,6 +67,15 @@ def write(name: str, fn, params: list[tuple[str, object]], x: np.ndarray, notes:
     outs = jax.tree.leaves(outs)
     for i, o in enumerate(outs):
         with open(d / f"out{i}.npy", "wb") as f:
+            np.save(f, np.asarray(o), allow_pickle=False)
+    # The same weights baked in: closed over by the jitted function, they are constants of the
+    # exported module (what a user who bakes weights gets, and what xlaguard's load_baked must
+    # reproduce bit for bit).
+    fixed = [p for _, p in params]
+    baked = export.export(jax.jit(lambda x: fn(*fixed, x)), platforms=("cpu",))(specs[-1])
+    assert "stablehlo.constant" in baked.mlir_module()
+    for i, o in enumerate(jax.tree.leaves(baked.call(x))):
+        with open(d / f"baked_out{i}.npy", "wb") as f:
             np.save(f, np.asarray(o), allow_pickle=False)
     # Sanity: the un-exported function gives the same outputs.
     ref = jax.tree.leaves(jax.jit(fn)(*args))

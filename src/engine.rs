@@ -306,12 +306,44 @@ impl Engine {
                 options: self.compiler.options(),
                 inputs,
                 refine: None,
+                bake: None,
             },
         )?;
         let compile_time = started.elapsed();
         let mut m = Model::new(self.clone(), a, exe, platform_index, compile_time, summary)?;
         m.serialized = serialized.map(Arc::from);
         Ok(m)
+    }
+
+    /// Compiles a parsed artifact with `params` baked in: bound as [`Model::bind`] binds them
+    /// (same matching, checks, report and value `policy`, which is set first), then compiled again with each bound
+    /// tensor a constant of the module, so XLA can optimize around the weights (fold batch
+    /// norms, pre-arrange filters) as it does for an export with baked weights. The price:
+    /// other params need another compile (cached by the constants' sha256), not just new
+    /// buffers. StableHLO modules only; the rewrite runs in a jailed worker with the refiner.
+    ///
+    /// # Errors
+    /// As [`Engine::load_artifact`] and [`Model::bind`]; [`Error::Config`] for an HLO module
+    /// or a shape-polymorphic one; a compile rejection naming the baking step when the module
+    /// cannot be rewritten (no refiner, a boolean or empty tensor).
+    pub fn load_baked(
+        &self,
+        a: Artifact,
+        params: &crate::artifact::params::Params,
+        policy: Option<Policy>,
+    ) -> Result<(Model, BindReport), Error> {
+        if a.format != ProgramFormat::Mlir {
+            return Err(Error::Config(
+                "params can be baked into StableHLO modules only, not HLO".into(),
+            ));
+        }
+        let program = a.program.clone();
+        let mut m = self.load_artifact(a)?;
+        if let Some(p) = policy {
+            m.set_policy(p)?;
+        }
+        let report = m.bind_with(params, Some(&program))?;
+        Ok((m, report))
     }
 
     /// A shape-polymorphic model: nothing is compiled now; each concrete shape a request
@@ -545,6 +577,9 @@ pub struct BoundParams {
     pub bytes: u64,
     /// The bound inputs, in module order.
     pub inputs: Vec<TensorSpec>,
+    /// True when the tensors are constants of the executable ([`Engine::load_baked`]), not
+    /// resident arguments.
+    pub baked: bool,
 }
 
 /// The argument an input name belongs to: `variables` for `variables['params']['w']`,
@@ -737,10 +772,27 @@ impl Model {
     /// [`Error::Bind`] (with the report) for a missing or mismatched tensor, nothing bound;
     /// [`Error::Config`] for a shape-polymorphic model; the plugin's error for an upload.
     pub fn bind(&mut self, params: &crate::artifact::params::Params) -> Result<BindReport, Error> {
+        self.bind_with(params, None)
+    }
+
+    /// [`Model::bind`], or with `bake` (the model's StableHLO module) the bound tensors become
+    /// constants of a new executable instead of resident arguments.
+    fn bind_with(
+        &mut self,
+        params: &crate::artifact::params::Params,
+        bake: Option<&[u8]>,
+    ) -> Result<BindReport, Error> {
         if self.poly.is_some() {
             return Err(Error::Config(
                 "binding params to a shape-polymorphic model is not supported".into(),
             ));
+        }
+        if self.bound.as_ref().is_some_and(|b| b.info.baked) {
+            return Err(Error::Config(format!(
+                "params {} are baked into this model's executable; load the model again to \
+                 bind other params",
+                self.bound.as_ref().map_or("", |b| b.info.source.as_str())
+            )));
         }
         let full = self.full_signature().clone();
         let mut report = BindReport::default();
@@ -843,6 +895,9 @@ impl Model {
         let mut user_to_full = Vec::new();
         let mut inputs = Vec::new();
         let mut bytes = 0u64;
+        // Baking: (position among @main's arguments, type, bytes) of each kept bound input.
+        let mut baked: Vec<(usize, String, &[u8])> = Vec::new();
+        let skip = usize::from(self.info.platform_index.is_some());
         for (f, (spec, t)) in full.inputs.iter().zip(&chosen).enumerate() {
             match t {
                 Some(t) => {
@@ -853,7 +908,15 @@ impl Model {
                         .kept_inputs
                         .as_ref()
                         .is_none_or(|k| k.contains(&f));
-                    if kept {
+                    if kept && bake.is_some() {
+                        let data = sanitized.get(&f).map_or(t.bytes(), Vec::as_slice);
+                        let arg = match &self.info.kept_inputs {
+                            Some(k) => k.iter().position(|&x| x == f).unwrap_or(f),
+                            None => f,
+                        };
+                        baked.push((skip + arg, t.dtype().mlir_tensor_type(t.shape()), data));
+                        slots.push(None);
+                    } else if kept {
                         let dims = dims_i64(t.shape())?;
                         let data = sanitized.get(&f).map_or(t.bytes(), Vec::as_slice);
                         buffers.push(self.engine.client.buffer_from_host(
@@ -884,6 +947,9 @@ impl Model {
             policy.inputs.remove(&spec.name);
         }
         let policy = BoundPolicy::new(policy, &unbound)?;
+        if let Some(program) = bake {
+            self.compile_baked(program, &baked, &unbound)?;
+        }
         self.policy = policy;
         self.signature = unbound;
         if let Some(pool) = &self.staging {
@@ -901,9 +967,90 @@ impl Model {
                 sha256: params.sha256().to_string(),
                 bytes,
                 inputs,
+                baked: bake.is_some(),
             },
         }));
         Ok(report)
+    }
+
+    /// Compiles `program` with the `baked` arguments of `@main` replaced by constants (in a
+    /// jailed worker, which reads the module with the refiner) and makes it this model's
+    /// executable; its parameters must be the platform index (if any) and the kept inputs of
+    /// `unbound`, in order.
+    fn compile_baked(
+        &mut self,
+        program: &[u8],
+        baked: &[(usize, String, &[u8])],
+        unbound: &Signature,
+    ) -> Result<(), Error> {
+        use sha2::Digest as _;
+        let mut constants = Vec::with_capacity(baked.iter().map(|(_, _, b)| b.len()).sum());
+        let mut args = Vec::with_capacity(baked.len());
+        for (index, ty, bytes) in baked {
+            constants.extend_from_slice(bytes);
+            args.push(crate::compile::BakedArg {
+                index: *index,
+                ty: ty.clone(),
+                len: bytes.len(),
+            });
+        }
+        let spec = crate::compile::Bake {
+            args,
+            sha256: crate::compile::cache::hex(sha2::Sha256::digest(&constants).as_slice()),
+        };
+        let engine = self.engine.clone();
+        let started = std::time::Instant::now();
+        let (exe, summary, serialized) = engine.compiler.compile(
+            &engine.client,
+            &CompileInput {
+                program,
+                format: "mlir",
+                options: engine.compiler.options(),
+                inputs: unbound.inputs.iter().map(TensorSpec::type_string).collect(),
+                refine: None,
+                bake: Some((&spec, &constants)),
+            },
+        )?;
+        // The new executable takes exactly the request inputs the module keeps.
+        let (_, prog) = exe.optimized_program()?;
+        let module = <HloWithConfig as prost::Message>::decode(prog.as_slice())
+            .map(|w| w.hlo_module)
+            .unwrap_or(prog);
+        let params = artifact::hlo::program_shape(&module)?.inputs;
+        let skip = usize::from(self.info.platform_index.is_some());
+        let want: Vec<&TensorSpec> = unbound
+            .inputs
+            .iter()
+            .filter(|s| {
+                self.signature
+                    .input_index(&s.name)
+                    .is_none_or(|i| self.keeps(i))
+            })
+            .collect();
+        let got: Vec<&TensorSpec> = params.iter().skip(skip).collect();
+        let same = want.len() == got.len()
+            && want
+                .iter()
+                .zip(&got)
+                .all(|(w, g)| w.dtype == g.dtype && w.shape == g.shape);
+        if !same {
+            let show = |v: &[&TensorSpec]| {
+                v.iter()
+                    .map(|s| s.type_string())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            };
+            return Err(Error::Internal(format!(
+                "the module with baked params takes ({}), expected ({})",
+                show(&got),
+                show(&want)
+            )));
+        }
+        self.exe = Some(exe);
+        self.serialized = serialized.map(Arc::from);
+        self.info.compile_time += started.elapsed();
+        self.info.compile = summary;
+        Ok(())
     }
 
     /// [`Model::bind`], builder style.
@@ -1243,6 +1390,7 @@ impl Model {
                 options: engine.compiler.options(),
                 inputs,
                 refine: Some(&refinement),
+                bake: None,
             },
         )?;
         let mut m = Model::new(
@@ -1507,7 +1655,8 @@ impl Model {
     pub fn execute_buffers(&self, args: &[&Buffer]) -> Result<Vec<Buffer>, Error> {
         let merged;
         let args = match &self.bound {
-            Some(b) => {
+            // Baked params are in the executable: it takes only the request inputs.
+            Some(b) if !b.info.baked => {
                 let mut user = args.iter();
                 let mut all = Vec::with_capacity(b.slots.len());
                 for (f, slot) in b.slots.iter().enumerate() {
@@ -1529,7 +1678,7 @@ impl Model {
                 merged = all;
                 &merged[..]
             }
-            None => args,
+            _ => args,
         };
         let out = match &self.platform_buffer {
             Some(p) => {

@@ -114,6 +114,10 @@ enum Cmd {
         /// positional inputs are then the others.
         #[arg(long, value_name = "FILE")]
         params: Option<PathBuf>,
+        /// Bake the --params tensors into the executable as constants (one more compile; XLA
+        /// then optimizes around the weights, as for an export with baked weights).
+        #[arg(long, requires = "params")]
+        bake: bool,
     },
     /// Compile a model and write the serialized executable.
     Compile {
@@ -300,6 +304,7 @@ fn real_main(cli: Cli) -> Result<()> {
             out,
             policy,
             params,
+            bake,
         } => run(
             &cfg,
             model,
@@ -307,7 +312,7 @@ fn real_main(cli: Cli) -> Result<()> {
             named,
             out.as_deref(),
             policy.as_deref(),
-            params.as_deref(),
+            params.as_deref().map(|p| (p, *bake)),
         ),
         Cmd::Policy(PolicyCmd::Suggest {
             model,
@@ -476,7 +481,7 @@ fn inspect(
             "polymorphic": bound.as_ref().is_some_and(|m| m.is_polymorphic()),
             "constraints": bound.as_ref().map(|m| m.info().constraints.clone()).unwrap_or_default(),
             "bound": bound.as_ref().and_then(|m| m.bound_params()).map(|b| serde_json::json!({
-                "source": b.source, "sha256": b.sha256, "bytes": b.bytes,
+                "source": b.source, "sha256": b.sha256, "bytes": b.bytes, "baked": b.baked,
                 "inputs": specs_json(&b.inputs),
             })),
             "policy": bound.as_ref().map(|m| {
@@ -671,17 +676,29 @@ fn run(
     named: &[String],
     out: Option<&Path>,
     policy: Option<&Path>,
-    params: Option<&Path>,
+    params: Option<(&Path, bool)>,
 ) -> Result<()> {
     let engine = Engine::new(cfg)?;
-    let mut m = engine.load_artifact(read_artifact(model)?)?;
-    if let Some((p, _)) = policy_for(model, policy)? {
-        m.set_policy(p)?;
-    }
-    if let Some(p) = params {
-        let report = m.bind(&xlaguard::Params::read(p)?)?;
-        eprintln!("params {}: {report}", p.display());
-    }
+    let policy = policy_for(model, policy)?.map(|(p, _)| p);
+    let m = match params {
+        Some((p, true)) => {
+            let (m, report) =
+                engine.load_baked(read_artifact(model)?, &xlaguard::Params::read(p)?, policy)?;
+            eprintln!("params {} (baked in): {report}", p.display());
+            m
+        }
+        _ => {
+            let mut m = engine.load_artifact(read_artifact(model)?)?;
+            if let Some(p) = policy {
+                m.set_policy(p)?;
+            }
+            if let Some((p, _)) = params {
+                let report = m.bind(&xlaguard::Params::read(p)?)?;
+                eprintln!("params {}: {report}", p.display());
+            }
+            m
+        }
+    };
     let inputs = load_inputs(&m, model, positional, named)?;
     let views: Vec<TensorRef<'_>> = inputs.iter().map(Tensor::view).collect();
     let (outputs, report) = m.run_with_report(&views)?;

@@ -128,6 +128,12 @@ fn serve_binds_params_and_others_keep_serving() {
         params: Some(broken),
         ..ModelSpec::from_file("broken", fixture("params_eqx").join("model.jaxexport"))
     });
+    // Baked in ([params] bake = true): JAX's outputs for the weights as constants.
+    specs.push(ModelSpec {
+        params: Some(fixture("params_mobilenet").join("params.safetensors")),
+        params_bake: true,
+        ..ModelSpec::from_file("baked", fixture("params_mobilenet").join("model.jaxexport"))
+    });
     // The right weights under a config.toml sha256 that is not theirs: unavailable, naming both.
     let good = Params::read(&fixture("params_eqx").join("params.safetensors")).unwrap();
     specs.push(ModelSpec {
@@ -154,6 +160,19 @@ fn serve_binds_params_and_others_keep_serving() {
             "{name}: JSON output differs from JAX's"
         );
     }
+    let dir = fixture("params_mobilenet");
+    let x = Tensor::read_npy(&dir.join("in0.npy")).unwrap();
+    assert_eq!(served_input_names(s.addr, "baked"), ["x"]);
+    let bin = infer_binary(
+        s.addr,
+        "baked",
+        &["x".to_string()],
+        std::slice::from_ref(&x),
+    );
+    assert!(
+        bin == numbered(&dir, "baked_out")[0].bytes(),
+        "baked: binary output differs from JAX's baked export"
+    );
     let r = get(s.addr, "/v2/models/broken/ready");
     assert_ne!(r.status, 200);
     let idx = post_json(s.addr, "/v2/repository/index", &serde_json::json!({}));
@@ -181,6 +200,16 @@ fn serve_binds_params_and_others_keep_serving() {
     .unwrap();
     let specs = xlaguard::server::repo::scan_repository(repo.path()).unwrap();
     assert_eq!(specs[0].params_sha256.as_deref(), Some(good.sha256()));
+    std::fs::write(m.join("config.toml"), "[params]\nbake = true\n").unwrap();
+    let specs = xlaguard::server::repo::scan_repository(repo.path()).unwrap();
+    assert!(specs[0].params_bake && specs[0].problem.is_none());
+    std::fs::write(m.join("config.toml"), "[params]\nbake = \"yes\"\n").unwrap();
+    let specs = xlaguard::server::repo::scan_repository(repo.path()).unwrap();
+    assert!(
+        specs[0].problem.as_deref().unwrap().contains("bake"),
+        "{:?}",
+        specs[0].problem
+    );
     std::fs::write(m.join("config.toml"), "params_sha256 = \"abc\"\n").unwrap();
     let specs = xlaguard::server::repo::scan_repository(repo.path()).unwrap();
     assert!(specs[0]
@@ -462,5 +491,43 @@ fn config_toml_maps_tensor_names_to_input_names() {
     assert!(
         matches!(e, ParamsError::Duplicate { ref name, .. } if name == "b"),
         "{e:?}"
+    );
+}
+
+/// `Engine::load_baked`: the bound tensors become constants of the executable (what a user
+/// gets from an export with baked weights); outputs are JAX's for the same weights baked in.
+#[test]
+fn baked_params_give_jax_outputs() {
+    for name in MODELS {
+        let dir = fixture(name);
+        let x = Tensor::read_npy(&dir.join("in0.npy")).unwrap();
+        let params = Params::read(&dir.join("params.safetensors")).unwrap();
+        let a = xlaguard::artifact::load_file(&dir.join("model.jaxexport")).unwrap();
+        let (m, report) = engine().load_baked(a, &params, None).unwrap();
+        assert_eq!(report.unbound, vec!["x".to_string()], "{name}");
+        assert!(m.bound_params().unwrap().baked);
+        assert_eq!(m.signature().inputs.len(), 1);
+        let got = m.run(&[x.view()]).unwrap();
+        assert_bit_equal(name, &got, &numbered(&dir, "baked_out"));
+        // Another model keeps its arguments: the two do not share an executable.
+        let mut bound = model(name);
+        bound.bind(&params).unwrap();
+        assert!(!bound.bound_params().unwrap().baked);
+        assert_bit_equal(
+            name,
+            &bound.run(&[x.view()]).unwrap(),
+            &numbered(&dir, "out"),
+        );
+    }
+    // Baked params cannot be re-bound (the weights are in the executable).
+    let dir = fixture("params_eqx");
+    let params = Params::read(&dir.join("params.safetensors")).unwrap();
+    let a = xlaguard::artifact::load_file(&dir.join("model.jaxexport")).unwrap();
+    let (mut m, _) = engine().load_baked(a, &params, None).unwrap();
+    let e = m.bind(&params).unwrap_err();
+    assert!(matches!(e, Error::Config(_)), "{e}");
+    assert!(
+        e.to_string().contains("baked into this model's executable"),
+        "{e}"
     );
 }

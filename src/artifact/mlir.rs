@@ -761,10 +761,96 @@ pub fn load_text(bytes: &[u8]) -> Result<Artifact, ArtifactError> {
     })
 }
 
+/// Rewrites a StableHLO module's text so that some of `@main`'s arguments become constants:
+/// each `(index, type, bytes)` is dropped from the signature (with its attributes) and defined
+/// at the top of the body as `%argN = stablehlo.constant dense<"0x..."> : type`, under the name
+/// the body already uses. `baked` must be in increasing index order.
+///
+/// # Errors
+/// A message when `@main` cannot be found, an index is out of range, an argument is not named
+/// `%argN`, or a value is empty or boolean (dense hex literals hold neither faithfully).
+pub fn bake_main_args(text: &str, baked: &[(usize, &str, &[u8])]) -> Result<String, String> {
+    use std::fmt::Write as _;
+    let open = find_main(text).map_err(|e| e.to_string())?;
+    let b = text.as_bytes();
+    let close = matching_close(b, open).ok_or("@main's argument list is not closed")?;
+    let args = split_top(text.get(open.saturating_add(1)..close).unwrap_or(""), b',');
+    let mut kept = Vec::with_capacity(args.len());
+    let mut consts = String::new();
+    let mut next = baked.iter().peekable();
+    for (i, a) in args.iter().enumerate() {
+        let Some(&&(_, ty, bytes)) = next.peek().filter(|(j, _, _)| *j == i) else {
+            kept.push(a.trim());
+            continue;
+        };
+        next.next();
+        let a = a.trim();
+        let name = a.split(':').next().unwrap_or("").trim();
+        if !(name.starts_with('%') && name.len() > 1) {
+            return Err(format!("@main argument {i} is not a named value: {a}"));
+        }
+        if bytes.is_empty() || ty.ends_with("xi1>") || ty == "tensor<i1>" {
+            return Err(format!(
+                "@main argument {i} ({ty}) cannot be a dense hex constant: empty or boolean"
+            ));
+        }
+        let _ = write!(consts, "    {name} = stablehlo.constant dense<\"0x");
+        for byte in bytes {
+            let _ = write!(consts, "{byte:02X}");
+        }
+        let _ = writeln!(consts, "\"> : {ty}");
+    }
+    if let Some((i, _, _)) = next.next() {
+        return Err(format!(
+            "@main has {} arguments; cannot bake argument {i}",
+            args.len()
+        ));
+    }
+    // The body's `{`: the first one at depth 0 after the signature that does not open
+    // `attributes {...}`.
+    let body = walk_brackets(b, close.saturating_add(1), |i, c, depth| {
+        c == b'{'
+            && depth == 1
+            && !text
+                .get(..i)
+                .unwrap_or("")
+                .trim_end()
+                .ends_with("attributes")
+    })
+    .ok_or("@main has no body")?;
+    let mut out = String::with_capacity(text.len().saturating_add(consts.len()));
+    out.push_str(text.get(..=open).unwrap_or(""));
+    out.push_str(&kept.join(", "));
+    out.push_str(text.get(close..=body).unwrap_or(""));
+    out.push('\n');
+    out.push_str(&consts);
+    out.push_str(text.get(body.saturating_add(1)..).unwrap_or(""));
+    Ok(out)
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used, clippy::indexing_slicing)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn baking_main_args_turns_them_into_constants() {
+        let text = "module @m {\n  func.func public @main(%arg0: tensor<2xf32> {mhlo.sharding = \"{replicated}\"} loc(\"w\"), %arg1: tensor<2xf32> loc(\"x\"), %arg2: tensor<i8>) -> (tensor<2xf32> {jax.result_info = \"\"}) attributes {a = {b}} {\n    %0 = stablehlo.add %arg0, %arg1 : tensor<2xf32>\n    return %0 : tensor<2xf32>\n  }\n}\n";
+        let w = [0u8, 0, 128, 63, 0, 0, 0, 64];
+        let out =
+            bake_main_args(text, &[(0, "tensor<2xf32>", &w), (2, "tensor<i8>", &[7])]).unwrap();
+        assert!(
+            out.contains("@main(%arg1: tensor<2xf32> loc(\"x\")) -> (tensor<2xf32> {jax.result_info = \"\"}) attributes {a = {b}} {\n    %arg0 = stablehlo.constant dense<\"0x0000803F00000040\"> : tensor<2xf32>\n    %arg2 = stablehlo.constant dense<\"0x07\"> : tensor<i8>\n    %0 = stablehlo.add"),
+            "{out}"
+        );
+        assert!(bake_main_args(text, &[(3, "tensor<i8>", &[7])])
+            .unwrap_err()
+            .contains("has 3 arguments"));
+        assert!(bake_main_args(text, &[(0, "tensor<2xi1>", &[1, 0])])
+            .unwrap_err()
+            .contains("boolean"));
+        assert!(bake_main_args("func.func @f() {}", &[]).is_err());
+    }
 
     #[test]
     fn keystr() {

@@ -35,7 +35,7 @@ pub use audit::AuditLog;
 pub use cache::{Cache, CacheKey, CacheRejection};
 pub use failure::{FailureCause, WorkerFailure};
 pub use limits::{Limits, SandboxOptions, DEFAULT_MAX_MODULE_BYTES};
-pub use protocol::{ProtocolError, Refinement, WORKER_ARG};
+pub use protocol::{Bake, BakedArg, ProtocolError, Refinement, WORKER_ARG};
 pub use sandbox::{ChildUsage, ExitInfo, JailReport};
 pub use stats::{CompileStats, Histogram, StatsSnapshot};
 #[cfg(feature = "test-hooks")]
@@ -308,6 +308,8 @@ pub(crate) struct CompileInput<'a> {
     /// For a shape-polymorphic module: the concrete type of every `@main` argument, to refine
     /// it to (in the worker) before compiling.
     pub refine: Option<&'a protocol::Refinement>,
+    /// Arguments of `@main` to replace by these constants (in the worker) before compiling.
+    pub bake: Option<(&'a protocol::Bake, &'a [u8])>,
 }
 
 /// The compile machinery of one engine.
@@ -618,6 +620,25 @@ impl Compiler {
             }
             _ => options.clone(),
         };
+        // A baked compile is keyed by which arguments became constants and by their bytes.
+        let keyed_options = match input.bake {
+            Some((b, _)) => {
+                let args: Vec<String> = b
+                    .args
+                    .iter()
+                    .map(|a| format!("{}:{}", a.index, a.ty))
+                    .collect();
+                [
+                    &keyed_options[..],
+                    b"\0bake:",
+                    args.join(",").as_bytes(),
+                    b"\0constants:",
+                    b.sha256.as_bytes(),
+                ]
+                .concat()
+            }
+            None => keyed_options,
+        };
         let key = match (&self.cache, plugin.sha256) {
             (Some(_), Some(sha)) => Some(CacheKey::new(
                 input.program,
@@ -779,8 +800,13 @@ impl Compiler {
         options: &[u8],
     ) -> Result<(LoadedExecutable, CompileSummary, Option<Vec<u8>>), Error> {
         // One copy of the module: straight into the frame written to the worker.
-        let frame =
-            protocol::encode_compile_frame(input.format, options, input.refine, input.program);
+        let frame = protocol::encode_compile_frame(
+            input.format,
+            options,
+            input.refine,
+            input.bake,
+            input.program,
+        );
         let done = pool.run_encoded(frame).map_err(pool_error)?;
         self.finish_worker_reply(client, done)
     }
@@ -868,10 +894,11 @@ impl Compiler {
         client: &Client,
         input: &CompileInput<'_>,
     ) -> Result<(LoadedExecutable, CompileSummary, Option<Vec<u8>>), Error> {
-        if input.refine.is_some() {
+        if input.refine.is_some() || input.bake.is_some() {
             return Err(Error::Config(
-                "shape-polymorphic models are refined only inside jailed compile workers (the \
-                 refiner is a full LLVM parsing untrusted bytes); use process isolation"
+                "shape-polymorphic models are refined, and params baked into modules, only \
+                 inside jailed compile workers (the refiner is a full LLVM parsing untrusted \
+                 bytes); use process isolation"
                     .into(),
             ));
         }

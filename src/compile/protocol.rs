@@ -319,6 +319,8 @@ pub struct CompileRequest<'a> {
     pub options: &'a [u8],
     /// For a shape-polymorphic StableHLO module: what to refine it to before compiling.
     pub refine: Option<Refinement>,
+    /// Arguments to replace by constants before compiling, and the constants' bytes.
+    pub bake: Option<(Bake, &'a [u8])>,
     /// The module.
     pub program: &'a [u8],
 }
@@ -342,24 +344,62 @@ pub struct Refinement {
     pub dims: std::collections::BTreeMap<String, i64>,
 }
 
-/// The payload's head: format byte (0 mlir, 1 hlo, 2 mlir refined first), options length,
-/// options, and for format 2 the length and JSON of the [`Refinement`]. The program follows.
-fn compile_head(format: &str, options: &[u8], refine: Option<&Refinement>) -> Vec<u8> {
-    let f = match (format, refine) {
-        ("hlo", _) => 1u8,
-        (_, Some(_)) => 2u8,
+/// Arguments of a StableHLO module's `@main` to replace by constants before compiling
+/// ([`crate::Model`]s whose params are baked in): the worker reads the module with the refiner,
+/// drops these arguments from `@main` and defines each as a `stablehlo.constant` with its
+/// bytes, so XLA optimizes around the weights as it does for an export with baked weights.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Bake {
+    /// The arguments, in increasing `index` order; their bytes follow the program, in order.
+    pub args: Vec<BakedArg>,
+    /// SHA-256 (hex) of all the constants' bytes, in order (cache key).
+    pub sha256: String,
+}
+
+/// One argument of `@main` replaced by a constant.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct BakedArg {
+    /// Its position among `@main`'s arguments.
+    pub index: usize,
+    /// Its type, `tensor<3x3x8xf32>`.
+    pub ty: String,
+    /// Bytes of its value (little-endian, row-major).
+    pub len: usize,
+}
+
+/// The payload's head: format byte (0 mlir, 1 hlo, 2 mlir refined first, 3 mlir with constants
+/// baked in), options length, options, and for format 2 the length and JSON of the
+/// [`Refinement`], for format 3 those of the [`Bake`] and the program's length. The program
+/// follows, then (format 3) the constants' bytes.
+fn compile_head(
+    format: &str,
+    options: &[u8],
+    refine: Option<&Refinement>,
+    bake: Option<(&Bake, usize)>,
+) -> Vec<u8> {
+    let f = match (format, refine, bake) {
+        ("hlo", _, _) => 1u8,
+        (_, Some(_), _) => 2u8,
+        (_, None, Some(_)) => 3u8,
         _ => 0u8,
     };
-    let types = refine
-        .and_then(|r| serde_json::to_vec(r).ok())
-        .unwrap_or_default();
+    let types = match (refine, bake) {
+        (Some(r), _) => serde_json::to_vec(r).ok(),
+        (None, Some((b, program_len))) => serde_json::to_vec(&serde_json::json!({
+            "bake": b,
+            "program_len": program_len,
+        }))
+        .ok(),
+        _ => None,
+    }
+    .unwrap_or_default();
     let mut v = Vec::with_capacity(9 + options.len() + types.len());
     v.push(f);
     let len = |n: usize| u32::try_from(n).unwrap_or(u32::MAX).to_le_bytes();
     // Options and types are small (bounded by MAX_SMALL on decode).
     v.extend_from_slice(&len(options.len()));
     v.extend_from_slice(options);
-    if f == 2 {
+    if f >= 2 {
         v.extend_from_slice(&len(types.len()));
         v.extend_from_slice(&types);
     }
@@ -373,7 +413,7 @@ pub fn encode_compile(
     refine: Option<&Refinement>,
     program: &[u8],
 ) -> Vec<u8> {
-    let mut v = compile_head(format, options, refine);
+    let mut v = compile_head(format, options, refine, None);
     v.extend_from_slice(program);
     v
 }
@@ -387,10 +427,20 @@ pub fn encode_compile_frame(
     format: &str,
     options: &[u8],
     refine: Option<&Refinement>,
+    bake: Option<(&Bake, &[u8])>,
     program: &[u8],
 ) -> Result<Vec<u8>, ProtocolError> {
-    let head = compile_head(format, options, refine);
-    let payload_len = head.len().saturating_add(program.len());
+    let head = compile_head(
+        format,
+        options,
+        refine,
+        bake.map(|(b, _)| (b, program.len())),
+    );
+    let constants = bake.map_or(&[][..], |(_, c)| c);
+    let payload_len = head
+        .len()
+        .saturating_add(program.len())
+        .saturating_add(constants.len());
     let len = u32::try_from(payload_len).map_err(|_| ProtocolError::TooLarge {
         kind: Kind::Compile,
         len: payload_len,
@@ -404,6 +454,7 @@ pub fn encode_compile_frame(
     v.extend_from_slice(&len.to_le_bytes());
     v.extend_from_slice(&head);
     v.extend_from_slice(program);
+    v.extend_from_slice(constants);
     Ok(v)
 }
 
@@ -416,10 +467,11 @@ pub fn decode_compile(p: &[u8]) -> Result<CompileRequest<'_>, ProtocolError> {
         kind: Kind::Compile,
         detail: d.to_string(),
     };
-    let (format, refined) = match p.first() {
-        Some(0) => ("mlir", false),
-        Some(1) => ("hlo", false),
-        Some(2) => ("mlir", true),
+    let (format, rewrite) = match p.first() {
+        Some(0) => ("mlir", 0),
+        Some(1) => ("hlo", 0),
+        Some(2) => ("mlir", 2),
+        Some(3) => ("mlir", 3),
         Some(_) => return Err(bad("unknown program format")),
         None => return Err(bad("shorter than its header")),
     };
@@ -445,17 +497,47 @@ pub fn decode_compile(p: &[u8]) -> Result<CompileRequest<'_>, ProtocolError> {
     let rest = p.get(1..).unwrap_or_default();
     let (options, used) = section(rest, "options", &bad)?;
     let mut rest = rest.get(used..).unwrap_or_default();
-    let refine = if refined {
+    let refine = if rewrite == 2 {
         let (json, used) = section(rest, "refinement", &bad)?;
         rest = rest.get(used..).unwrap_or_default();
         Some(serde_json::from_slice(json).map_err(|e| bad(&format!("refinement: {e}")))?)
     } else {
         None
     };
+    let mut bake = None;
+    if rewrite == 3 {
+        #[derive(serde::Deserialize)]
+        struct Head {
+            bake: Bake,
+            program_len: usize,
+        }
+        let (json, used) = section(rest, "bake", &bad)?;
+        rest = rest.get(used..).unwrap_or_default();
+        let h: Head = serde_json::from_slice(json).map_err(|e| bad(&format!("bake: {e}")))?;
+        let (program, constants) = (
+            rest.get(..h.program_len),
+            rest.get(h.program_len..).unwrap_or_default(),
+        );
+        let program = program.ok_or_else(|| bad("program length out of range"))?;
+        let want = h
+            .bake
+            .args
+            .iter()
+            .try_fold(0usize, |acc, a| acc.checked_add(a.len));
+        if want != Some(constants.len()) {
+            return Err(bad(&format!(
+                "the baked arguments need {want:?} bytes of constants, the frame has {}",
+                constants.len()
+            )));
+        }
+        bake = Some((h.bake, constants));
+        rest = program;
+    }
     Ok(CompileRequest {
         format,
         options,
         refine,
+        bake,
         program: rest,
     })
 }
@@ -560,7 +642,7 @@ mod tests {
     #[test]
     fn compile_payload_round_trip_and_bounds() {
         let p = encode_compile("hlo", &[1, 2], None, b"prog");
-        let f = encode_compile_frame("hlo", &[1, 2], None, b"prog").unwrap();
+        let f = encode_compile_frame("hlo", &[1, 2], None, None, b"prog").unwrap();
         assert_eq!(f, encode(Kind::Compile, &p).unwrap());
         let d = decode_compile(&p).unwrap();
         assert_eq!(
@@ -572,7 +654,7 @@ mod tests {
             dims: [("b".to_string(), 3)].into_iter().collect(),
         };
         let p = encode_compile("mlir", &[7], Some(&types), b"ML\xefR");
-        let f = encode_compile_frame("mlir", &[7], Some(&types), b"ML\xefR").unwrap();
+        let f = encode_compile_frame("mlir", &[7], Some(&types), None, b"ML\xefR").unwrap();
         assert_eq!(f, encode(Kind::Compile, &p).unwrap());
         let d = decode_compile(&p).unwrap();
         assert_eq!(
@@ -585,6 +667,38 @@ mod tests {
         assert!(decode_compile(&[0, 1]).is_err());
         assert!(decode_compile(&[2, 0, 0, 0, 0, 9, 0, 0, 0]).is_err());
         assert!(decode_compile(&[5, 0, 0, 0, 0]).is_err());
+        // Baked constants travel after the program; their lengths must add up.
+        let bake = Bake {
+            args: vec![
+                BakedArg {
+                    index: 0,
+                    ty: "tensor<2xf32>".into(),
+                    len: 8,
+                },
+                BakedArg {
+                    index: 2,
+                    ty: "tensor<i8>".into(),
+                    len: 1,
+                },
+            ],
+            sha256: "ab".into(),
+        };
+        let consts = [1u8, 2, 3, 4, 5, 6, 7, 8, 9];
+        let f = encode_compile_frame("mlir", &[7], None, Some((&bake, &consts)), b"prog").unwrap();
+        let d = decode_compile(&f[HEADER_LEN..]).unwrap();
+        assert_eq!(
+            (d.format, d.refine, d.bake, d.program),
+            (
+                "mlir",
+                None,
+                Some((bake.clone(), &consts[..])),
+                &b"prog"[..]
+            )
+        );
+        let short =
+            encode_compile_frame("mlir", &[7], None, Some((&bake, &consts[..8])), b"p").unwrap();
+        let e = decode_compile(&short[HEADER_LEN..]).unwrap_err();
+        assert!(e.to_string().contains("need Some(9) bytes"), "{e}");
         let c = encode_compiled(b"{}", b"exe");
         assert_eq!(decode_compiled(&c).unwrap(), (&b"{}"[..], &b"exe"[..]));
         assert!(decode_compiled(&encode_compiled(b"{}", b"")).is_err());

@@ -395,6 +395,44 @@ fn refine(
         })
 }
 
+/// `Rejection::function` of a module whose params could not be baked in.
+pub(crate) const BAKE: &str = "baking params into the module";
+
+/// The module as StableHLO text with the arguments `spec` names replaced by constants (read
+/// with the refiner, which turns a portable artifact into text).
+fn bake(
+    refiner: Option<&std::path::Path>,
+    module: &[u8],
+    spec: &protocol::Bake,
+    constants: &[u8],
+) -> Result<String, Rejection> {
+    let reject = refine_rejection;
+    let Some(path) = refiner else {
+        return Err(reject(
+            BAKE,
+            format!(
+                "no StableHLO refiner to read the module with: fetch it with `{}` or name it \
+                 with --refiner / XLAGUARD_REFINER",
+                crate::plugin::FETCH_REFINER
+            ),
+        ));
+    };
+    let text = crate::refine::Refiner::load(path)
+        .and_then(|r| r.print_with_locations(module))
+        .map_err(|e| reject(BAKE, e.to_string()))?;
+    let mut at = 0usize;
+    let mut args = Vec::with_capacity(spec.args.len());
+    for a in &spec.args {
+        let end = at.saturating_add(a.len);
+        let bytes = constants
+            .get(at..end)
+            .ok_or_else(|| reject(BAKE, "constants shorter than their arguments".into()))?;
+        args.push((a.index, a.ty.as_str(), bytes));
+        at = end;
+    }
+    crate::artifact::mlir::bake_main_args(&text, &args).map_err(|e| reject(BAKE, e))
+}
+
 /// The first of JAX's constraint assertions (`Expected '- s + 16' to be greater or equal to 0,
 /// but found {0}`) that `dims` break, with its placeholders filled as JAX fills them: `{0}` the
 /// expression's value, and each `'v' = {k}` the variable's.
@@ -487,11 +525,18 @@ fn compile(
     };
     let t = Instant::now();
     let refined;
-    let program = match &req.refine {
-        None => req.program,
-        Some(to) => match refine(client, refiner, req.program, to) {
+    let program = match (&req.refine, &req.bake) {
+        (None, None) => req.program,
+        (Some(to), _) => match refine(client, refiner, req.program, to) {
             Ok(bytes) => {
                 refined = bytes;
+                &refined[..]
+            }
+            Err(r) => return write_rejection(out, &r),
+        },
+        (None, Some((spec, constants))) => match bake(refiner, req.program, spec, constants) {
+            Ok(text) => {
+                refined = text.into_bytes();
                 &refined[..]
             }
             Err(r) => return write_rejection(out, &r),

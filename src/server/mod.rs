@@ -419,6 +419,30 @@ impl Engines {
     }
 }
 
+/// A model folder's params file, its `params_sha256` checked and its `[params]` names mapped.
+fn read_params(
+    spec: &ModelSpec,
+    p: &std::path::Path,
+) -> Result<crate::artifact::params::Params, String> {
+    let params = crate::artifact::params::Params::read(p).map_err(|e| e.to_string())?;
+    if let Some(want) = &spec.params_sha256 {
+        if params.sha256() != want {
+            return Err(format!(
+                "{}: sha256 {} but config.toml params_sha256 is {want}",
+                p.display(),
+                params.sha256()
+            ));
+        }
+    }
+    if spec.params_prefix.is_some() || !spec.params_rename.is_empty() {
+        params
+            .renamed(spec.params_prefix.as_deref(), &spec.params_rename)
+            .map_err(|e| e.to_string())
+    } else {
+        Ok(params)
+    }
+}
+
 fn load_one(spec: &ModelSpec, engines: &mut Engines) -> Result<(Loaded, Duration), String> {
     if let Some(p) = &spec.problem {
         return Err(p.clone());
@@ -439,33 +463,38 @@ fn load_one(spec: &ModelSpec, engines: &mut Engines) -> Result<(Loaded, Duration
         }
     }
     let platform = platform_of(a.kind);
+    let params = match &spec.params {
+        Some(p) => Some((p, read_params(spec, p)?)),
+        None => None,
+    };
     let started = Instant::now();
-    let mut model = engine.load_artifact(a).map_err(|e| e.to_string())?;
-    let took = started.elapsed();
-    if let Some(p) = &spec.policy {
-        apply_policy(&mut model, p)?;
-    }
-    if let Some(p) = &spec.params {
-        let params = crate::artifact::params::Params::read(p).map_err(|e| e.to_string())?;
-        if let Some(want) = &spec.params_sha256 {
-            if params.sha256() != want {
-                return Err(format!(
-                    "{}: sha256 {} but config.toml params_sha256 is {want}",
-                    p.display(),
-                    params.sha256()
-                ));
-            }
+    let model = match &params {
+        Some((p, params)) if spec.params_bake => {
+            let policy = match &spec.policy {
+                Some(f) => {
+                    Some(crate::validate::policy::Policy::load(f).map_err(|e| e.to_string())?)
+                }
+                None => None,
+            };
+            let (model, report) = engine
+                .load_baked(a, params, policy)
+                .map_err(|e| e.to_string())?;
+            tracing::info!(model = %spec.name, params = %p.display(), %report, "params baked in");
+            model
         }
-        let params = if spec.params_prefix.is_some() || !spec.params_rename.is_empty() {
-            params
-                .renamed(spec.params_prefix.as_deref(), &spec.params_rename)
-                .map_err(|e| e.to_string())?
-        } else {
-            params
-        };
-        let report = model.bind(&params).map_err(|e| e.to_string())?;
-        tracing::info!(model = %spec.name, params = %p.display(), %report, "params bound");
-    }
+        _ => {
+            let mut model = engine.load_artifact(a).map_err(|e| e.to_string())?;
+            if let Some(p) = &spec.policy {
+                apply_policy(&mut model, p)?;
+            }
+            if let Some((p, params)) = &params {
+                let report = model.bind(params).map_err(|e| e.to_string())?;
+                tracing::info!(model = %spec.name, params = %p.display(), %report, "params bound");
+            }
+            model
+        }
+    };
+    let took = started.elapsed();
     if !spec.shapes.is_empty() {
         model
             .precompile(&spec.shapes)

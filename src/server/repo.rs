@@ -116,6 +116,9 @@ pub struct ModelSpec {
     pub params_prefix: Option<String>,
     /// Params tensor name → input name (`[params.rename]`), applied before the prefix.
     pub params_rename: std::collections::BTreeMap<String, String>,
+    /// Bake the params into the executable as constants (`[params] bake = true`;
+    /// [`crate::Engine::load_baked`]) instead of passing them as resident arguments.
+    pub params_bake: bool,
     /// Why this model cannot be loaded, found while reading its folder (reported, not fatal).
     pub problem: Option<String>,
     /// Shape-polymorphic models: values of dimension variables to compile at load
@@ -137,6 +140,7 @@ impl ModelSpec {
             params_sha256: None,
             params_prefix: None,
             params_rename: std::collections::BTreeMap::new(),
+            params_bake: false,
             problem: None,
             shapes: std::collections::BTreeMap::new(),
         }
@@ -177,6 +181,8 @@ struct ParamsFile {
     prefix: Option<String>,
     #[serde(default)]
     rename: std::collections::BTreeMap<String, String>,
+    #[serde(default)]
+    bake: bool,
 }
 
 #[derive(Deserialize)]
@@ -357,6 +363,7 @@ pub fn read_model_dir(dir: &Path, name: &str) -> ModelSpec {
         if let Some(p) = &c.params {
             spec.params_prefix.clone_from(&p.prefix);
             spec.params_rename.clone_from(&p.rename);
+            spec.params_bake = p.bake;
         }
         named = c.artifact.as_deref();
     }
