@@ -126,6 +126,44 @@ pub enum CacheRejection {
 pub struct Cache {
     dir: PathBuf,
     mac_key: [u8; 32],
+    max_entry_bytes: u64,
+}
+
+/// Reads `path` when it is a regular file (not a symlink, FIFO or device: opened with
+/// `O_NOFOLLOW | O_NONBLOCK`, then checked with `fstat`) of at most `max` bytes. `Ok(None)`: no
+/// such file.
+fn read_regular(path: &Path, max: u64) -> std::io::Result<Option<Vec<u8>>> {
+    let f = match OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_CLOEXEC)
+        .open(path)
+    {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) if e.raw_os_error() == Some(libc::ELOOP) => {
+            return Err(invalid(format!("{}: a symbolic link", path.display())))
+        }
+        Err(e) => return Err(e),
+    };
+    let meta = f.metadata()?;
+    if !meta.file_type().is_file() {
+        return Err(invalid(format!(
+            "{}: not a regular file ({:?})",
+            path.display(),
+            meta.file_type()
+        )));
+    }
+    if meta.len() > max {
+        return Err(invalid(format!(
+            "{}: {} bytes, above the limit of {max}",
+            path.display(),
+            meta.len()
+        )));
+    }
+    let mut b = Vec::with_capacity(usize::try_from(meta.len()).unwrap_or(0));
+    // A file that grows while we read is cut at the limit (and then fails its HMAC).
+    f.take(max).read_to_end(&mut b)?;
+    Ok(Some(b))
 }
 
 impl std::fmt::Debug for Cache {
@@ -176,7 +214,7 @@ impl Cache {
                 meta.uid()
             )));
         }
-        let bytes = std::fs::read(&key_path)?;
+        let bytes = read_regular(&key_path, 64)?.unwrap_or_default();
         let mac_key: [u8; 32] = bytes.as_slice().try_into().map_err(|_| {
             invalid(format!(
                 "{}: key file holds {} bytes, expected 32",
@@ -187,7 +225,14 @@ impl Cache {
         Ok(Cache {
             dir: dir.to_path_buf(),
             mac_key,
+            max_entry_bytes: (1 << 30) + (HEAD + MAC_LEN) as u64,
         })
+    }
+
+    /// Refuses entries whose executable is larger than `bytes` (default 1 GiB), without
+    /// reading them.
+    pub fn set_max_executable_bytes(&mut self, bytes: u64) {
+        self.max_entry_bytes = bytes.saturating_add((HEAD + MAC_LEN) as u64);
     }
 
     /// The cache folder.
@@ -211,9 +256,9 @@ impl Cache {
     /// A [`CacheRejection`] saying why an existing entry may not be used.
     pub fn get(&self, key: &CacheKey) -> Result<Option<Vec<u8>>, CacheRejection> {
         let path = self.entry_path(key);
-        let bytes = match std::fs::read(&path) {
-            Ok(b) => b,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        let bytes = match read_regular(&path, self.max_entry_bytes) {
+            Ok(Some(b)) => b,
+            Ok(None) => return Ok(None),
             Err(e) => return Err(CacheRejection::Io(e.to_string())),
         };
         self.verify(key, &bytes).map(Some)
@@ -357,6 +402,35 @@ mod tests {
         // The same install reopens with the same key.
         let c3 = Cache::open(dir.path(), None).unwrap();
         assert_eq!(c3.get(&k).unwrap().unwrap(), b"machine code");
+    }
+
+    #[test]
+    fn fifos_symlinks_and_huge_entries_are_refused_without_reading() {
+        let d = tempfile::tempdir().unwrap();
+        let mut c = Cache::open(d.path(), None).unwrap();
+        let k = key(1);
+        let p = c.entry_path(&k);
+        // A FIFO: open does not block (O_NONBLOCK), fstat refuses it.
+        assert!(std::process::Command::new("mkfifo")
+            .arg(&p)
+            .status()
+            .unwrap()
+            .success());
+        let e = c.get(&k).unwrap_err();
+        assert!(e.to_string().contains("not a regular file"), "{e}");
+        std::fs::remove_file(&p).unwrap();
+        // A symlink to /dev/zero: O_NOFOLLOW refuses it.
+        std::os::unix::fs::symlink("/dev/zero", &p).unwrap();
+        let e = c.get(&k).unwrap_err();
+        assert!(e.to_string().contains("symbolic link"), "{e}");
+        std::fs::remove_file(&p).unwrap();
+        // Larger than the executable limit: refused from its size.
+        c.put(&k, &[7u8; 4096]).unwrap();
+        c.set_max_executable_bytes(1024);
+        let e = c.get(&k).unwrap_err();
+        assert!(e.to_string().contains("above the limit"), "{e}");
+        c.set_max_executable_bytes(1 << 20);
+        assert_eq!(c.get(&k).unwrap().unwrap(), vec![7u8; 4096]);
     }
 
     #[test]

@@ -399,12 +399,15 @@ impl Compiler {
             None => None,
         };
         let cache = match &config.cache_dir {
-            Some(d) => Some(
-                Cache::open(d, config.cache_key_file.as_deref()).map_err(|e| Error::Io {
-                    path: d.display().to_string(),
-                    error: e,
-                })?,
-            ),
+            Some(d) => {
+                let mut c =
+                    Cache::open(d, config.cache_key_file.as_deref()).map_err(|e| Error::Io {
+                        path: d.display().to_string(),
+                        error: e,
+                    })?;
+                c.set_max_executable_bytes(config.limits.max_executable_bytes as u64);
+                Some(c)
+            }
             None => None,
         };
         let refiner = crate::plugin::find_refiner(config.refiner.as_deref());
