@@ -94,7 +94,9 @@ pub const PIP_PLUGINS: [(&str, DeviceKind); 4] = [
 /// The pinned CPU plugin's path relative to the repository root.
 pub const THIRD_PARTY_CPU: &str = "third_party/pjrt-cpu/pjrt_c_api_cpu_plugin.so";
 
-/// Candidate `site-packages` folders: the active virtualenv, the user's, the system's, pyenv's.
+/// Candidate `site-packages` folders: the active virtualenv, the user's, the system's, pyenv's
+/// (read from the file system; [`discover`] asks `python3` for its own only when none of these
+/// holds a plugin).
 pub fn site_packages_dirs() -> Vec<PathBuf> {
     let mut roots: Vec<PathBuf> = Vec::new();
     if let Some(v) = std::env::var_os("VIRTUAL_ENV") {
@@ -138,13 +140,6 @@ pub fn site_packages_dirs() -> Vec<PathBuf> {
     let debian = PathBuf::from("/usr/lib/python3/dist-packages");
     if !out.contains(&debian) {
         out.push(debian);
-    }
-    // Last: whatever the `python3` on PATH uses (an active or preinstalled venv elsewhere, such
-    // as /opt/<tool>/.venv, which JAX users often have).
-    for d in python_site_packages() {
-        if !out.contains(&d) {
-            out.push(d);
-        }
     }
     out
 }
@@ -218,13 +213,23 @@ pub fn discover(
     let env = std::env::var_os(PLUGIN_ENV)
         .filter(|v| !v.is_empty())
         .map(PathBuf::from);
-    discover_with(
-        explicit,
-        env.as_deref(),
-        want,
-        &third_party_roots(),
-        &site_packages_dirs(),
-    )
+    let roots = third_party_roots();
+    let mut dirs = site_packages_dirs();
+    match discover_with(explicit, env.as_deref(), want, &roots, &dirs) {
+        Ok(found) => Ok(found),
+        Err(_) => {
+            // Last, and only now: whatever the `python3` on PATH uses (an active or
+            // preinstalled venv elsewhere, such as /opt/<tool>/.venv, which JAX users often
+            // have). It runs unjailed, so never when --plugin, XLAGUARD_PLUGIN, third_party/ or
+            // a known folder already gave a plugin.
+            for d in python_site_packages() {
+                if !dirs.contains(&d) {
+                    dirs.push(d);
+                }
+            }
+            discover_with(explicit, env.as_deref(), want, &roots, &dirs)
+        }
+    }
 }
 
 /// [`discover`] with the environment made explicit (for tests).

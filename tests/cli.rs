@@ -558,3 +558,54 @@ fn a_module_over_max_module_bytes_is_refused_naming_both_sizes() {
         .unwrap();
     assert!(error_line(&out).contains("--max-module-bytes"));
 }
+
+/// Plugin discovery asks `python3` (unjailed, from PATH) for its site-packages only when
+/// nothing else gave a plugin: never with --plugin, XLAGUARD_PLUGIN, or third_party/.
+#[test]
+fn discovery_runs_no_python_when_a_plugin_is_named_or_found() {
+    let tmp = tempfile::tempdir().unwrap();
+    let marker = tmp.path().join("python-ran");
+    let fake = tmp.path().join("python3");
+    std::fs::write(
+        &fake,
+        format!("#!/bin/sh\ntouch '{}'\nexit 1\n", marker.display()),
+    )
+    .unwrap();
+    std::fs::set_permissions(&fake, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    // The fake works: run directly, it leaves its marker.
+    std::process::Command::new(&fake).status().unwrap();
+    assert!(marker.is_file());
+    std::fs::remove_file(&marker).unwrap();
+    let path = format!(
+        "{}:{}",
+        tmp.path().display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let model = common::fixture("tiny").join("model.jaxexport");
+    // --plugin, then XLAGUARD_PLUGIN, then third_party/ found from the source tree.
+    let plugin = common::plugin();
+    let runs: [(&[&str], Option<&std::path::Path>); 3] = [
+        (&["--plugin", plugin.to_str().unwrap()], None),
+        (&[], Some(plugin.as_path())),
+        (&[], None),
+    ];
+    for (args, env) in runs {
+        let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_xlaguard"));
+        c.current_dir(common::root())
+            .env("PATH", &path)
+            .env_remove("XLAGUARD_PLUGIN")
+            .args(args)
+            .arg("inspect")
+            .arg(&model);
+        if let Some(p) = env {
+            c.env("XLAGUARD_PLUGIN", p);
+        }
+        let out = c.output().unwrap();
+        assert!(
+            out.status.success(),
+            "{args:?} {env:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(!marker.exists(), "{args:?} {env:?}: python3 was run");
+    }
+}
