@@ -349,6 +349,43 @@ fn normalize_scalar_gives_jax_outputs() {
     assert_eq!(report.to_string(), "input 'pixels': 64 values normalized");
 }
 
+/// A std so small that normalizing makes finite pixels infinite: refused like an Inf in the
+/// input (the model never sees it), not passed on after the NaN/Inf checks ran.
+#[test]
+fn normalize_that_overflows_is_a_violation() {
+    let mut p = Policy::new();
+    p.input("pixels").normalize(vec![0.0], vec![1e-45]);
+    let m = model_with("digits", p);
+    let x = Tensor::read_npy(&fixture("digits").join("in0.npy")).unwrap();
+    let e = run(&m, &[x]).unwrap_err();
+    let Error::PolicyViolation(v) = &e else {
+        panic!("{e}")
+    };
+    assert_eq!(v.rule, Rule::Normalize);
+    assert!(
+        e.to_string().starts_with("input 'pixels': ")
+            && e.to_string()
+                .contains("not finite after normalize (mean [0.0] std [1e-45])"),
+        "{e}"
+    );
+    // Zero pixels stay 0 / 1e-45 = 0: the count is of the nonzero ones.
+    let x = Tensor::read_npy(&fixture("digits").join("in0.npy")).unwrap();
+    let nonzero = x
+        .bytes()
+        .chunks(4)
+        .filter(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]) != 0.0)
+        .count() as u64;
+    assert_eq!(v.count, nonzero);
+    // With Inf allowed, the policy says it accepts what it makes.
+    let mut p = Policy::new();
+    p.input("pixels")
+        .normalize(vec![0.0], vec![1e-45])
+        .nan(NonFinite::Allow)
+        .inf(NonFinite::Allow);
+    let m = model_with("digits", p);
+    assert!(run(&m, &[x]).is_ok());
+}
+
 #[test]
 fn normalize_is_checked_against_the_signature() {
     let m = model("digits");

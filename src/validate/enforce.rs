@@ -169,7 +169,11 @@ impl fmt::Display for PolicyViolation {
                     }
                 )?;
             }
-            Rule::Normalize => write!(f, "normalize")?,
+            Rule::Normalize => write!(
+                f,
+                "{} not finite after normalize ({limit})",
+                plural(n, "value", "values")
+            )?,
         }
         if let Some(o) = &self.first {
             let idx: Vec<String> = o.index.iter().map(u64::to_string).collect();
@@ -1015,6 +1019,27 @@ fn evaluate(
         Some(pool) if !changes.is_empty() => {
             let mut buf = pool.take(t.data.len());
             sanitize::sanitize_into(&r.limits, t.data, &ops, &mut buf);
+            // Normalizing can make finite values infinite (a tiny std, a huge value): the
+            // NaN/Inf rules hold for what the model receives, so check the result too.
+            if let (Some(n), true) = (
+                &r.normalize,
+                r.nan == NonFinite::Reject || r.inf == NonFinite::Reject,
+            ) {
+                let after = scan::scan(&buf, &Limits::unbounded(t.dtype))
+                    .map_err(|e| Eval::Internal(e.to_string()))?;
+                let bad = after.nan.union(after.pos_inf).union(after.neg_inf);
+                if bad.count > 0 {
+                    pool.give(std::iter::once(buf));
+                    let limit = format!("mean {:?} std {:?}", n.mean, n.std);
+                    return Err(match violation(Rule::Normalize, bad, None) {
+                        Eval::Violation(mut v) => {
+                            v.limit = Some(limit);
+                            Eval::Violation(v)
+                        }
+                        other => other,
+                    });
+                }
+            }
             Some(buf)
         }
         _ => None,
