@@ -72,6 +72,9 @@ struct Cli {
     cmd: Cmd,
 }
 
+/// The longest `--compile-timeout`: one week.
+const MAX_COMPILE_TIMEOUT_S: f64 = 7.0 * 86_400.0;
+
 #[derive(Subcommand)]
 enum Cmd {
     /// Serve models over HTTP (KServe v2 / Open Inference Protocol); without --models, the
@@ -233,8 +236,11 @@ fn config(cli: &Cli) -> Result<EngineConfig> {
     }
     c.compile.audit_log.clone_from(&cli.audit_log);
     if let Some(t) = cli.compile_timeout {
-        if !(t.is_finite() && t > 0.0) {
-            bail!("--compile-timeout must be a positive number of seconds");
+        if !(t.is_finite() && t > 0.0 && t <= MAX_COMPILE_TIMEOUT_S) {
+            bail!(
+                "--compile-timeout must be a number of seconds in (0, {MAX_COMPILE_TIMEOUT_S}], \
+                 got {t:e}"
+            );
         }
         c.compile.deadline(std::time::Duration::from_secs_f64(t));
     }

@@ -255,4 +255,81 @@ fn bad_arguments_and_unreadable_repository_fail_cleanly() {
         err.contains(&format!("error: cannot listen on {addr}")),
         "{err}"
     );
+    // Out-of-range numbers: a usage error naming the flag and its range, never a panic.
+    for (flag, value) in [
+        ("--workers", "9223372036854775807"),
+        ("--max-queue", "9223372036854775807"),
+        ("--max-concurrent-requests", "0"),
+        ("--max-connections", "18446744073709551615"),
+        ("--timeout-ms", "0"),
+    ] {
+        let out = Command::new(env!("CARGO_BIN_EXE_xlaguard"))
+            .args(["serve", "--addr", "127.0.0.1:0", flag, value])
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{flag} {value}: {err}");
+        assert!(
+            err.contains(flag) && err.contains("is not in"),
+            "{flag}: {err}"
+        );
+    }
+    let out = Command::new(env!("CARGO_BIN_EXE_xlaguard"))
+        .args([
+            "serve",
+            "--addr",
+            "127.0.0.1:0",
+            "--compile-timeout",
+            "1e300",
+        ])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("--compile-timeout must be a number of seconds in (0, 604800], got 1e300"),
+        "{err}"
+    );
+}
+
+/// A model whose config.toml asks for more workers (or queue, or deadline) than the range
+/// allows is unavailable with a message; the others serve.
+#[test]
+fn out_of_range_model_limits_make_only_that_model_unavailable() {
+    let repo = tempfile::tempdir().unwrap();
+    for (name, config) in [
+        ("good", ""),
+        ("workers", "[limits]\nworkers = 9223372036854775807\n"),
+        ("queue", "[limits]\nmax_queue = 9223372036854775807\n"),
+        ("deadline", "[limits]\ntimeout_ms = 0\n"),
+    ] {
+        let d = repo.path().join(name);
+        std::fs::create_dir_all(&d).unwrap();
+        std::fs::copy(
+            fixture("tiny").join("model.jaxexport"),
+            d.join("model.jaxexport"),
+        )
+        .unwrap();
+        std::fs::write(d.join("config.toml"), config).unwrap();
+    }
+    let specs = xlaguard::server::repo::scan_repository(repo.path()).unwrap();
+    let problem = |n: &str| {
+        specs
+            .iter()
+            .find(|s| s.name == n)
+            .and_then(|s| s.problem.clone())
+    };
+    assert_eq!(problem("good"), None);
+    assert_eq!(
+        problem("workers").as_deref(),
+        Some("config.toml [limits] workers = 9223372036854775807: expected 1 to 1024")
+    );
+    assert_eq!(
+        problem("queue").as_deref(),
+        Some("config.toml [limits] max_queue = 9223372036854775807: expected 0 to 1000000")
+    );
+    assert_eq!(
+        problem("deadline").as_deref(),
+        Some("config.toml [limits] timeout_ms = 0: expected 1 to 86400000")
+    );
 }

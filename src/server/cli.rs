@@ -29,35 +29,36 @@ pub struct ServeArgs {
     /// Address to listen on (port 0: any free port; the actual one is printed).
     #[arg(long, default_value = "127.0.0.1:8000")]
     pub addr: SocketAddr,
-    /// Largest request body accepted, in bytes (64 MiB).
-    #[arg(long, default_value_t = 64 << 20)]
+    /// Largest request body accepted, in bytes (64 MiB; 1 to 4 GiB).
+    #[arg(long, default_value_t = 64 << 20, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=1u64 << 32))]
     pub max_body_bytes: usize,
-    /// Deepest JSON nesting accepted in a request.
-    #[arg(long, default_value_t = 64)]
+    /// Deepest JSON nesting accepted in a request (1 to 1024).
+    #[arg(long, default_value_t = 64, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=1024))]
     pub max_json_depth: usize,
-    /// Inference requests in progress at once, all models together; more get 503.
-    #[arg(long, default_value_t = 256)]
+    /// Inference requests in progress at once, all models together; more get 503 (1 to
+    /// 1,000,000).
+    #[arg(long, default_value_t = 256, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=1_000_000))]
     pub max_concurrent_requests: usize,
-    /// Open connections at once; more are closed at accept.
-    #[arg(long, default_value_t = 1024)]
+    /// Open connections at once; more are closed at accept (1 to 1,000,000).
+    #[arg(long, default_value_t = 1024, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=1_000_000))]
     pub max_connections: usize,
-    /// Executions at once per model (default: the CPUs available).
-    #[arg(long)]
+    /// Executions at once per model (default: the CPUs available; 1 to 1024).
+    #[arg(long, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=1024))]
     pub workers: Option<usize>,
-    /// Requests queued per model beyond the executing ones; more get 429.
-    #[arg(long, default_value_t = 64)]
+    /// Requests queued per model beyond the executing ones; more get 429 (0 to 1,000,000).
+    #[arg(long, default_value_t = 64, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(0..=1_000_000))]
     pub max_queue: usize,
-    /// Request deadline in milliseconds, from arrival; past it, 503.
-    #[arg(long, default_value_t = 30_000)]
+    /// Request deadline in milliseconds, from arrival; past it, 503 (1 ms to 1 day).
+    #[arg(long, default_value_t = 30_000, value_parser = clap::builder::RangedU64ValueParser::<u64>::new().range(1..=86_400_000))]
     pub timeout_ms: u64,
-    /// Time to receive a request's headers, in milliseconds; slower clients are disconnected.
-    #[arg(long, default_value_t = 10_000)]
+    /// Time to receive a request's headers, in milliseconds; slower clients are disconnected (1 ms to 1 day).
+    #[arg(long, default_value_t = 10_000, value_parser = clap::builder::RangedU64ValueParser::<u64>::new().range(1..=86_400_000))]
     pub header_timeout_ms: u64,
-    /// Time to receive a request's body, in milliseconds; slower clients get 408.
-    #[arg(long, default_value_t = 30_000)]
+    /// Time to receive a request's body, in milliseconds; slower clients get 408 (1 ms to 1 day).
+    #[arg(long, default_value_t = 30_000, value_parser = clap::builder::RangedU64ValueParser::<u64>::new().range(1..=86_400_000))]
     pub body_timeout_ms: u64,
-    /// On SIGTERM/SIGINT, how long in-flight requests may take to finish, in milliseconds.
-    #[arg(long, default_value_t = 30_000)]
+    /// On SIGTERM/SIGINT, how long in-flight requests may take to finish, in milliseconds (1 ms to 1 day).
+    #[arg(long, default_value_t = 30_000, value_parser = clap::builder::RangedU64ValueParser::<u64>::new().range(1..=86_400_000))]
     pub drain_timeout_ms: u64,
     /// Readiness needs every model loaded (true) or only loading finished (false).
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]

@@ -185,6 +185,13 @@ struct ParamsFile {
     bake: bool,
 }
 
+/// Most executions at once of one model (`[limits] workers`, `--workers`).
+pub const MAX_WORKERS: u64 = 1024;
+/// Most requests queued per model (`[limits] max_queue`, `--max-queue`).
+pub const MAX_QUEUE: u64 = 1_000_000;
+/// Longest request deadline, milliseconds (one day).
+pub const MAX_TIMEOUT_MS: u64 = 86_400_000;
+
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct LimitsFile {
@@ -341,6 +348,25 @@ pub fn read_model_dir(dir: &Path, name: &str) -> ModelSpec {
             }
         }
         if let Some(l) = &c.limits {
+            let ranges: [(&str, Option<u64>, u64, u64); 4] = [
+                ("workers", l.workers.map(|v| v as u64), 1, MAX_WORKERS),
+                ("max_queue", l.max_queue.map(|v| v as u64), 0, MAX_QUEUE),
+                ("timeout_ms", l.timeout_ms, 1, MAX_TIMEOUT_MS),
+                (
+                    "max_module_bytes",
+                    l.max_module_bytes,
+                    1,
+                    crate::compile::DEFAULT_MAX_MODULE_BYTES as u64,
+                ),
+            ];
+            for (key, v, lo, hi) in ranges {
+                if let Some(v) = v.filter(|v| !(lo..=hi).contains(v)) {
+                    spec.problem = Some(format!(
+                        "config.toml [limits] {key} = {v}: expected {lo} to {hi}"
+                    ));
+                    return spec;
+                }
+            }
             spec.limits = LimitOverrides {
                 workers: l.workers,
                 max_queue: l.max_queue,
