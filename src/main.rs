@@ -59,6 +59,10 @@ struct Cli {
     /// Kill a compile that runs longer than this many seconds.
     #[arg(long, global = true)]
     compile_timeout: Option<f64>,
+    /// The share of this host's memory, in percent, a compile worker may map (default 50).
+    #[arg(long, global = true, value_name = "PERCENT",
+          value_parser = clap::builder::RangedU64ValueParser::<u8>::new().range(1..=100))]
+    compile_memory_percent: Option<u8>,
     /// Largest module compiled, in bytes (default and most: 2 GiB, the artifact formats'
     /// limit); a larger one is refused before any worker sees it, naming both sizes.
     #[arg(long, global = true, value_name = "BYTES")]
@@ -235,6 +239,9 @@ fn config(cli: &Cli) -> Result<EngineConfig> {
         c.compile.limits.max_module_bytes = n;
     }
     c.compile.audit_log.clone_from(&cli.audit_log);
+    if let Some(p) = cli.compile_memory_percent {
+        c.compile.limits.host_memory_percent = p;
+    }
     if let Some(t) = cli.compile_timeout {
         if !(t.is_finite() && t > 0.0 && t <= MAX_COMPILE_TIMEOUT_S) {
             bail!(

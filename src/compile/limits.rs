@@ -17,8 +17,12 @@ pub struct Limits {
     pub deadline: Duration,
     /// How long a worker may take to start (jail, plugin load, client).
     pub startup_timeout: Duration,
-    /// `RLIMIT_AS` of a worker (`None`: unlimited).
+    /// `RLIMIT_AS` of a worker (`None`: unlimited); each compile gets this plus 8 × its
+    /// module, never more than [`Limits::host_memory_percent`] of the host's memory.
     pub address_space_bytes: Option<u64>,
+    /// The share of the host's physical memory, in percent (1 to 100, default 50), a compile
+    /// worker's address space may reach: a memory bomb in a module is stopped before the host.
+    pub host_memory_percent: u8,
     /// `RLIMIT_CPU` of a worker, seconds (`None`: unlimited).
     pub cpu_seconds: Option<u64>,
     /// `RLIMIT_NOFILE` of a worker.
@@ -35,6 +39,7 @@ impl Default for Limits {
             deadline: Duration::from_secs(120),
             startup_timeout: Duration::from_secs(60),
             address_space_bytes: Some(16 << 30),
+            host_memory_percent: 50,
             cpu_seconds: Some(600),
             open_files: 64,
             max_module_bytes: DEFAULT_MAX_MODULE_BYTES,

@@ -411,7 +411,10 @@ impl Compiler {
             None => None,
         };
         let refiner = crate::plugin::find_refiner(config.refiner.as_deref());
-        let address_space_cap = sandbox::physical_memory().unwrap_or(0);
+        let address_space_cap = sandbox::host_cap(
+            sandbox::physical_memory(),
+            config.limits.host_memory_percent,
+        );
         let stats = Arc::new(CompileStats::default());
         let plugin_path = std::fs::canonicalize(plugin_path).unwrap_or(plugin_path.to_path_buf());
         let (pool, report) = match config.isolation {

@@ -137,10 +137,24 @@ pub(crate) fn physical_memory() -> Option<u64> {
 
 /// The address-space limit of a compile of a `module_len`-byte module: the configured `base`
 /// plus 8 × the module (XLA holds a few copies of baked weights while it compiles: a 100 MiB
-/// module peaked at 4.3× its size), never above `cap` (the host's memory) unless `base` is.
+/// module peaked at 4.3× its size), never above `cap` (a fraction of the host's memory,
+/// [`Limits::host_memory_percent`]; 0: unknown, no cap).
 pub(crate) fn address_space_for(base: u64, cap: u64, module_len: usize) -> u64 {
     let need = base.saturating_add((module_len as u64).saturating_mul(8));
-    need.min(cap.max(base))
+    if cap == 0 {
+        need
+    } else {
+        need.min(cap)
+    }
+}
+
+/// The cap of [`address_space_for`]: `percent` of `physical` bytes (0 when memory is unknown
+/// or the percentage is not in 1..=100).
+pub(crate) fn host_cap(physical: Option<u64>, percent: u8) -> u64 {
+    match physical {
+        Some(p) if (1..=100).contains(&percent) => p / 100 * u64::from(percent),
+        _ => 0,
+    }
 }
 
 #[cfg(test)]
@@ -152,9 +166,13 @@ mod sizing_tests {
         assert_eq!(f(16 * G, 24 * G, 0), 16 * G);
         assert_eq!(f(16 * G, 24 * G, 100 << 20), 16 * G + (800 << 20));
         assert_eq!(f(16 * G, 24 * G, 2 << 30), 24 * G);
-        // A cap below the configured limit never lowers it.
-        assert_eq!(f(16 * G, 8 * G, 1 << 30), 16 * G);
-        assert_eq!(f(256 << 20, 0, 1000), 256 << 20);
+        // The host's share caps even the configured limit (a 16 GiB default on an 8 GiB host).
+        assert_eq!(f(16 * G, 4 * G, 1 << 30), 4 * G);
+        assert_eq!(f(256 << 20, 0, 1000), (256 << 20) + 8000);
+        assert_eq!(super::host_cap(Some(100 * G), 50), 50 * G);
+        assert_eq!(super::host_cap(Some(24 * G), 0), 0);
+        assert_eq!(super::host_cap(Some(24 * G), 101), 0);
+        assert_eq!(super::host_cap(None, 50), 0);
     }
 }
 
