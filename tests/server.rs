@@ -171,10 +171,22 @@ fn infer_json_flat_nested_versioned_and_id() {
     let x = digits_in();
     let outs = numbered(&fixture("digits"), "out");
     let flat = json_values(&x);
-    let nested: Vec<Value> = flat.chunks(8).map(|c| json!(c)).collect();
+    // Nested as the shape: [1][64].
+    let nested = json!([flat.clone()]);
+    // Ragged (eight rows of eight for [1, 64]; the element count matches): refused.
+    let ragged: Vec<Value> = flat.chunks(8).map(|c| json!(c)).collect();
+    let req = json!({"inputs": [{"name": "pixels", "shape": [1, 64], "datatype": "FP32", "data": [ragged]}]});
+    let r = post_json(addr, "/v2/models/digits/infer", &req);
+    assert_eq!(r.status, 400, "{}", r.text());
+    assert!(
+        r.text()
+            .contains("'data' must be a flat list or nested as [1,64]: element 0 is at depth 3"),
+        "{}",
+        r.text()
+    );
     for (path, data) in [
         ("/v2/models/digits/infer", json!(flat)),
-        ("/v2/models/digits/versions/1/infer", json!([nested])),
+        ("/v2/models/digits/versions/1/infer", nested),
     ] {
         let req = json!({"id": "req-7", "inputs": [{"name": "pixels", "shape": [1, 64], "datatype": "FP32", "data": data}]});
         let r = post_json(addr, path, &req);

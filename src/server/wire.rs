@@ -692,13 +692,69 @@ fn decode_json_data(
             ),
         )
     };
+    // Nesting: flat (every element at depth 1) or exactly the shape (every element at depth
+    // rank, every array at depth k holding shape[k-1] entries). Anything else is ragged.
+    let rank = shape.len().max(1);
+    let mut open: Vec<u64> = Vec::new(); // entries of each open array
+    let mut leaf_depth: Option<usize> = None;
+    let nesting_error = |detail: String| {
+        BadRequest::input(
+            "data_shape",
+            name,
+            format!(
+                "input '{name}': 'data' must be a flat list or nested as {}: {detail}",
+                shape_string(shape)
+            ),
+        )
+    };
     while let Some(&c) = b.get(i) {
         match c {
-            b'[' | b']' | b',' | b' ' | b'\t' | b'\n' | b'\r' => {
+            b'[' => {
+                if let Some(top) = open.last_mut() {
+                    *top += 1;
+                }
+                open.push(0);
+                i += 1;
+                continue;
+            }
+            b']' => {
+                let depth = open.len();
+                let n = open.pop().unwrap_or(0);
+                if leaf_depth == Some(rank) && rank > 1 {
+                    let want_n = shape.get(depth.saturating_sub(1)).copied().unwrap_or(0);
+                    if n != want_n {
+                        return Err(nesting_error(format!(
+                            "an array at depth {depth} has {n} entries, expected {want_n}"
+                        )));
+                    }
+                }
+                i += 1;
+                continue;
+            }
+            b',' | b' ' | b'\t' | b'\n' | b'\r' => {
                 i += 1;
                 continue;
             }
             _ => {}
+        }
+        let depth = open.len();
+        match leaf_depth {
+            None if depth == 1 || depth == rank || (depth == 0 && want == 1) => {
+                leaf_depth = Some(depth);
+            }
+            Some(d) if d == depth => {}
+            _ => {
+                return Err(nesting_error(format!(
+                    "element {count} is at depth {depth}, {}",
+                    match leaf_depth {
+                        Some(d) => format!("others at depth {d}"),
+                        None => format!("expected 1 or {rank}"),
+                    }
+                )))
+            }
+        }
+        if let Some(top) = open.last_mut() {
+            *top += 1;
         }
         // One element: a string, or a run of bytes up to a delimiter.
         let (token, is_string, next) = if c == b'"' {
@@ -1145,15 +1201,51 @@ mod tests {
     }
 
     #[test]
+    fn ragged_or_over_nested_data_is_refused() {
+        let d = |text: &str, shape: &[u64]| {
+            let want = shape.iter().product::<u64>() as usize;
+            decode_json_data(text, DType::F32, want, "x", shape)
+        };
+        assert!(d("[1, 2, 3, 4]", &[2, 2]).is_ok());
+        assert!(d("[[1, 2], [3, 4]]", &[2, 2]).is_ok());
+        assert!(d("[[[1], [2]], [[3], [4]]]", &[2, 2, 1]).is_ok());
+        assert!(d("[7]", &[]).is_ok());
+        for (text, shape, detail) in [
+            (
+                "[[1, 2, 3], [4]]",
+                &[2u64, 2][..],
+                "an array at depth 2 has 3 entries, expected 2",
+            ),
+            (
+                "[[1, 2, 3, 4]]",
+                &[2, 2],
+                "an array at depth 2 has 4 entries, expected 2",
+            ),
+            (
+                "[[[1, 2]], [[3, 4]]]",
+                &[2, 2],
+                "element 0 is at depth 3, expected 1 or 2",
+            ),
+            (
+                "[1, [2, 3], 4]",
+                &[2, 2],
+                "element 1 is at depth 2, others at depth 1",
+            ),
+            ("[[1, 2]]", &[2], "element 0 is at depth 2, expected 1 or 1"),
+        ] {
+            let e = d(text, shape).unwrap_err();
+            assert_eq!(e.rule, "data_shape", "{text}");
+            assert!(e.to_string().contains(detail), "{text}: {e}");
+        }
+    }
+
+    #[test]
     fn decodes_every_dtype_flat_or_nested() {
         assert_eq!(
-            decode("[true, [false, true]]", DType::Bool, 3).unwrap(),
+            decode("[true, false, true]", DType::Bool, 3).unwrap(),
             [1, 0, 1]
         );
-        assert_eq!(
-            decode("[[-128], [127]]", DType::I8, 2).unwrap(),
-            [0x80, 0x7f]
-        );
+        assert_eq!(decode("[-128, 127]", DType::I8, 2).unwrap(), [0x80, 0x7f]);
         assert_eq!(
             decode("[18446744073709551615]", DType::U64, 1).unwrap(),
             u64::MAX.to_le_bytes()
