@@ -791,6 +791,33 @@ fn content_encoding_and_body_cap() {
     assert!(r
         .error()
         .contains("Content-Encoding \"gzip\" is not supported"));
+    // A repeated Content-Encoding or Inference-Header-Content-Length: refused, not the first
+    // taken (a proxy in front may have taken the last).
+    for headers in [
+        &[
+            ("Content-Encoding", "identity"),
+            ("Content-Encoding", "gzip"),
+        ][..],
+        &[
+            ("Inference-Header-Content-Length", "10"),
+            ("Inference-Header-Content-Length", "20"),
+        ][..],
+    ] {
+        let r = request(
+            addr,
+            "POST",
+            "/v2/models/digits/infer",
+            headers,
+            body.as_bytes(),
+        );
+        assert_eq!(r.status, 400, "{headers:?}: {}", r.text());
+        assert!(
+            r.error().contains("appears 2 times; send it once"),
+            "{}",
+            r.error()
+        );
+    }
+    assert_digits_ok(addr);
 
     // Declared over the cap (4 MiB here): refused from the header, before any body byte.
     let mut c = Conn::open(addr);

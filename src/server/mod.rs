@@ -833,7 +833,22 @@ async fn infer_outer(
     }
 }
 
+/// Refuses a request that repeats a header whose meaning depends on there being one: taking
+/// the first (as a proxy in front might take the last) would read the body differently.
+fn single_header(headers: &HeaderMap, name: &str) -> Result<(), ApiError> {
+    let n = headers.get_all(name).iter().count();
+    if n > 1 {
+        return Err(ApiError::from(wire::BadRequest {
+            rule: "duplicate_header",
+            input: None,
+            message: format!("header {name} appears {n} times; send it once"),
+        }));
+    }
+    Ok(())
+}
+
 fn header_len(headers: &HeaderMap) -> Result<Option<usize>, ApiError> {
+    single_header(headers, HEADER_CONTENT_LENGTH)?;
     let Some(v) = headers.get(HEADER_CONTENT_LENGTH) else {
         return Ok(None);
     };
@@ -904,6 +919,7 @@ async fn infer_inner(
     let loaded = slot
         .ready()
         .inspect_err(|_| app.metrics.rejected("not_ready"))?;
+    single_header(headers, header::CONTENT_ENCODING.as_str())?;
     if let Some(enc) = headers.get(header::CONTENT_ENCODING) {
         if enc.as_bytes() != b"identity" {
             return Err(ApiError::new(
