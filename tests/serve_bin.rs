@@ -333,3 +333,32 @@ fn out_of_range_model_limits_make_only_that_model_unavailable() {
         Some("config.toml [limits] timeout_ms = 0: expected 1 to 86400000")
     );
 }
+
+/// `device = "cuda"` in a model's config.toml with XLAGUARD_PLUGIN naming the CPU plugin: that
+/// model is unavailable, saying what the plugin runs on; it is not served on the CPU.
+#[test]
+fn a_device_the_named_plugin_does_not_drive_is_refused() {
+    let repo = tempfile::tempdir().unwrap();
+    for (name, config) in [("good", ""), ("gpu", "device = \"cuda\"\n")] {
+        let d = repo.path().join(name);
+        std::fs::create_dir_all(&d).unwrap();
+        std::fs::copy(
+            fixture("tiny").join("model.jaxexport"),
+            d.join("model.jaxexport"),
+        )
+        .unwrap();
+        std::fs::write(d.join("config.toml"), config).unwrap();
+    }
+    // The same file every other test passes as --plugin: harmless to them.
+    std::env::set_var("XLAGUARD_PLUGIN", common::plugin());
+    let s = Binary::start(&["--models", repo.path().to_str().unwrap()]);
+    assert_eq!(get(s.addr, "/v2/models/good/ready").status, 200);
+    assert_ne!(get(s.addr, "/v2/models/gpu/ready").status, 200);
+    let idx = post_json(s.addr, "/v2/repository/index", &json!({}));
+    assert!(
+        idx.text().contains("device cuda: the plugin found")
+            && idx.text().contains("runs on 'cpu'"),
+        "{}",
+        idx.text()
+    );
+}

@@ -413,7 +413,24 @@ impl Engines {
             .or_insert_with(|| {
                 let mut c = EngineConfig::default();
                 c.device(kind);
-                Engine::new(&c).map_err(|e| format!("device {}: {e}", kind.name()))
+                let e = Engine::new(&c).map_err(|e| format!("device {}: {e}", kind.name()))?;
+                // XLAGUARD_PLUGIN is taken as given: make sure it drives the device asked for,
+                // rather than serve a `device = "cuda"` model on a CPU plugin.
+                let platform = e.client().platform();
+                let matches = match kind {
+                    DeviceKind::Cpu => platform == "cpu",
+                    DeviceKind::Cuda => platform == "cuda" || platform == "gpu",
+                    DeviceKind::Tpu => platform == "tpu",
+                };
+                if !matches {
+                    return Err(format!(
+                        "device {}: the plugin found ({}, from {:?}) runs on '{platform}'",
+                        kind.name(),
+                        e.plugin().path.display(),
+                        e.plugin().source
+                    ));
+                }
+                Ok(e)
             })
             .clone()
     }
