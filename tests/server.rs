@@ -791,6 +791,10 @@ fn content_encoding_and_body_cap() {
     assert!(r
         .error()
         .contains("Content-Encoding \"gzip\" is not supported"));
+    // Answered before the body was read: the connection is closed, and says so.
+    assert_eq!(r.header("connection"), Some("close"));
+    let r = request(addr, "POST", "/v2/models/nope/infer", &[], body.as_bytes());
+    assert_eq!((r.status, r.header("connection")), (404, Some("close")));
     // A repeated Content-Encoding or Inference-Header-Content-Length: refused, not the first
     // taken (a proxy in front may have taken the last).
     for headers in [

@@ -52,6 +52,9 @@ pub struct ApiError {
     pub retry_after: bool,
     /// For validation refusals: the rule and the model input, for metrics.
     pub rejection: Option<(&'static str, String)>,
+    /// Send `Connection: close`: the answer comes before the request's body was read, so the
+    /// connection cannot carry another request.
+    pub close: bool,
 }
 
 impl ApiError {
@@ -62,7 +65,14 @@ impl ApiError {
             message: message.into(),
             retry_after: false,
             rejection: None,
+            close: false,
         }
+    }
+
+    /// This error, answered before the body was read (`Connection: close`).
+    pub fn closing(mut self) -> ApiError {
+        self.close = true;
+        self
     }
 
     /// 404 for a model (or version) the server does not have.
@@ -98,6 +108,7 @@ impl From<BadRequest> for ApiError {
             message: b.message,
             retry_after: false,
             rejection: Some((b.rule, b.input.unwrap_or_default())),
+            close: false,
         }
     }
 }
@@ -119,6 +130,7 @@ impl From<Error> for ApiError {
             message: e.to_string(),
             retry_after: false,
             rejection,
+            close: false,
         }
     }
 }
@@ -142,6 +154,10 @@ impl IntoResponse for ApiError {
         if self.retry_after {
             r.headers_mut()
                 .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        }
+        if self.close {
+            r.headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
         }
         r
     }

@@ -821,7 +821,7 @@ async fn infer_outer(
     let arrived = Instant::now();
     let slot = match app.slot(name, version) {
         Ok(s) => s.clone(),
-        Err(e) => return e.into_response(),
+        Err(e) => return e.closing().into_response(),
     };
     let result = infer_inner(&app, &slot, arrived, headers, body).await;
     match result {
@@ -933,10 +933,12 @@ async fn infer_inner(
     headers: &HeaderMap,
     body: Body,
 ) -> Result<(Response, Duration), ApiError> {
+    // Answers before the body is read close the connection (the body is still on it).
     let loaded = slot
         .ready()
-        .inspect_err(|_| app.metrics.rejected("not_ready"))?;
-    single_header(headers, header::CONTENT_ENCODING.as_str())?;
+        .inspect_err(|_| app.metrics.rejected("not_ready"))
+        .map_err(ApiError::closing)?;
+    single_header(headers, header::CONTENT_ENCODING.as_str()).map_err(ApiError::closing)?;
     if let Some(enc) = headers.get(header::CONTENT_ENCODING) {
         if enc.as_bytes() != b"identity" {
             return Err(ApiError::new(
@@ -945,10 +947,11 @@ async fn infer_inner(
                     "Content-Encoding {:?} is not supported; send the body uncompressed",
                     String::from_utf8_lossy(enc.as_bytes())
                 ),
-            ));
+            )
+            .closing());
         }
     }
-    let header_len = header_len(headers)?;
+    let header_len = header_len(headers).map_err(ApiError::closing)?;
     let Ok(_global) = app.global.clone().try_acquire_owned() else {
         app.metrics.rejected("overloaded");
         return Err(ApiError::overloaded(
@@ -957,7 +960,8 @@ async fn infer_inner(
                 "server busy: {} inference requests already in progress",
                 app.config.max_concurrent_requests
             ),
-        ));
+        )
+        .closing());
     };
     let body = read_body(app, headers, body).await?;
     let deadline = tokio::time::Instant::from_std(arrived + slot.limits.timeout);
