@@ -39,6 +39,10 @@ pub struct ServeArgs {
     /// 1,000,000).
     #[arg(long, default_value_t = 256, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=1_000_000))]
     pub max_concurrent_requests: usize,
+    /// Bytes of request bodies held in memory at once, all connections together, counted as
+    /// they arrive; more get 503 (1 GiB; 1 MiB to 1 TiB).
+    #[arg(long, default_value_t = 1 << 30, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range((1u64 << 20)..=(1u64 << 40)))]
+    pub max_body_memory_bytes: usize,
     /// Open connections at once; more are closed at accept (1 to 1,000,000).
     #[arg(long, default_value_t = 1024, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=1_000_000))]
     pub max_connections: usize,
@@ -77,6 +81,7 @@ impl ServeArgs {
             max_body_bytes: self.max_body_bytes,
             max_json_depth: self.max_json_depth,
             max_concurrent_requests: self.max_concurrent_requests,
+            max_body_memory_bytes: self.max_body_memory_bytes,
             max_connections: self.max_connections,
             header_read_timeout: Duration::from_millis(self.header_timeout_ms),
             body_read_timeout: Duration::from_millis(self.body_timeout_ms),

@@ -95,7 +95,12 @@ pub struct ServerConfig {
     /// Deepest JSON nesting accepted (default 64).
     pub max_json_depth: usize,
     /// Inference requests in progress at once, all models together (default 256); more get 503.
+    /// A request counts once its body is in memory: receiving a body holds no permit.
     pub max_concurrent_requests: usize,
+    /// Bytes of request bodies held in memory at once, all connections together (default
+    /// 1 GiB), counted as they arrive; a body that would pass it gets 503. Slow senders hold
+    /// only what they have sent.
+    pub max_body_memory_bytes: usize,
     /// Open connections at once (default 1024); more are closed at accept.
     pub max_connections: usize,
     /// Time to receive a request's headers (default 10 s); a slower client is disconnected.
@@ -120,6 +125,7 @@ impl Default for ServerConfig {
             max_body_bytes: 64 << 20,
             max_json_depth: 64,
             max_concurrent_requests: 256,
+            max_body_memory_bytes: 1 << 30,
             max_connections: 1024,
             header_read_timeout: Duration::from_secs(10),
             body_read_timeout: Duration::from_secs(30),
@@ -218,6 +224,8 @@ struct App {
     models: BTreeMap<String, Arc<Slot>>,
     loading_done: AtomicBool,
     global: Arc<Semaphore>,
+    /// Request body memory, in [`BUDGET_UNIT`]s.
+    body_budget: Arc<Semaphore>,
     metrics: ServerMetrics,
     started: Instant,
 }
@@ -289,6 +297,12 @@ impl Server {
                 })?;
         let app = Arc::new(App {
             global: Arc::new(Semaphore::new(config.max_concurrent_requests.max(1))),
+            body_budget: Arc::new(Semaphore::new(
+                config
+                    .max_body_memory_bytes
+                    .div_ceil(BUDGET_UNIT)
+                    .clamp(1, Semaphore::MAX_PERMITS),
+            )),
             config,
             models: slots,
             loading_done: AtomicBool::new(false),
@@ -885,7 +899,17 @@ fn header_len(headers: &HeaderMap) -> Result<Option<usize>, ApiError> {
         })
 }
 
-async fn read_body(app: &App, headers: &HeaderMap, body: Body) -> Result<Bytes, ApiError> {
+/// Granularity of the body memory budget (permits of [`App::body_budget`]).
+const BUDGET_UNIT: usize = 1024;
+
+/// Reads a request body under its limits: at most `max_body_bytes`, within the body timeout,
+/// and counted against the server's body memory budget as it arrives (the returned permit
+/// holds its share until the request is answered).
+async fn read_body(
+    app: &App,
+    headers: &HeaderMap,
+    body: Body,
+) -> Result<(Bytes, Option<tokio::sync::OwnedSemaphorePermit>), ApiError> {
     let max = app.config.max_body_bytes;
     let too_large = |got: String| {
         app.metrics.rejected("body_too_large");
@@ -894,17 +918,78 @@ async fn read_body(app: &App, headers: &HeaderMap, body: Body) -> Result<Bytes, 
             format!("request body of {got} bytes is over the limit of {max} bytes"),
         )
     };
-    if let Some(len) = headers
+    let declared = headers
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
-        .and_then(|s| s.parse::<u64>().ok())
-    {
+        .and_then(|s| s.parse::<u64>().ok());
+    if let Some(len) = declared {
         if usize::try_from(len).map_or(true, |l| l > max) {
-            return Err(too_large(len.to_string()));
+            return Err(too_large(len.to_string()).closing());
         }
     }
-    let limited = http_body_util::Limited::new(body, max);
-    match tokio::time::timeout(app.config.body_read_timeout, limited.collect()).await {
+    let read = async {
+        let mut body = body;
+        // Grown as bytes arrive (never reserved from the declared length up front); a body
+        // that arrives in one frame is kept as it is, without a copy.
+        let mut first: Option<Bytes> = None;
+        let mut buf: Vec<u8> = Vec::new();
+        let mut permit: Option<tokio::sync::OwnedSemaphorePermit> = None;
+        let mut held = 0usize; // units
+        while let Some(frame) = body.frame().await {
+            let frame = frame.map_err(|e| {
+                ApiError::new(
+                    StatusCode::BAD_REQUEST,
+                    format!("error reading the request body: {e}"),
+                )
+            })?;
+            let Ok(data) = frame.into_data() else {
+                continue; // trailers
+            };
+            let so_far = buf
+                .len()
+                .saturating_add(first.as_ref().map_or(0, Bytes::len));
+            let total = so_far.saturating_add(data.len());
+            if total > max {
+                return Err(too_large(format!("more than {max}")).closing());
+            }
+            let need = total.div_ceil(BUDGET_UNIT).saturating_sub(held);
+            if need > 0 {
+                let more = u32::try_from(need)
+                    .ok()
+                    .and_then(|n| app.body_budget.clone().try_acquire_many_owned(n).ok());
+                let Some(more) = more else {
+                    app.metrics.rejected("body_memory");
+                    return Err(ApiError::overloaded(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        format!(
+                            "server busy: request bodies in memory would pass {} bytes",
+                            app.config.max_body_memory_bytes
+                        ),
+                    )
+                    .closing());
+                };
+                match &mut permit {
+                    Some(p) => p.merge(more),
+                    None => permit = Some(more),
+                }
+                held = held.saturating_add(need);
+            }
+            match first.take() {
+                None if buf.is_empty() => first = Some(data),
+                Some(f) => {
+                    buf.extend_from_slice(&f);
+                    buf.extend_from_slice(&data);
+                }
+                None => buf.extend_from_slice(&data),
+            }
+        }
+        let bytes = match first {
+            Some(f) => f,
+            None => Bytes::from(buf),
+        };
+        Ok((bytes, permit))
+    };
+    match tokio::time::timeout(app.config.body_read_timeout, read).await {
         Err(_) => {
             app.metrics.rejected("body_timeout");
             Err(ApiError::new(
@@ -913,16 +998,10 @@ async fn read_body(app: &App, headers: &HeaderMap, body: Body) -> Result<Bytes, 
                     "request body not received within {} ms",
                     app.config.body_read_timeout.as_millis()
                 ),
-            ))
+            )
+            .closing())
         }
-        Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => {
-            Err(too_large(format!("more than {max}")))
-        }
-        Ok(Err(e)) => Err(ApiError::new(
-            StatusCode::BAD_REQUEST,
-            format!("error reading the request body: {e}"),
-        )),
-        Ok(Ok(c)) => Ok(c.to_bytes()),
+        Ok(r) => r,
     }
 }
 
@@ -952,6 +1031,9 @@ async fn infer_inner(
         }
     }
     let header_len = header_len(headers).map_err(ApiError::closing)?;
+    // The body first (holding only the memory it takes), then a place among the requests in
+    // progress: a slow sender never holds execution capacity.
+    let (body, _memory) = read_body(app, headers, body).await?;
     let Ok(_global) = app.global.clone().try_acquire_owned() else {
         app.metrics.rejected("overloaded");
         return Err(ApiError::overloaded(
@@ -960,10 +1042,8 @@ async fn infer_inner(
                 "server busy: {} inference requests already in progress",
                 app.config.max_concurrent_requests
             ),
-        )
-        .closing());
+        ));
     };
-    let body = read_body(app, headers, body).await?;
     let deadline = tokio::time::Instant::from_std(arrived + slot.limits.timeout);
     let timeout_ms = slot.limits.timeout.as_millis();
 
