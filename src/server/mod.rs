@@ -342,6 +342,7 @@ impl Server {
             .keep_alive(true);
         let connections = Arc::new(Semaphore::new(app.config.max_connections.max(1)));
         tokio::pin!(shutdown);
+        let connection_log = RateLimitedLog::default();
         loop {
             let accepted = tokio::select! {
                 r = self.listener.accept() => r,
@@ -357,8 +358,10 @@ impl Server {
                 }
             };
             let Ok(permit) = connections.clone().try_acquire_owned() else {
-                tracing::warn!(%peer, limit = app.config.max_connections, "connection limit reached; closing");
                 app.metrics.rejected("connections");
+                if let Some(suppressed) = connection_log.allow() {
+                    tracing::warn!(%peer, limit = app.config.max_connections, suppressed, "connection limit reached; closing (logged at most once a second)");
+                }
                 continue;
             };
             let _ = stream.set_nodelay(true);
@@ -601,6 +604,27 @@ fn router(app: Arc<App>) -> Router {
         .with_state(app)
 }
 
+/// At most one log line a second; says how many were skipped since the last.
+#[derive(Default)]
+struct RateLimitedLog {
+    last: std::sync::Mutex<Option<Instant>>,
+    skipped: std::sync::atomic::AtomicU64,
+}
+
+impl RateLimitedLog {
+    /// `Some(skipped since the last line)` when a line may be written now.
+    fn allow(&self) -> Option<u64> {
+        let mut last = self.last.lock().unwrap_or_else(|p| p.into_inner());
+        let now = Instant::now();
+        if last.is_some_and(|t| now.duration_since(t) < Duration::from_secs(1)) {
+            self.skipped.fetch_add(1, Ordering::Relaxed);
+            return None;
+        }
+        *last = Some(now);
+        Some(self.skipped.swap(0, Ordering::Relaxed))
+    }
+}
+
 /// Counts every response by route template and status, and logs it.
 async fn observe(State(app): State<Arc<App>>, req: Request, next: Next) -> Response {
     let started = Instant::now();
@@ -613,10 +637,11 @@ async fn observe(State(app): State<Arc<App>>, req: Request, next: Next) -> Respo
         .http(route.as_ref().map_or("(none)", MatchedPath::as_str), code);
     let ms = started.elapsed().as_secs_f64() * 1e3;
     let path = uri.path();
-    if code >= 500 {
+    // Per-request lines are debug (counters carry the rest): a refused or overloaded request
+    // is the client's business or load, and logging each would let clients fill the disk. Only
+    // a server fault (500) is a warning.
+    if code == 500 {
         tracing::warn!(%method, path, code, ms, "request");
-    } else if code >= 400 {
-        tracing::info!(%method, path, code, ms, "request");
     } else {
         tracing::debug!(%method, path, code, ms, "request");
     }
@@ -849,7 +874,7 @@ async fn infer_outer(
             slot.metrics.count(e.status.as_u16());
             if let Some((rule, input)) = &e.rejection {
                 slot.metrics.reject(input, rule);
-                tracing::info!(model = %slot.name, input = %input, rule, error = %e.message, "input rejected");
+                tracing::debug!(model = %slot.name, input = %input, rule, error = %e.message, "input rejected");
             }
             let mut r = e.into_response();
             if r.status() == StatusCode::PAYLOAD_TOO_LARGE
