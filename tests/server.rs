@@ -1367,3 +1367,37 @@ fn slow_bodies_do_not_starve_inference() {
     assert_ne!(r.status, 503, "{}", r.text());
     assert_digits_ok(s.addr);
 }
+
+/// Models load in parallel: a model whose compile takes seconds (first in name order) does not
+/// delay a small one, which is ready while the slow one still loads.
+#[test]
+fn a_slow_model_does_not_delay_a_fast_one() {
+    let slow = common::slow_module(2000);
+    let s = InProcess::start_loading(
+        vec![
+            ModelSpec::from_bytes("a_slow", slow.into_bytes()),
+            ModelSpec::from_file("b_fast", fixture("tiny").join("model.jaxexport")),
+        ],
+        |_| {},
+    );
+    let started = Instant::now();
+    loop {
+        let idx = post_json(s.addr, "/v2/repository/index", &json!({})).json();
+        let state = |n: &str| {
+            idx.as_array()
+                .unwrap()
+                .iter()
+                .find(|m| m["name"] == n)
+                .map(|m| m["state"].as_str().unwrap_or("").to_string())
+                .unwrap()
+        };
+        if state("b_fast") == "READY" {
+            assert_eq!(state("a_slow"), "LOADING", "{idx}");
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(60), "{idx}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    wait_loaded(s.addr);
+    assert_eq!(get(s.addr, "/v2/models/a_slow/ready").status, 200);
+}

@@ -477,11 +477,51 @@ fn read_params(
     }
 }
 
-fn load_one(spec: &ModelSpec, engines: &mut Engines) -> Result<(Loaded, Duration), String> {
+/// Loads one model and publishes its state (ready or unavailable) in its slot.
+fn load_into_slot(app: &App, spec: &ModelSpec, engines: &std::sync::Mutex<Engines>) {
+    let Some(slot) = app.models.get(&spec.name) else {
+        return;
+    };
+    tracing::info!(model = %spec.name, version = %spec.version, "loading model");
+    let started = Instant::now();
+    let result = load_one(spec, engines);
+    let state = match result {
+        Ok((loaded, compile)) => {
+            app.metrics.compile(true, compile);
+            slot.metrics.compiled(compile);
+            let sig = loaded.model.signature();
+            tracing::info!(
+                model = %spec.name,
+                version = %spec.version,
+                compile_ms = compile.as_secs_f64() * 1e3,
+                inputs = %sig.inputs.iter().map(|s| format!("{}: {}", s.name, s.type_string())).collect::<Vec<_>>().join(", "),
+                "model ready"
+            );
+            Ok(Arc::new(loaded))
+        }
+        Err(reason) => {
+            if spec.problem.is_none() {
+                app.metrics.compile(false, started.elapsed());
+            }
+            tracing::error!(model = %spec.name, version = %spec.version, %reason, "model unavailable");
+            Err(reason)
+        }
+    };
+    let _ = slot.state.set(state);
+}
+
+fn load_one(
+    spec: &ModelSpec,
+    engines: &std::sync::Mutex<Engines>,
+) -> Result<(Loaded, Duration), String> {
     if let Some(p) = &spec.problem {
         return Err(p.clone());
     }
-    let engine = engines.get(spec.device)?;
+    // Engines are made once per device kind; the lock is held only to get one.
+    let engine = engines
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .get(spec.device)?;
     let a = match &spec.source {
         ArtifactSource::File(p) => artifact::load_file(p),
         ArtifactSource::Bytes(b) => artifact::load(b),
@@ -539,42 +579,29 @@ fn load_one(spec: &ModelSpec, engines: &mut Engines) -> Result<(Loaded, Duration
 }
 
 fn load_all(app: &App, specs: Vec<ModelSpec>, engine: Option<Engine>) {
-    let mut engines = Engines {
+    let engines = std::sync::Mutex::new(Engines {
         config: app.config.engine.clone(),
         default: engine.map(Ok),
         by_kind: HashMap::new(),
-    };
-    for spec in specs {
-        let Some(slot) = app.models.get(&spec.name) else {
-            continue;
-        };
-        tracing::info!(model = %spec.name, version = %spec.version, "loading model");
-        let started = Instant::now();
-        let result = load_one(&spec, &mut engines);
-        let state = match result {
-            Ok((loaded, compile)) => {
-                app.metrics.compile(true, compile);
-                slot.metrics.compiled(compile);
-                let sig = loaded.model.signature();
-                tracing::info!(
-                    model = %spec.name,
-                    version = %spec.version,
-                    compile_ms = compile.as_secs_f64() * 1e3,
-                    inputs = %sig.inputs.iter().map(|s| format!("{}: {}", s.name, s.type_string())).collect::<Vec<_>>().join(", "),
-                    "model ready"
-                );
-                Ok(Arc::new(loaded))
-            }
-            Err(reason) => {
-                if spec.problem.is_none() {
-                    app.metrics.compile(false, started.elapsed());
-                }
-                tracing::error!(model = %spec.name, version = %spec.version, %reason, "model unavailable");
-                Err(reason)
-            }
-        };
-        let _ = slot.state.set(state);
-    }
+    });
+    // Models load in parallel, as many at once as compiles may run; each is ready (or
+    // unavailable) as soon as its own load ends, so a slow model never delays a fast one.
+    let parallel = app
+        .config
+        .engine
+        .compile
+        .workers
+        .clamp(1, specs.len().max(1));
+    let queue = std::sync::Mutex::new(specs.into_iter());
+    std::thread::scope(|scope| {
+        for _ in 0..parallel {
+            scope.spawn(|| loop {
+                let next = queue.lock().unwrap_or_else(|p| p.into_inner()).next();
+                let Some(spec) = next else { break };
+                load_into_slot(app, &spec, &engines);
+            });
+        }
+    });
     app.loading_done.store(true, Ordering::Release);
     tracing::info!("model loading finished");
 }

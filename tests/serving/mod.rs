@@ -403,6 +403,17 @@ impl InProcess {
     /// Starts a server on 127.0.0.1:0 with `models` on the shared test engine, after `tweak`
     /// adjusts the configuration, and waits until loading has finished.
     pub fn start(models: Vec<ModelSpec>, tweak: impl FnOnce(&mut ServerConfig)) -> InProcess {
+        let s = InProcess::start_loading(models, tweak);
+        wait_loaded(s.addr);
+        s
+    }
+
+    /// As [`InProcess::start`], returning as soon as the server listens (models may still be
+    /// loading).
+    pub fn start_loading(
+        models: Vec<ModelSpec>,
+        tweak: impl FnOnce(&mut ServerConfig),
+    ) -> InProcess {
         let mut config = ServerConfig {
             addr: "127.0.0.1:0".parse().unwrap(),
             ..ServerConfig::default()
@@ -431,13 +442,11 @@ impl InProcess {
             rt.shutdown_timeout(Duration::from_secs(5));
         });
         let addr = addr_rx.recv_timeout(Duration::from_secs(30)).unwrap();
-        let s = InProcess {
+        InProcess {
             addr,
             stop: Some(stop_tx),
             thread: Some(thread),
-        };
-        wait_loaded(addr);
-        s
+        }
     }
 }
 
