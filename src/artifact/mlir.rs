@@ -824,7 +824,9 @@ pub fn bake_main_args(text: &str, baked: &[(usize, &str, &[u8])]) -> Result<Stri
     out.push_str(text.get(close..=body).unwrap_or(""));
     out.push('\n');
     out.push_str(&consts);
-    out.push_str(text.get(body.saturating_add(1)..).unwrap_or(""));
+    // The body's own line break follows the constants' (which end with one).
+    let rest = text.get(body.saturating_add(1)..).unwrap_or("");
+    out.push_str(rest.strip_prefix('\n').unwrap_or(rest));
     Ok(out)
 }
 
