@@ -104,12 +104,24 @@ fn hits_tampering_and_truncation() {
     );
     assert_eq!(start["module"]["format"], "mlir");
     // The worker's address space is sized from the module: the configured base plus 8 × its
-    // size (far below this host's memory for digits).
+    // size, capped at half of this host's memory (Limits::host_memory_percent).
     let base = start["limits"]["address_space_bytes"].as_u64().unwrap();
     let size = start["module"]["size"].as_u64().unwrap();
+    let cap = start["address_space_cap_bytes"].as_u64().unwrap();
+    let total_kib: u64 = std::fs::read_to_string("/proc/meminfo")
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("MemTotal:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap();
+    let half = total_kib * 1024 / 100 * 50;
+    assert!(
+        cap.abs_diff(half) < 1 << 20,
+        "cap {cap}, half of MemTotal {half}"
+    );
     assert_eq!(
         start["address_space_limit_bytes"].as_u64().unwrap(),
-        base + 8 * size
+        (base + 8 * size).min(cap)
     );
 }
 

@@ -581,6 +581,7 @@ impl Compiler {
             "address_space_limit_bytes": self.config.limits.address_space_bytes.map(|b| {
                 sandbox::address_space_for(b, self.address_space_cap, input.program.len())
             }),
+            "address_space_cap_bytes": self.address_space_cap,
         });
         let with = |extra: serde_json::Value| {
             let mut v = base.clone();
