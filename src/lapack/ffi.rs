@@ -746,6 +746,7 @@ pub unsafe fn to_xla(frame: *mut XLA_FFI_CallFrame, e: &FfiError) -> *mut XLA_FF
 pub unsafe fn handle(
     frame: *mut XLA_FFI_CallFrame,
     kernel: impl FnOnce(&mut Frame<'_>) -> Result<(), FfiError>,
+    target: &str,
 ) -> *mut XLA_FFI_Error {
     let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
         // SAFETY: the caller's contract.
@@ -754,7 +755,7 @@ pub unsafe fn handle(
             Call::Execute(mut f) => kernel(&mut f),
         }
     }));
-    let e = match r {
+    let mut e = match r {
         Ok(Ok(())) => return std::ptr::null_mut(),
         Ok(Err(e)) => e,
         Err(p) => FfiError::internal(format!(
@@ -765,6 +766,9 @@ pub unsafe fn handle(
                 .unwrap_or_default()
         )),
     };
+    if !e.message.starts_with(target) {
+        e.message = format!("{target}: {}", e.message);
+    }
     // SAFETY: the caller's contract.
     unsafe { to_xla(frame, &e) }
 }

@@ -12,7 +12,7 @@ use super::sys::{gesdd_sizes, Diag, EigJob, Lapack, Scalar, Side, SvdJob, Trans,
 fn counts(f: &Frame<'_>, target: &str, args: usize, rets: usize) -> Result<(), FfiError> {
     if f.args().len() != args || f.rets().len() != rets {
         return Err(FfiError::invalid(format!(
-            "{target}: expected {args} operands and {rets} results, got {} and {}",
+            "expected {args} operands and {rets} results, got {} and {}",
             f.args().len(),
             f.rets().len()
         )));
@@ -59,7 +59,7 @@ fn expect(f: &Frame<'_>, ret: usize, want: &[i64], target: &str) -> Result<(), F
     let got = &f.rets()[ret].dims;
     if got != want {
         return Err(FfiError::invalid(format!(
-            "{target}: result {ret} has dims {got:?}, expected {want:?}"
+            "result {ret} has dims {got:?}, expected {want:?}"
         )));
     }
     Ok(())
@@ -69,15 +69,15 @@ fn char_attr(f: &Frame<'_>, name: &str, allowed: &[u8], target: &str) -> Result<
     match f.attr(name) {
         Some(Attr::U8(c)) if allowed.contains(c) => Ok(*c),
         Some(Attr::U8(c)) => Err(FfiError::invalid(format!(
-            "{target}: attribute {name} = {:?}, expected one of {:?}",
+            "attribute {name} = {:?}, expected one of {:?}",
             char::from(*c),
             allowed.iter().map(|&b| char::from(b)).collect::<Vec<_>>()
         ))),
         Some(other) => Err(FfiError::invalid(format!(
-            "{target}: attribute {name} should be a ui8 scalar, got {other:?}"
+            "attribute {name} should be a ui8 scalar, got {other:?}"
         ))),
         None => Err(FfiError::invalid(format!(
-            "{target}: missing attribute {name} (has {:?})",
+            "missing attribute {name} (has {:?})",
             f.attr_names()
         ))),
     }
@@ -122,7 +122,7 @@ pub fn potrf<T: Scalar>(l: &Lapack, f: &mut Frame<'_>, target: &str) -> Result<(
     let (batch, m, n) = matrix(&f.args()[0], target)?;
     if m != n {
         return Err(FfiError::invalid(format!(
-            "{target}: expected square matrices, got {m}x{n}"
+            "expected square matrices, got {m}x{n}"
         )));
     }
     expect(f, 1, &batch, target)?;
@@ -152,7 +152,7 @@ pub fn trsm<T: Scalar>(l: &Lapack, f: &mut Frame<'_>, target: &str) -> Result<()
     let want_a = dims_of(&batch, &[k, k]);
     if f.args()[0].dims != want_a {
         return Err(FfiError::invalid(format!(
-            "{target}: operand 0 has dims {:?}, expected {want_a:?}",
+            "operand 0 has dims {:?}, expected {want_a:?}",
             f.args()[0].dims
         )));
     }
@@ -215,13 +215,13 @@ pub fn orgqr<T: Scalar>(l: &Lapack, f: &mut Frame<'_>, target: &str) -> Result<(
         Some((&k, b)) if b == batch.as_slice() && k >= 0 => k as usize,
         _ => {
             return Err(FfiError::invalid(format!(
-                "{target}: operand 1 has dims {tdims:?}, expected {batch:?} + [k]"
+                "operand 1 has dims {tdims:?}, expected {batch:?} + [k]"
             )))
         }
     };
     if !(m >= n && n >= k) {
         return Err(FfiError::invalid(format!(
-            "{target}: needs m >= n >= k, got {m}x{n} with k = {k}"
+            "needs m >= n >= k, got {m}x{n} with k = {k}"
         )));
     }
     let count = batch_count(&batch)?;
@@ -250,7 +250,7 @@ pub fn eigh<T: Scalar>(l: &Lapack, f: &mut Frame<'_>, target: &str) -> Result<()
     let (batch, m, n) = matrix(&f.args()[0], target)?;
     if m != n {
         return Err(FfiError::invalid(format!(
-            "{target}: expected square matrices, got {m}x{n}"
+            "expected square matrices, got {m}x{n}"
         )));
     }
     expect(f, 1, &dims_of(&batch, &[n]), target)?;
@@ -292,7 +292,7 @@ pub fn gesdd<T: Scalar>(l: &Lapack, f: &mut Frame<'_>, target: &str) -> Result<(
         b'A' => SvdJob::All,
         _ => {
             return Err(FfiError::unimplemented(format!(
-                "{target}: mode 'O' is not supported (jaxlib does not support it either)"
+                "mode 'O' is not supported (jaxlib does not support it either)"
             )))
         }
     };
@@ -307,7 +307,7 @@ pub fn gesdd<T: Scalar>(l: &Lapack, f: &mut Frame<'_>, target: &str) -> Result<(
             let (vb, vr, _) = matrix(&f.rets()[3], target)?;
             if ub != batch || vb != batch {
                 return Err(FfiError::invalid(format!(
-                    "{target}: u/vt batch dims differ from the operand's {batch:?}"
+                    "u/vt batch dims differ from the operand's {batch:?}"
                 )));
             }
             (uc, vr)
@@ -354,7 +354,7 @@ pub fn gesdd<T: Scalar>(l: &Lapack, f: &mut Frame<'_>, target: &str) -> Result<(
         let (uc, vc): (&mut [T], &mut [T]) = if pass {
             match (uc, vc) {
                 (Some(u), Some(v)) => (u, v),
-                _ => return Err(FfiError::internal(format!("{target}: u/vt too short"))),
+                _ => return Err(FfiError::internal(format!("u/vt too short"))),
             }
         } else {
             (&mut [], &mut [])

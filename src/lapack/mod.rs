@@ -97,10 +97,14 @@ pub fn targets() -> impl Iterator<Item = &'static str> {
 unsafe fn run(frame: *mut XLA_FFI_CallFrame, kernel: Kernel, target: &str) -> *mut XLA_FFI_Error {
     // SAFETY: the caller's contract.
     unsafe {
-        ffi::handle(frame, |f| {
-            let lib = library().map_err(|e| FfiError::precondition(format!("{target}: {e}")))?;
-            kernel(lib, f, target)
-        })
+        ffi::handle(
+            frame,
+            |f| {
+                let lib = library().map_err(FfiError::precondition)?;
+                kernel(lib, f, target)
+            },
+            target,
+        )
     }
 }
 
