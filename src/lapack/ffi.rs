@@ -786,7 +786,7 @@ mod tests {
         assert_eq!(offset_of!(XLA_FFI_CallFrame, rets), 80);
         assert_eq!(offset_of!(XLA_FFI_CallFrame, attrs), 120);
         assert_eq!(CALL_FRAME_SIZE, 168);
-        assert_eq!(offset_of!(XLA_FFI_Buffer, dims), 32);
+        assert_eq!(offset_of!(XLA_FFI_Buffer, dims), 40);
         assert_eq!(offset_of!(XLA_FFI_Api, XLA_FFI_Error_Create), 48);
         assert_eq!(offset_of!(XLA_FFI_Metadata, traits), 32);
         assert_eq!(offset_of!(XLA_FFI_Metadata, state_type_id), 40);
