@@ -78,7 +78,8 @@ fn ulps(dtype: DType, a: &[u8], b: &[u8]) -> u64 {
             if b >> 63 == 1 { -m } else { m },
         )
     };
-    let (width, key): (usize, &dyn Fn(&[u8]) -> (bool, i128)) = match dtype {
+    type Key<'k> = &'k dyn Fn(&[u8]) -> (bool, i128);
+    let (width, key): (usize, Key<'_>) = match dtype {
         DType::F32 | DType::C64 => (4, &key32),
         DType::F64 | DType::C128 => (8, &key64),
         _ => return if a == b { 0 } else { u64::MAX },
@@ -208,8 +209,8 @@ fn failures_follow_jax_semantics() {
     );
     // A NaN input: svd and eigh are all NaN (LAPACK reports failure, jax masks), no crash.
     let out = run("nan_input_f32");
-    for k in 0..5 {
-        assert!(f32s(&out[k]).iter().all(|x| x.is_nan()), "output {k}");
+    for (k, o) in out.iter().enumerate().take(5) {
+        assert!(f32s(o).iter().all(|x| x.is_nan()), "output {k}");
     }
     // The Gaussian process interpolates sin(x) where there is data.
     let out = run("gp_posterior_f64");
@@ -291,7 +292,7 @@ fn zeros(spec: &str) -> Tensor {
     let mut parts: Vec<&str> = inner.split('x').collect();
     let ty = parts.pop().unwrap();
     let shape: Vec<u64> = parts.iter().map(|d| d.parse().unwrap()).collect();
-    let n: usize = shape.iter().product::<u64>() as usize;
+    let n = usize::try_from(shape.iter().product::<u64>()).unwrap();
     let dtype = match ty {
         "f32" => DType::F32,
         "f64" => DType::F64,
@@ -302,8 +303,8 @@ fn zeros(spec: &str) -> Tensor {
     let mut bytes = vec![0u8; n * dtype.size()];
     if shape.len() >= 2 && dtype == DType::F32 {
         let (r, c) = (
-            shape[shape.len() - 2] as usize,
-            shape[shape.len() - 1] as usize,
+            usize::try_from(shape[shape.len() - 2]).unwrap(),
+            usize::try_from(shape[shape.len() - 1]).unwrap(),
         );
         for b in 0..n / (r * c).max(1) {
             for i in 0..r.min(c) {

@@ -9,7 +9,7 @@
 use super::ffi::{Attr, BufferInfo, FfiError, Frame};
 use super::sys::{gesdd_sizes, Diag, EigJob, Lapack, Scalar, Side, SvdJob, Trans, UpLo, Workspace};
 
-fn counts(f: &Frame<'_>, target: &str, args: usize, rets: usize) -> Result<(), FfiError> {
+fn counts(f: &Frame<'_>, args: usize, rets: usize) -> Result<(), FfiError> {
     if f.args().len() != args || f.rets().len() != rets {
         return Err(FfiError::invalid(format!(
             "expected {args} operands and {rets} results, got {} and {}",
@@ -55,7 +55,7 @@ fn dims_of(batch: &[i64], tail: &[usize]) -> Vec<i64> {
     v
 }
 
-fn expect(f: &Frame<'_>, ret: usize, want: &[i64], target: &str) -> Result<(), FfiError> {
+fn expect(f: &Frame<'_>, ret: usize, want: &[i64]) -> Result<(), FfiError> {
     let got = &f.rets()[ret].dims;
     if got != want {
         return Err(FfiError::invalid(format!(
@@ -65,7 +65,7 @@ fn expect(f: &Frame<'_>, ret: usize, want: &[i64], target: &str) -> Result<(), F
     Ok(())
 }
 
-fn char_attr(f: &Frame<'_>, name: &str, allowed: &[u8], target: &str) -> Result<u8, FfiError> {
+fn char_attr(f: &Frame<'_>, name: &str, allowed: &[u8]) -> Result<u8, FfiError> {
     match f.attr(name) {
         Some(Attr::U8(c)) if allowed.contains(c) => Ok(*c),
         Some(Attr::U8(c)) => Err(FfiError::invalid(format!(
@@ -83,20 +83,20 @@ fn char_attr(f: &Frame<'_>, name: &str, allowed: &[u8], target: &str) -> Result<
     }
 }
 
-fn uplo(f: &Frame<'_>, target: &str) -> Result<UpLo, FfiError> {
-    Ok(match char_attr(f, "uplo", b"LU", target)? {
+fn uplo(f: &Frame<'_>) -> Result<UpLo, FfiError> {
+    Ok(match char_attr(f, "uplo", b"LU")? {
         b'L' => UpLo::Lower,
         _ => UpLo::Upper,
     })
 }
 
 /// `lapack_?getrf_ffi`: (x[..., m, n]) -> (lu[..., m, n], ipiv s32[..., min], info s32[...]).
-pub fn getrf<T: Scalar>(l: &Lapack, f: &mut Frame<'_>, target: &str) -> Result<(), FfiError> {
-    counts(f, target, 1, 3)?;
-    let (batch, m, n) = matrix(&f.args()[0], target)?;
+pub fn getrf<T: Scalar>(l: &Lapack, f: &mut Frame<'_>) -> Result<(), FfiError> {
+    counts(f, 1, 3)?;
+    let (batch, m, n) = matrix(&f.args()[0], "operand 0")?;
     let k = m.min(n);
-    expect(f, 1, &dims_of(&batch, &[k]), target)?;
-    expect(f, 2, &batch, target)?;
+    expect(f, 1, &dims_of(&batch, &[k]))?;
+    expect(f, 2, &batch)?;
     let count = batch_count(&batch)?;
     let a = f.arg_into_ret::<T>(0, 0)?;
     let ipiv = f.ret::<i32>(1)?;
@@ -117,16 +117,16 @@ pub fn getrf<T: Scalar>(l: &Lapack, f: &mut Frame<'_>, target: &str) -> Result<(
 }
 
 /// `lapack_?potrf_ffi`: (x[..., n, n]) {uplo} -> (l[..., n, n], info s32[...]).
-pub fn potrf<T: Scalar>(l: &Lapack, f: &mut Frame<'_>, target: &str) -> Result<(), FfiError> {
-    counts(f, target, 1, 2)?;
-    let (batch, m, n) = matrix(&f.args()[0], target)?;
+pub fn potrf<T: Scalar>(l: &Lapack, f: &mut Frame<'_>) -> Result<(), FfiError> {
+    counts(f, 1, 2)?;
+    let (batch, m, n) = matrix(&f.args()[0], "operand 0")?;
     if m != n {
         return Err(FfiError::invalid(format!(
             "expected square matrices, got {m}x{n}"
         )));
     }
-    expect(f, 1, &batch, target)?;
-    let uplo = uplo(f, target)?;
+    expect(f, 1, &batch)?;
+    let uplo = uplo(f)?;
     let count = batch_count(&batch)?;
     let a = f.arg_into_ret::<T>(0, 0)?;
     let info = f.ret::<i32>(1)?;
@@ -141,10 +141,10 @@ pub fn potrf<T: Scalar>(l: &Lapack, f: &mut Frame<'_>, target: &str) -> Result<(
 }
 
 /// `lapack_?trsm_ffi`: (a[..., k, k], b[..., m, n]) {side, uplo, trans_x, diag} -> x[..., m, n].
-pub fn trsm<T: Scalar>(l: &Lapack, f: &mut Frame<'_>, target: &str) -> Result<(), FfiError> {
-    counts(f, target, 2, 1)?;
-    let (batch, m, n) = matrix(&f.args()[1], target)?;
-    let side = match char_attr(f, "side", b"LR", target)? {
+pub fn trsm<T: Scalar>(l: &Lapack, f: &mut Frame<'_>) -> Result<(), FfiError> {
+    counts(f, 2, 1)?;
+    let (batch, m, n) = matrix(&f.args()[1], "operand 1")?;
+    let side = match char_attr(f, "side", b"LR")? {
         b'L' => Side::Left,
         _ => Side::Right,
     };
@@ -156,13 +156,13 @@ pub fn trsm<T: Scalar>(l: &Lapack, f: &mut Frame<'_>, target: &str) -> Result<()
             f.args()[0].dims
         )));
     }
-    let uplo = uplo(f, target)?;
-    let trans = match char_attr(f, "trans_x", b"NTC", target)? {
+    let uplo = uplo(f)?;
+    let trans = match char_attr(f, "trans_x", b"NTC")? {
         b'N' => Trans::No,
         b'T' => Trans::Trans,
         _ => Trans::Conj,
     };
-    let diag = match char_attr(f, "diag", b"NU", target)? {
+    let diag = match char_attr(f, "diag", b"NU")? {
         b'N' => Diag::NonUnit,
         _ => Diag::Unit,
     };
@@ -183,11 +183,11 @@ pub fn trsm<T: Scalar>(l: &Lapack, f: &mut Frame<'_>, target: &str) -> Result<()
 }
 
 /// `lapack_?geqrf_ffi`: (x[..., m, n]) -> (qr[..., m, n], tau[..., min]).
-pub fn geqrf<T: Scalar>(l: &Lapack, f: &mut Frame<'_>, target: &str) -> Result<(), FfiError> {
-    counts(f, target, 1, 2)?;
-    let (batch, m, n) = matrix(&f.args()[0], target)?;
+pub fn geqrf<T: Scalar>(l: &Lapack, f: &mut Frame<'_>) -> Result<(), FfiError> {
+    counts(f, 1, 2)?;
+    let (batch, m, n) = matrix(&f.args()[0], "operand 0")?;
     let k = m.min(n);
-    expect(f, 1, &dims_of(&batch, &[k]), target)?;
+    expect(f, 1, &dims_of(&batch, &[k]))?;
     let count = batch_count(&batch)?;
     let a = f.arg_into_ret::<T>(0, 0)?;
     let tau = f.ret::<T>(1)?;
@@ -207,12 +207,14 @@ pub fn geqrf<T: Scalar>(l: &Lapack, f: &mut Frame<'_>, target: &str) -> Result<(
 }
 
 /// `lapack_?orgqr_ffi` / `lapack_?ungqr_ffi`: (x[..., m, n], tau[..., k]) -> q[..., m, n].
-pub fn orgqr<T: Scalar>(l: &Lapack, f: &mut Frame<'_>, target: &str) -> Result<(), FfiError> {
-    counts(f, target, 2, 1)?;
-    let (batch, m, n) = matrix(&f.args()[0], target)?;
+pub fn orgqr<T: Scalar>(l: &Lapack, f: &mut Frame<'_>) -> Result<(), FfiError> {
+    counts(f, 2, 1)?;
+    let (batch, m, n) = matrix(&f.args()[0], "operand 0")?;
     let tdims = &f.args()[1].dims;
     let k = match tdims.split_last() {
-        Some((&k, b)) if b == batch.as_slice() && k >= 0 => k as usize,
+        Some((&k, b)) if b == batch.as_slice() && usize::try_from(k).is_ok() => {
+            usize::try_from(k).unwrap_or(0)
+        }
         _ => {
             return Err(FfiError::invalid(format!(
                 "operand 1 has dims {tdims:?}, expected {batch:?} + [k]"
@@ -245,21 +247,21 @@ pub fn orgqr<T: Scalar>(l: &Lapack, f: &mut Frame<'_>, target: &str) -> Result<(
 
 /// `lapack_?syevd_ffi` / `lapack_?heevd_ffi`: (x[..., n, n]) {mode, uplo} ->
 /// (v[..., n, n], w real[..., n], info s32[...]).
-pub fn eigh<T: Scalar>(l: &Lapack, f: &mut Frame<'_>, target: &str) -> Result<(), FfiError> {
-    counts(f, target, 1, 3)?;
-    let (batch, m, n) = matrix(&f.args()[0], target)?;
+pub fn eigh<T: Scalar>(l: &Lapack, f: &mut Frame<'_>) -> Result<(), FfiError> {
+    counts(f, 1, 3)?;
+    let (batch, m, n) = matrix(&f.args()[0], "operand 0")?;
     if m != n {
         return Err(FfiError::invalid(format!(
             "expected square matrices, got {m}x{n}"
         )));
     }
-    expect(f, 1, &dims_of(&batch, &[n]), target)?;
-    expect(f, 2, &batch, target)?;
-    let job = match char_attr(f, "mode", b"NV", target)? {
+    expect(f, 1, &dims_of(&batch, &[n]))?;
+    expect(f, 2, &batch)?;
+    let job = match char_attr(f, "mode", b"NV")? {
         b'N' => EigJob::Values,
         _ => EigJob::Vectors,
     };
-    let uplo = uplo(f, target)?;
+    let uplo = uplo(f)?;
     let count = batch_count(&batch)?;
     let a = f.arg_into_ret::<T>(0, 0)?;
     let w = f.ret::<T::Real>(1)?;
@@ -282,29 +284,29 @@ pub fn eigh<T: Scalar>(l: &Lapack, f: &mut Frame<'_>, target: &str) -> Result<()
 
 /// `lapack_?gesdd_ffi`: (x[..., m, n]) {mode} -> (x[..., m, n], s real[..., min], u[..., m, ·],
 /// vt[..., ·, n], info s32[...]).
-pub fn gesdd<T: Scalar>(l: &Lapack, f: &mut Frame<'_>, target: &str) -> Result<(), FfiError> {
-    counts(f, target, 1, 5)?;
-    let (batch, m, n) = matrix(&f.args()[0], target)?;
+pub fn gesdd<T: Scalar>(l: &Lapack, f: &mut Frame<'_>) -> Result<(), FfiError> {
+    counts(f, 1, 5)?;
+    let (batch, m, n) = matrix(&f.args()[0], "operand 0")?;
     let k = m.min(n);
-    let job = match char_attr(f, "mode", b"NSAO", target)? {
+    let job = match char_attr(f, "mode", b"NSAO")? {
         b'N' => SvdJob::None,
         b'S' => SvdJob::Some,
         b'A' => SvdJob::All,
         _ => {
-            return Err(FfiError::unimplemented(format!(
-                "mode 'O' is not supported (jaxlib does not support it either)"
-            )))
+            return Err(FfiError::unimplemented(
+                "mode 'O' is not supported (jaxlib does not support it either)",
+            ))
         }
     };
-    expect(f, 1, &dims_of(&batch, &[k]), target)?;
-    expect(f, 4, &batch, target)?;
+    expect(f, 1, &dims_of(&batch, &[k]))?;
+    expect(f, 4, &batch)?;
     let (ucols, vtrows) = match job {
         SvdJob::All => (m, n),
         SvdJob::Some => (k, k),
         // Not referenced; jax emits m×m and n×n.
         SvdJob::None => {
-            let (ub, _, uc) = matrix(&f.rets()[2], target)?;
-            let (vb, vr, _) = matrix(&f.rets()[3], target)?;
+            let (ub, _, uc) = matrix(&f.rets()[2], "result 2")?;
+            let (vb, vr, _) = matrix(&f.rets()[3], "result 3")?;
             if ub != batch || vb != batch {
                 return Err(FfiError::invalid(format!(
                     "u/vt batch dims differ from the operand's {batch:?}"
@@ -313,8 +315,8 @@ pub fn gesdd<T: Scalar>(l: &Lapack, f: &mut Frame<'_>, target: &str) -> Result<(
             (uc, vr)
         }
     };
-    expect(f, 2, &dims_of(&batch, &[m, ucols]), target)?;
-    expect(f, 3, &dims_of(&batch, &[vtrows, n]), target)?;
+    expect(f, 2, &dims_of(&batch, &[m, ucols]))?;
+    expect(f, 3, &dims_of(&batch, &[vtrows, n]))?;
     let count = batch_count(&batch)?;
     let a = f.arg_into_ret::<T>(0, 0)?;
     let s = f.ret::<T::Real>(1)?;
@@ -354,7 +356,7 @@ pub fn gesdd<T: Scalar>(l: &Lapack, f: &mut Frame<'_>, target: &str) -> Result<(
         let (uc, vc): (&mut [T], &mut [T]) = if pass {
             match (uc, vc) {
                 (Some(u), Some(v)) => (u, v),
-                _ => return Err(FfiError::internal(format!("u/vt too short"))),
+                _ => return Err(FfiError::internal("u/vt too short")),
             }
         } else {
             (&mut [], &mut [])

@@ -39,7 +39,7 @@ pub const PLATFORM: &str = "Host";
 /// The environment variable naming a LAPACK library file.
 pub const LAPACK_ENV: &str = "XLAGUARD_LAPACK";
 
-type Kernel = fn(&Lapack, &mut Frame<'_>, &str) -> Result<(), FfiError>;
+type Kernel = fn(&Lapack, &mut Frame<'_>) -> Result<(), FfiError>;
 
 macro_rules! handlers {
     ($($fname:ident = $target:literal => $kernel:ident::<$t:ty>;)*) => {
@@ -101,7 +101,7 @@ unsafe fn run(frame: *mut XLA_FFI_CallFrame, kernel: Kernel, target: &str) -> *m
             frame,
             |f| {
                 let lib = library().map_err(FfiError::precondition)?;
-                kernel(lib, f, target)
+                kernel(lib, f)
             },
             target,
         )

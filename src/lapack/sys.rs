@@ -444,6 +444,9 @@ macro_rules! scalar {
             type Real = $real;
             const ONE: Self = $one;
             const REAL_ONE: $real = $rone;
+            // `as` truncates toward zero and saturates, as jaxlib's static_cast of the query's
+            // answer truncates; a workspace beyond i32 is refused by LAPACK's own checks.
+            #[allow(clippy::cast_possible_truncation)]
             fn lwork(self) -> i32 {
                 let f: fn($t) -> f64 = $lw;
                 f(self) as i32
