@@ -342,7 +342,7 @@ pub fn gesdd<T: Scalar>(l: &Lapack, f: &mut Frame<'_>) -> Result<(), FfiError> {
     let lwork = usize::try_from(T::gesdd_lwork(l, job, m, n)?).unwrap_or(1);
     let mut ws = Workspace::<T>::default();
     let (iwork, rwork) = gesdd_sizes(m, n, job)?;
-    ws.resize(lwork, rwork, iwork);
+    ws.resize(lwork, if T::COMPLEX { rwork } else { 0 }, iwork);
     let pass = job != SvdJob::None;
     let mut u_chunks = u.chunks_exact_mut(usz.max(1));
     let mut vt_chunks = vt.chunks_exact_mut(vtsz.max(1));

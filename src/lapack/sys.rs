@@ -343,6 +343,8 @@ pub trait Scalar: Element + Default {
     type Real: Element + Default;
     /// One (the `alpha` of `trsm`).
     const ONE: Self;
+    /// Whether this is a complex type (whose routines take a real `rwork`).
+    const COMPLEX: bool;
     /// The real part, truncated to an int: a workspace query's answer.
     fn lwork(self) -> i32;
     /// A real value as this type (for identity fills).
@@ -443,6 +445,7 @@ macro_rules! scalar {
         impl Scalar for $t {
             type Real = $real;
             const ONE: Self = $one;
+            const COMPLEX: bool = scalar!(@bool $complex);
             const REAL_ONE: $real = $rone;
             // `as` truncates toward zero and saturates, as jaxlib's static_cast of the query's
             // answer truncates; a workspace beyond i32 is refused by LAPACK's own checks.
