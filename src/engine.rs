@@ -109,6 +109,15 @@ impl Engine {
             (_, e) => Error::PluginLoad(e),
         })?;
         let api_version = api.version();
+        // jnp.linalg lowers to LAPACK custom calls whose handlers jaxlib registers with its CPU
+        // client; the plugin has none. Register ours (the compile worker does the same).
+        #[cfg(feature = "lapack")]
+        if found.kind == DeviceKind::Cpu && api.has_ffi_extension() {
+            crate::lapack::register(&api).map_err(|e| match e {
+                crate::lapack::LapackError::Register { error, .. } => Error::Plugin(error),
+                e => Error::Internal(e.to_string()),
+            })?;
+        }
         let options = match &config.client_options {
             Some(o) => o.clone(),
             None if found.kind == DeviceKind::Cpu => ClientOptions::cpu(),

@@ -23,6 +23,8 @@ pub mod compile;
 pub mod dims;
 mod engine;
 mod error;
+#[cfg(feature = "lapack")]
+pub mod lapack;
 pub mod pjrt;
 pub mod plugin;
 pub mod refine;

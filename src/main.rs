@@ -383,6 +383,14 @@ fn real_main(cli: Cli) -> Result<()> {
             for (k, v) in api.attributes()? {
                 println!("  {k} = {v}");
             }
+            #[cfg(feature = "lapack")]
+            if found.kind == DeviceKind::Cpu {
+                let n = xlaguard::lapack::targets().count();
+                match xlaguard::plugin::find_lapack(None) {
+                    Ok(p) => println!("LAPACK handlers: {n} targets, over {}", p.display()),
+                    Err(e) => println!("LAPACK handlers: {n} targets; {e}"),
+                }
+            }
             Ok(())
         }
     }

@@ -186,6 +186,63 @@ pub fn find_refiner(explicit: Option<&Path>) -> Option<PathBuf> {
         .find(|p| p.is_file())
 }
 
+/// The pinned LAPACK under `third_party/` (scipy 1.18.1's bundled OpenBLAS, the library jaxlib
+/// 0.11.2 calls; `scripts/fetch-plugin.sh` fetches it with the two libraries it needs).
+pub const THIRD_PARTY_LAPACK: &str = "third_party/lapack/libscipy_openblas-5f890258.so";
+
+/// No LAPACK library could be found.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("no LAPACK library found; looked in:\n  {}\nget the pinned one with `scripts/fetch-plugin.sh --lapack-only`, or set XLAGUARD_LAPACK to a LAPACK shared library", looked.join("\n  "))]
+pub struct LapackNotFound {
+    /// Every place looked at.
+    pub looked: Vec<String>,
+}
+
+/// Finds the LAPACK library the linear-algebra handlers call: `explicit`, then
+/// `XLAGUARD_LAPACK`, then [`THIRD_PARTY_LAPACK`] under the current directory, the executable's
+/// ancestors or the source tree, then the `libscipy_openblas*.so` in a pip `scipy.libs` folder
+/// (what jaxlib uses when run from that environment). A named file is returned as it is, for
+/// the load to report.
+///
+/// # Errors
+/// [`LapackNotFound`] listing every place looked at.
+pub fn find_lapack(explicit: Option<&Path>) -> Result<PathBuf, LapackNotFound> {
+    if let Some(p) = explicit {
+        return Ok(p.to_path_buf());
+    }
+    if let Some(p) = std::env::var_os("XLAGUARD_LAPACK").filter(|v| !v.is_empty()) {
+        return Ok(PathBuf::from(p));
+    }
+    let mut looked = vec!["$XLAGUARD_LAPACK (unset)".to_string()];
+    for r in third_party_roots() {
+        let p = r.join(THIRD_PARTY_LAPACK);
+        if p.is_file() {
+            return Ok(p);
+        }
+        looked.push(p.display().to_string());
+    }
+    for sp in site_packages_dirs() {
+        let dir = sp.join("scipy.libs");
+        let mut found: Vec<PathBuf> = std::fs::read_dir(&dir)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|e| e.path())
+            .filter(|p| {
+                p.file_name()
+                    .and_then(|n| n.to_str())
+                    .is_some_and(|n| n.starts_with("libscipy_openblas") && n.ends_with(".so"))
+            })
+            .collect();
+        found.sort();
+        if let Some(p) = found.into_iter().next() {
+            return Ok(p);
+        }
+        looked.push(format!("{}/libscipy_openblas*.so", dir.display()));
+    }
+    Err(LapackNotFound { looked })
+}
+
 /// Folders that may hold `third_party/`: the current directory and the executable's ancestors,
 /// then the source tree this crate was built from.
 fn third_party_roots() -> Vec<PathBuf> {

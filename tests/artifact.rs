@@ -453,7 +453,8 @@ fn check_supported_refusals() {
             assert_eq!(a.signature.as_ref().unwrap().inputs.len(), 1);
         }
     }
-    // qr loads and passes: its problem (LAPACK custom calls) only shows at compile.
+    // qr (LAPACK custom calls) loads and passes; it compiles and runs with the LAPACK handlers
+    // (tests/linalg.rs).
     for file in ["model.jaxexport", "model.mlir"] {
         let a = artifact::load_file(&dir("qr").join(file)).unwrap();
         a.check_supported().unwrap();

@@ -72,15 +72,33 @@ fn inspect_text_and_bf16_and_unsupported() {
 
 #[test]
 fn inspect_exits_2_when_the_model_does_not_compile_and_1_on_a_bad_file() {
-    // `qr` parses but fails to compile (no LAPACK handler in the plugin).
+    // A module that parses but fails to compile: a custom call no handler is registered for.
+    let dir = tempfile::tempdir().unwrap();
+    let unknown = dir.path().join("unknown_target.mlir");
+    std::fs::write(&unknown, UNKNOWN_TARGET).unwrap();
     let out = xlaguard()
         .args(["inspect", "--json"])
-        .arg(fixture("qr").join("model.jaxexport"))
+        .arg(&unknown)
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert!(v["note"].as_str().unwrap().contains("not compiled"), "{v}");
+    // `qr` (LAPACK custom calls) compiles since xlaguard registers LAPACK handlers.
+    #[cfg(feature = "lapack")]
+    {
+        let out = xlaguard()
+            .args(["inspect", "--json"])
+            .arg(fixture("qr").join("model.jaxexport"))
+            .output()
+            .unwrap();
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "{}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+    }
     let out = xlaguard()
         .args(["inspect", "/nonexistent/model.jaxexport"])
         .output()
@@ -93,6 +111,9 @@ fn inspect_exits_2_when_the_model_does_not_compile_and_1_on_a_bad_file() {
         .unwrap();
     assert_eq!(out.status.code(), Some(0));
 }
+
+/// StableHLO calling a custom-call target that no handler is registered for.
+const UNKNOWN_TARGET: &str = "func.func public @main(%arg0: tensor<4xf32>) -> tensor<4xf32> {\n  %0 = stablehlo.custom_call @xlaguard_no_such_target(%arg0) {mhlo.backend_config = {}} : (tensor<4xf32>) -> tensor<4xf32>\n  return %0 : tensor<4xf32>\n}\n";
 
 /// The `error:` line of a failed command; it must be the only one.
 fn error_line(out: &std::process::Output) -> String {

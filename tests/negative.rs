@@ -152,14 +152,26 @@ fn unsupported_features_are_refused_clearly() {
         .unwrap_err();
     assert!(matches!(eff, Error::Artifact(_)), "{eff}");
     assert!(eff.to_string().contains("ordered effect"), "{eff}");
-    let qr = engine()
-        .load_file(&fixture("qr").join("model.jaxexport"))
+    // A custom call no handler is registered for fails at compile, with the plugin's message.
+    let unknown = engine()
+        .load_bytes(
+            b"func.func public @main(%arg0: tensor<4xf32>) -> tensor<4xf32> {\n  %0 = stablehlo.custom_call @xlaguard_no_such_target(%arg0) {mhlo.backend_config = {}} : (tensor<4xf32>) -> tensor<4xf32>\n  return %0 : tensor<4xf32>\n}\n",
+        )
         .unwrap_err();
+    assert!(matches!(unknown, Error::CompileRejected(_)), "{unknown}");
     assert!(
-        matches!(qr, Error::CompileRejected(_) | Error::Artifact(_)),
-        "{qr}"
+        unknown.to_string().contains("xlaguard_no_such_target"),
+        "{unknown}"
     );
-    assert!(qr.to_string().contains("lapack"), "{qr}");
+    // Without the `lapack` feature, LAPACK custom calls (jnp.linalg) have no handler either.
+    #[cfg(not(feature = "lapack"))]
+    {
+        let qr = engine()
+            .load_file(&fixture("qr").join("model.jaxexport"))
+            .unwrap_err();
+        assert!(matches!(qr, Error::CompileRejected(_)), "{qr}");
+        assert!(qr.to_string().contains("lapack"), "{qr}");
+    }
 }
 
 #[test]

@@ -234,6 +234,14 @@ fn jail_and_load(init: &WorkerInit) -> Result<(JailReport, Loaded), String> {
     // before Landlock (so its dependencies need no rule). Plugin_Initialize starts no thread;
     // Landlock checks that.
     let api = Api::load(&init.plugin).map_err(|e| e.to_string())?;
+    // Compiling a module with LAPACK custom calls checks that their FFI handlers exist: register
+    // them (as the engine does). Their LAPACK library is loaded only to execute, never here.
+    #[cfg(feature = "lapack")]
+    if crate::plugin::DeviceKind::guess(&init.plugin) == crate::plugin::DeviceKind::Cpu
+        && api.has_ffi_extension()
+    {
+        crate::lapack::register(&api).map_err(|e| e.to_string())?;
+    }
     // The refiner (opened inside the jail, only for a request that needs it) depends on one
     // library the plugin does not: load it now, while the loader may still search.
     if init.refiner.is_some() {

@@ -188,6 +188,83 @@ impl Api {
         Err(owned.to_error(function))
     }
 
+    /// The plugin's `PJRT_FFI_Extension`, found by walking the `extension_start` chain of its
+    /// function table; `None` when the plugin has none (or a too short one).
+    fn ffi_extension(&self) -> Option<&ffi::PJRT_FFI_Extension> {
+        let start_end = offset_of!(PJRT_Api, extension_start) + std::mem::size_of::<usize>();
+        if self.table_size < start_end {
+            return None;
+        }
+        // SAFETY: the table is valid for the library's lifetime and holds `extension_start`.
+        let mut next = unsafe { (*self.table).extension_start }.cast_const();
+        // A chain longer than this is corrupt (a plugin has a handful of extensions).
+        for _ in 0..64 {
+            if next.is_null() {
+                return None;
+            }
+            let base = next.cast::<ffi::PJRT_Extension_Base_Fields>();
+            // SAFETY: every element of the chain starts with a PJRT_Extension_Base, owned by the
+            // plugin for its lifetime.
+            let fields = unsafe { *base };
+            if fields.type_ == ffi::PJRT_Extension_Type_FFI {
+                let want = offset_of!(ffi::PJRT_FFI_Extension, register_handler)
+                    + std::mem::size_of::<usize>();
+                if fields.struct_size < want {
+                    return None;
+                }
+                // SAFETY: an extension of type FFI is a PJRT_FFI_Extension, and its struct_size
+                // says it holds every field up to `register_handler`.
+                return Some(unsafe { &*base.cast::<ffi::PJRT_FFI_Extension>() });
+            }
+            next = fields.next.cast_const();
+        }
+        None
+    }
+
+    /// Whether the plugin has the FFI extension (`PJRT_FFI_Extension` with `register_handler`).
+    pub fn has_ffi_extension(&self) -> bool {
+        self.ffi_extension()
+            .is_some_and(|e| e.register_handler.is_some())
+    }
+
+    /// Registers an XLA FFI handler (no traits) for custom calls to `target` on
+    /// `platform` (`"Host"` for XLA:CPU), through the plugin's FFI extension. The registry is
+    /// the plugin's, process-wide: it outlives this `Api`.
+    ///
+    /// # Safety
+    /// `handler` must be an `XLA_FFI_Handler` (`XLA_FFI_Error* (*)(XLA_FFI_CallFrame*)`, see
+    /// `xla/ffi/api/c_api.h`) that stays valid for the life of the process and is safe to call
+    /// from any thread with any call frame XLA builds.
+    ///
+    /// # Errors
+    /// [`PjrtError::Missing`] without the extension; the plugin's error otherwise (e.g. a
+    /// second registration of the same target with another handler).
+    pub unsafe fn register_ffi_handler(
+        &self,
+        target: &str,
+        platform: &str,
+        handler: *mut std::ffi::c_void,
+    ) -> Result<(), PjrtError> {
+        const NAME: &str = "PJRT_FFI_Extension.register_handler";
+        let f = self
+            .ffi_extension()
+            .and_then(|e| e.register_handler)
+            .ok_or_else(|| PjrtError::missing(NAME))?;
+        let mut args = ffi::PJRT_FFI_Register_Handler_Args {
+            struct_size: std::mem::size_of::<ffi::PJRT_FFI_Register_Handler_Args>(),
+            target_name: target.as_ptr().cast(),
+            target_name_size: target.len(),
+            handler,
+            platform_name: platform.as_ptr().cast(),
+            platform_name_size: platform.len(),
+            traits: 0,
+        };
+        // SAFETY: the args struct is complete and its strings outlive the call (the plugin
+        // copies them); the handler's validity is the caller's contract.
+        let err = unsafe { f(&mut args) };
+        self.check(err, NAME)
+    }
+
     /// The plugin's attributes (`PJRT_Plugin_Attributes`), as `name = value` strings.
     ///
     /// # Errors

@@ -548,3 +548,65 @@ pub struct PJRT_Api {
 
 /// Signature of the plugin's one exported symbol.
 pub type GetPjrtApiFn = unsafe extern "C" fn() -> *const PJRT_Api;
+
+/// `PJRT_Extension_Type_FFI` in the `PJRT_Extension_Type` enum of `pjrt_c_api.h`.
+pub const PJRT_Extension_Type_FFI: c_int = 5;
+
+/// `PJRT_Extension_Base` with its fields: every extension struct starts with it.
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+pub struct PJRT_Extension_Base_Fields {
+    pub struct_size: usize,
+    pub type_: c_int,
+    pub next: *mut PJRT_Extension_Base,
+}
+
+/// `PJRT_FFI_Register_Handler_Args` (`xla/pjrt/c/pjrt_c_api_ffi_extension.h`) as the XLA of
+/// jaxlib 0.11.2 has it: no `extension_start`, and no `api_version` any more (older headers had
+/// one before `handler`): only XLA FFI handlers are registered. Read off the plugin's
+/// `register_handler`, which takes `handler` at 0x18, the platform at 0x20/0x28, `traits` at
+/// 0x30 and checks `struct_size >= 0x34`.
+#[repr(C)]
+#[derive(Debug)]
+pub struct PJRT_FFI_Register_Handler_Args {
+    pub struct_size: usize,
+    pub target_name: *const c_char,
+    pub target_name_size: usize,
+    pub handler: *mut c_void,
+    pub platform_name: *const c_char,
+    pub platform_name_size: usize,
+    /// `PJRT_FFI_Handler_TraitsBits`.
+    pub traits: c_int,
+}
+
+/// `PJRT_FFI_Extension`: the base, then three function pointers. Only `register_handler` is
+/// called; the others are opaque.
+#[repr(C)]
+pub struct PJRT_FFI_Extension {
+    pub base: PJRT_Extension_Base_Fields,
+    pub type_id_register: Option<unsafe extern "C" fn()>,
+    pub user_data_add: Option<unsafe extern "C" fn()>,
+    pub register_handler:
+        Option<unsafe extern "C" fn(args: *mut PJRT_FFI_Register_Handler_Args) -> *mut PJRT_Error>,
+}
+
+#[cfg(test)]
+mod ffi_extension_layout {
+    use super::*;
+    use std::mem::offset_of;
+
+    #[test]
+    fn register_handler_args_match_the_plugin() {
+        assert_eq!(offset_of!(PJRT_FFI_Register_Handler_Args, handler), 0x18);
+        assert_eq!(
+            offset_of!(PJRT_FFI_Register_Handler_Args, platform_name),
+            0x20
+        );
+        assert_eq!(
+            offset_of!(PJRT_FFI_Register_Handler_Args, platform_name_size),
+            0x28
+        );
+        assert_eq!(offset_of!(PJRT_FFI_Register_Handler_Args, traits), 0x30);
+        assert_eq!(offset_of!(PJRT_FFI_Extension, register_handler), 0x28);
+    }
+}
