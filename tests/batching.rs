@@ -1,7 +1,8 @@
 //! Dynamic batching (`[batching]` in a model's config.toml; `hlo/export_batching.py`): concurrent
 //! requests merged into one execution each get JAX's rows bit for bit, from a polymorphic export
 //! and from a bundle of static exports; mixed request sizes are split back; a bad request in a
-//! forming batch fails alone; requests whose deadline passed are dropped before batching; the
+//! forming batch fails alone; requests whose deadline passed or whose client went away are
+//! dropped before batching; bound params stay bound; `inspect` shows a folder's batching; the
 //! load-time gate refuses a model whose rows interact (batch-norm in training mode) and serves
 //! it unbatched; the Triton model-configuration endpoint and the metrics show it all.
 #![cfg(feature = "server")]
@@ -533,4 +534,56 @@ fn inspect_shows_a_model_folders_batching() {
             .contains("rows are not independent"),
         "{v}"
     );
+}
+
+#[test]
+fn a_request_whose_client_went_away_is_dropped_before_batching() {
+    let dir = repo(&[(
+        "mlp",
+        "batch_mlp",
+        "[batching]\nsizes = [1, 2, 4, 8]\nmax_queue_delay_us = 1500000\n",
+    )]);
+    let server = serve(dir.path(), 1);
+    let addr = server.addr;
+    let (x, outs) = jax_rows("batch_mlp");
+    let one = rows(&x, 0, 1);
+    let header = json!({
+        "inputs": [{"name": "x", "datatype": "FP32", "shape": [1, 16],
+                    "parameters": {"binary_data_size": 64}}],
+    })
+    .to_string();
+    let mut body = header.clone().into_bytes();
+    body.extend_from_slice(one.bytes());
+    {
+        use std::io::Write;
+        let mut s = std::net::TcpStream::connect(addr).unwrap();
+        write!(
+            s,
+            "POST /v2/models/mlp/infer HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\n\
+             Inference-Header-Content-Length: {}\r\n\r\n",
+            body.len(),
+            header.len()
+        )
+        .unwrap();
+        s.write_all(&body).unwrap();
+        std::thread::sleep(Duration::from_millis(300));
+        // The client goes away while its request waits for company.
+    }
+    std::thread::sleep(Duration::from_millis(1600));
+    let l = "model=\"mlp\",version=\"1\"";
+    assert_eq!(
+        metric(
+            addr,
+            &format!("xlaguard_batch_dropped_total{{{l},reason=\"cancelled\"}}")
+        ),
+        1.0
+    );
+    assert_eq!(
+        metric(addr, &format!("xlaguard_batch_size_count{{{l}}}")),
+        0.0
+    );
+    // The model still serves.
+    let (status, got, err) = infer(addr, "mlp", &rows(&x, 1, 1), true);
+    assert_eq!(status, 200, "{err}");
+    assert!(got == want(&outs, 1, 1));
 }
