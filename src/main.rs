@@ -434,6 +434,58 @@ fn print_policy(m: &Model) {
     }
 }
 
+/// A model folder given to `inspect`, read as `serve` reads it (artifact, policy, params,
+/// batching); `None` for a file.
+#[cfg(feature = "server")]
+fn model_folder(model: &str) -> Result<Option<(String, xlaguard::server::repo::ModelSpec)>> {
+    let dir = Path::new(model);
+    if !dir.is_dir() {
+        return Ok(None);
+    }
+    let name = dir
+        .file_name()
+        .and_then(|n| n.to_str())
+        .unwrap_or("model")
+        .to_string();
+    let spec = xlaguard::server::repo::read_model_dir(dir, &name);
+    if let Some(p) = &spec.problem {
+        bail!("{}: {p}", dir.display());
+    }
+    let file = match &spec.source {
+        xlaguard::server::repo::ArtifactSource::File(p) => p.to_string_lossy().into_owned(),
+        xlaguard::server::repo::ArtifactSource::Bytes(_) => bail!("no artifact file"),
+    };
+    Ok(Some((file, spec)))
+}
+
+fn print_batching(b: &serde_json::Value) {
+    if let Some(sizes) = b.get("bundle").and_then(|s| s.as_array()) {
+        let sizes: Vec<String> = sizes.iter().map(ToString::to_string).collect();
+        println!("bundle: static exports at batch sizes {}", sizes.join(", "));
+    }
+    let state = b.get("state").and_then(|s| s.as_str()).unwrap_or("off");
+    if state == "off" {
+        println!("batching: off");
+        return;
+    }
+    let sizes: Vec<String> = b
+        .get("sizes")
+        .and_then(|s| s.as_array())
+        .map(|a| a.iter().map(ToString::to_string).collect())
+        .unwrap_or_default();
+    println!(
+        "batching: {state}: sizes {}, max_queue_delay_us {}, pad {}, batch_dim {}",
+        sizes.join(", "),
+        b.get("max_queue_delay_us")
+            .unwrap_or(&serde_json::Value::Null),
+        b.get("pad").and_then(|s| s.as_str()).unwrap_or("?"),
+        b.get("batch_dim").unwrap_or(&serde_json::Value::Null),
+    );
+    if let Some(r) = b.get("reason").and_then(|s| s.as_str()) {
+        println!("  refused: {r}");
+    }
+}
+
 fn inspect(
     cfg: &EngineConfig,
     model: &str,
@@ -441,6 +493,17 @@ fn inspect(
     policy: Option<&Path>,
     params: Option<&Path>,
 ) -> Result<()> {
+    #[cfg(feature = "server")]
+    let folder = model_folder(model)?;
+    #[cfg(feature = "server")]
+    let (model, policy, params) = match &folder {
+        Some((file, spec)) => (
+            file.as_str(),
+            policy.or(spec.policy.as_deref()),
+            params.or(spec.params.as_deref()),
+        ),
+        None => (model, policy, params),
+    };
     let a = read_artifact(model)?;
     let params = params.map(xlaguard::Params::read).transpose()?;
     let policy = policy_for(model, policy)?;
@@ -476,6 +539,17 @@ fn inspect(
         Err(_) => {}
     }
     let runnable = bound.is_some();
+    // A model folder: its batching, as `serve` sets it up (the gate runs here too).
+    #[cfg(feature = "server")]
+    let batching: Option<serde_json::Value> = match (&folder, &bound) {
+        (Some((_, spec)), Some(m)) => Some(
+            xlaguard::server::batching_report(spec, m.engine())
+                .unwrap_or_else(|e| serde_json::json!({"state": "error", "reason": e})),
+        ),
+        _ => None,
+    };
+    #[cfg(not(feature = "server"))]
+    let batching: Option<serde_json::Value> = None;
     let policy_file = policy.as_ref().map(|(_, f)| f.clone());
     let sig = sig.unwrap_or_default();
     let plugin_desc = match &found {
@@ -511,6 +585,7 @@ fn inspect(
                 v
             }),
             "compile": jail.as_ref().map(|(i, r)| serde_json::json!({"isolation": i.name(), "jail": r})),
+            "batching": batching,
         });
         println!("{}", serde_json::to_string_pretty(&v)?);
         return if runnable {
@@ -562,6 +637,9 @@ fn inspect(
         if !m.info().constraints.is_empty() {
             println!("constraints: {}", m.info().constraints.join(", "));
         }
+    }
+    if let Some(b) = &batching {
+        print_batching(b);
     }
     match (&bound, &policy_file) {
         (Some(m), file) => {

@@ -137,6 +137,39 @@ fn tritonclient_sends_only_data_to_models_with_bound_weights() {
 }
 
 #[test]
+fn tritonclient_on_batching_models_polymorphic_and_bundle() {
+    let repo = triton_repo(
+        "triton-batch-repo",
+        &[
+            ("batch_mlp", &["model.jaxexport"][..]),
+            (
+                "batch_mlp_bundle",
+                &[
+                    "model.b1.jaxexport",
+                    "model.b2.jaxexport",
+                    "model.b4.jaxexport",
+                    "model.b8.jaxexport",
+                ][..],
+            ),
+        ],
+    );
+    let config = "[batching]\nsizes = [1, 2, 4, 8]\nmax_queue_delay_us = 50000\n";
+    for m in ["batch_mlp", "batch_mlp_bundle"] {
+        std::fs::write(repo.join(m).join("config.toml"), config).unwrap();
+    }
+    let text = triton_client(
+        &repo,
+        &[
+            "--batched",
+            "batch_mlp=batch_mlp",
+            "batch_mlp_bundle=batch_mlp_bundle",
+        ],
+    );
+    // 2 models x (config, metadata, answers, bits).
+    assert!(text.contains("OK 8 checks"), "{text}");
+}
+
+#[test]
 fn sigterm_drains_in_flight_requests_and_exits_0() {
     let s = Binary::start(&["--models", "tests/fixtures"]);
     let addr = s.addr;

@@ -98,13 +98,62 @@ def plain(client, fixtures: Path, models: list[str]) -> None:
         infer_both_ways(client, model, meta, fixtures / model, model)
 
 
+def batched(url: str, fixtures: Path, models: list[str]) -> None:
+    """Batching models (MODEL=FIXTURE, config.toml [batching]): the model configuration as
+    Triton's client reads it, then 16 clients at once, each sending one row (binary and JSON
+    alternately) of hlo/<FIXTURE>/rows/in0.npy: each gets JAX's row of every output."""
+    import threading
+
+    for pair in models:
+        model, fixture = pair.split("=")
+        client = httpclient.InferenceServerClient(url=url)
+        cfg = client.get_model_config(model)
+        check(cfg["max_batch_size"] == 8 and cfg["input"][0]["dims"] == [16]
+              and cfg["input"][0]["data_type"] == "TYPE_FP32"
+              and cfg["dynamic_batching"]["preferred_batch_size"] == [1, 2, 4, 8],
+              f"{model} model config: max_batch_size 8, dims [16]")
+        meta = client.get_model_metadata(model)
+        check(meta["inputs"][0]["shape"] == [-1, 16], f"{model} metadata: batch dimension -1")
+        client.close()
+        d = fixtures / fixture / "rows"
+        x = np.load(d / "in0.npy")
+        want = [np.load(d / f"out{k}.npy") for k in range(len(meta["outputs"]))]
+        results: dict[int, list] = {}
+        barrier = threading.Barrier(len(x))
+
+        def one(i: int) -> None:
+            c = httpclient.InferenceServerClient(url=url)
+            binary = i % 2 == 0
+            inp = httpclient.InferInput(meta["inputs"][0]["name"], [1, 16], "FP32")
+            inp.set_data_from_numpy(x[i:i + 1], binary_data=binary)
+            outs = [httpclient.InferRequestedOutput(o["name"], binary_data=binary) for o in meta["outputs"]]
+            barrier.wait()
+            r = c.infer(model, [inp], outputs=outs)
+            results[i] = [r.as_numpy(o["name"]) for o in meta["outputs"]]
+            c.close()
+
+        threads = [threading.Thread(target=one, args=(i,)) for i in range(len(x))]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        check(len(results) == len(x), f"{model}: {len(x)} concurrent answers")
+        check(all(same(results[i][k], w[i:i + 1]) for i in range(len(x)) for k, w in enumerate(want)),
+              f"{model}: {len(x)} concurrent one-row requests == JAX's rows")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--url", required=True)
     ap.add_argument("--fixtures", required=True, type=Path)
     ap.add_argument("--poly", nargs="*", help="only check these shape-polymorphic models")
     ap.add_argument("--plain", nargs="*", help="only check these models (in*.npy -> out*.npy)")
+    ap.add_argument("--batched", nargs="*", help="only check these batching models (MODEL=FIXTURE)")
     args = ap.parse_args()
+    if args.batched:
+        batched(args.url, args.fixtures, args.batched)
+        print(f"OK {checks} checks")
+        return
     client = httpclient.InferenceServerClient(url=args.url)
     if args.poly or args.plain:
         poly(client, args.fixtures, args.poly or [])

@@ -44,7 +44,8 @@ impl Histogram {
         self.count.load(Ordering::Relaxed)
     }
 
-    fn render(&self, out: &mut String, name: &str, labels: &str) {
+    /// Renders the histogram's lines (`_bucket`, `_sum`, `_count`).
+    pub fn render(&self, out: &mut String, name: &str, labels: &str) {
         let mut cumulative = 0u64;
         for (b, le) in self.buckets.iter().zip(LATENCY_BUCKETS) {
             cumulative += b.load(Ordering::Relaxed);
@@ -156,6 +157,8 @@ pub struct ModelGauges<'a> {
     pub running: usize,
     /// Counters.
     pub metrics: &'a ModelMetrics,
+    /// Batching counters, when the model batches.
+    pub batch: Option<&'a super::batch::BatchMetrics>,
 }
 
 fn help(out: &mut String, name: &str, kind: &str, text: &str) {
@@ -300,6 +303,7 @@ pub fn render(server: &ServerMetrics, models: &[ModelGauges<'_>], uptime: Durati
     for g in models {
         let _ = writeln!(out, "xlaguard_inflight{{{}}} {}", m(g), g.running);
     }
+    render_batching(&mut out, models, &m);
     help(
         &mut out,
         "xlaguard_model_compile_seconds",
@@ -394,4 +398,138 @@ pub fn render(server: &ServerMetrics, models: &[ModelGauges<'_>], uptime: Durati
     );
     let _ = writeln!(out, "xlaguard_uptime_seconds {}", uptime.as_secs_f64());
     out
+}
+
+fn render_batching(
+    out: &mut String,
+    models: &[ModelGauges<'_>],
+    m: &dyn Fn(&ModelGauges<'_>) -> String,
+) {
+    let batched: Vec<(&ModelGauges<'_>, &super::batch::BatchMetrics)> =
+        models.iter().filter_map(|g| Some((g, g.batch?))).collect();
+    if batched.is_empty() {
+        return;
+    }
+    let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
+    help(
+        out,
+        "xlaguard_batch_size",
+        "histogram",
+        "Executions of batched models by the batch size executed (padding included).",
+    );
+    for (g, b) in &batched {
+        let mut cumulative = 0u64;
+        let mut sum = 0u64;
+        for (size, n) in &b.sizes {
+            cumulative += load(n);
+            sum += size * load(n);
+            let _ = writeln!(
+                out,
+                "xlaguard_batch_size_bucket{{{},le=\"{size}\"}} {cumulative}",
+                m(g)
+            );
+        }
+        let _ = writeln!(
+            out,
+            "xlaguard_batch_size_bucket{{{},le=\"+Inf\"}} {cumulative}",
+            m(g)
+        );
+        let _ = writeln!(out, "xlaguard_batch_size_sum{{{}}} {sum}", m(g));
+        let _ = writeln!(out, "xlaguard_batch_size_count{{{}}} {cumulative}", m(g));
+    }
+    help(
+        out,
+        "xlaguard_batch_requests",
+        "histogram",
+        "Requests merged into one execution.",
+    );
+    for (g, b) in &batched {
+        let mut cumulative = 0u64;
+        for (i, n) in b.requests.iter().enumerate() {
+            cumulative += load(n);
+            if i < 8 {
+                let _ = writeln!(
+                    out,
+                    "xlaguard_batch_requests_bucket{{{},le=\"{}\"}} {cumulative}",
+                    m(g),
+                    1u32 << i
+                );
+            }
+        }
+        let _ = writeln!(
+            out,
+            "xlaguard_batch_requests_bucket{{{},le=\"+Inf\"}} {cumulative}",
+            m(g)
+        );
+        let _ = writeln!(
+            out,
+            "xlaguard_batch_requests_count{{{}}} {cumulative}",
+            m(g)
+        );
+    }
+    help(
+        out,
+        "xlaguard_batch_rows_total",
+        "counter",
+        "Rows executed by batched models: request rows (kind=\"request\") and padding.",
+    );
+    for (g, b) in &batched {
+        let _ = writeln!(
+            out,
+            "xlaguard_batch_rows_total{{{},kind=\"request\"}} {}",
+            m(g),
+            load(&b.rows_real)
+        );
+        let _ = writeln!(
+            out,
+            "xlaguard_batch_rows_total{{{},kind=\"padding\"}} {}",
+            m(g),
+            load(&b.rows_padded)
+        );
+    }
+    help(
+        out,
+        "xlaguard_batch_padding_ratio",
+        "gauge",
+        "Padding waste: rows padded / rows run, since start.",
+    );
+    for (g, b) in &batched {
+        let (real, pad) = (load(&b.rows_real), load(&b.rows_padded));
+        let ratio = if real + pad == 0 {
+            0.0
+        } else {
+            pad as f64 / (real + pad) as f64
+        };
+        let _ = writeln!(out, "xlaguard_batch_padding_ratio{{{}}} {ratio}", m(g));
+    }
+    help(
+        out,
+        "xlaguard_batch_queue_delay_seconds",
+        "histogram",
+        "Time a request waited in its model's batch queue before its batch started.",
+    );
+    for (g, b) in &batched {
+        b.queue_delay
+            .render(out, "xlaguard_batch_queue_delay_seconds", &m(g));
+    }
+    help(
+        out,
+        "xlaguard_batch_dropped_total",
+        "counter",
+        "Requests dropped from a batch queue before batching: client gone or deadline passed.",
+    );
+    for (g, b) in &batched {
+        let _ = writeln!(
+            out,
+            "xlaguard_batch_dropped_total{{{},reason=\"cancelled\"}} {}",
+            m(g),
+            load(&b.cancelled)
+        );
+        let _ = writeln!(
+            out,
+            "xlaguard_batch_dropped_total{{{},reason=\"deadline\"}} {}",
+            m(g),
+            load(&b.expired)
+        );
+    }
 }

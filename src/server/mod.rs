@@ -9,6 +9,7 @@
 //! | `GET /v2/health/ready` | 200 once every model is loaded (400 before, or when one failed; `--strict-readiness false`: once loading finished) |
 //! | `GET /v2/models/{m}[/versions/{v}]` | model metadata: name, versions, platform, inputs and outputs (name, datatype, shape) |
 //! | `GET /v2/models/{m}[/versions/{v}]/ready` | 200 when the model is loaded, 400 when not |
+//! | `GET /v2/models/{m}[/versions/{v}]/config` | Triton's model configuration: `max_batch_size`, inputs and outputs (`data_type`, `dims`), `dynamic_batching`, and xlaguard's batching state |
 //! | `POST /v2/models/{m}[/versions/{v}]/infer` | inference, JSON or with the binary tensor data extension |
 //! | `POST /v2/repository/index` | every model with its state (`READY`, `LOADING`, `UNAVAILABLE`) and the reason |
 //! | `GET /metrics` | Prometheus text format |
@@ -46,6 +47,7 @@
     clippy::panic
 )]
 
+pub mod batch;
 mod cli;
 pub mod error;
 pub mod metrics;
@@ -169,8 +171,46 @@ type LoadResult = Result<Arc<Loaded>, String>;
 /// A loaded model and what its metadata needs.
 #[derive(Debug)]
 struct Loaded {
-    model: Model,
+    runner: Arc<batch::Runner>,
     platform: &'static str,
+    batching: Batching,
+}
+
+/// A model's batching state.
+#[derive(Debug)]
+enum Batching {
+    /// No `[batching]` (and not a bundle).
+    Off,
+    /// Requests are batched by this task.
+    On {
+        config: batch::BatchConfig,
+        batcher: batch::Batcher,
+        metrics: Arc<batch::BatchMetrics>,
+    },
+    /// Asked for, refused at load: served unbatched.
+    Refused {
+        config: batch::BatchConfig,
+        reason: String,
+    },
+}
+
+impl Batching {
+    fn to_json(&self) -> serde_json::Value {
+        match self {
+            Batching::Off => serde_json::json!({"state": "off"}),
+            Batching::On { config, .. } => {
+                let mut v = config.to_json();
+                v.insert("state".into(), "on".into());
+                v.into()
+            }
+            Batching::Refused { config, reason } => {
+                let mut v = config.to_json();
+                v.insert("state".into(), "refused".into());
+                v.insert("reason".into(), reason.clone().into());
+                v.into()
+            }
+        }
+    }
 }
 
 /// One model's slot: fixed at start, filled by the loader.
@@ -213,6 +253,13 @@ impl Slot {
             queued,
             running,
             metrics: &self.metrics,
+            batch: match self.state.get() {
+                Some(Ok(l)) => match &l.batching {
+                    Batching::On { metrics, .. } => Some(&**metrics),
+                    _ => None,
+                },
+                _ => None,
+            },
         }
     }
 }
@@ -228,6 +275,8 @@ struct App {
     body_budget: Arc<Semaphore>,
     metrics: ServerMetrics,
     started: Instant,
+    /// The runtime the batcher tasks run on.
+    rt: tokio::runtime::Handle,
 }
 
 impl App {
@@ -308,6 +357,7 @@ impl Server {
             loading_done: AtomicBool::new(false),
             metrics: ServerMetrics::default(),
             started: Instant::now(),
+            rt: tokio::runtime::Handle::current(),
         });
         let loader_app = app.clone();
         std::thread::Builder::new()
@@ -486,10 +536,39 @@ fn load_into_slot(app: &App, spec: &ModelSpec, engines: &std::sync::Mutex<Engine
     let started = Instant::now();
     let result = load_one(spec, engines);
     let state = match result {
-        Ok((loaded, compile)) => {
+        Ok((runner, platform, compile, verdict)) => {
             app.metrics.compile(true, compile);
             slot.metrics.compiled(compile);
-            let sig = loaded.model.signature();
+            let runner = Arc::new(runner);
+            let batching = match verdict {
+                None => Batching::Off,
+                Some((config, Ok(()))) => {
+                    let metrics = Arc::new(batch::BatchMetrics::new(&config));
+                    let batcher = batch::Batcher::start(
+                        &app.rt,
+                        runner.clone(),
+                        config.clone(),
+                        slot.exec.clone(),
+                        metrics.clone(),
+                    );
+                    tracing::info!(model = %spec.name, sizes = ?config.sizes, pad = config.pad.name(), "batching on");
+                    Batching::On {
+                        config,
+                        batcher,
+                        metrics,
+                    }
+                }
+                Some((config, Err(reason))) => {
+                    tracing::warn!(model = %spec.name, %reason, "batching refused; serving unbatched");
+                    Batching::Refused { config, reason }
+                }
+            };
+            let loaded = Loaded {
+                runner,
+                platform,
+                batching,
+            };
+            let sig = loaded.runner.signature();
             tracing::info!(
                 model = %spec.name,
                 version = %spec.version,
@@ -510,19 +589,21 @@ fn load_into_slot(app: &App, spec: &ModelSpec, engines: &std::sync::Mutex<Engine
     let _ = slot.state.set(state);
 }
 
-fn load_one(
+/// A model as loaded, before its batcher starts: the batching config and the gate's verdict.
+type LoadedParts = (
+    batch::Runner,
+    &'static str,
+    Duration,
+    Option<(batch::BatchConfig, Result<(), String>)>,
+);
+
+/// Loads one artifact of a model folder: policy applied, params bound or baked in.
+fn load_model(
     spec: &ModelSpec,
-    engines: &std::sync::Mutex<Engines>,
-) -> Result<(Loaded, Duration), String> {
-    if let Some(p) = &spec.problem {
-        return Err(p.clone());
-    }
-    // Engines are made once per device kind; the lock is held only to get one.
-    let engine = engines
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .get(spec.device)?;
-    let a = match &spec.source {
+    engine: &Engine,
+    source: &ArtifactSource,
+) -> Result<(Model, &'static str), String> {
+    let a = match source {
         ArtifactSource::File(p) => artifact::load_file(p),
         ArtifactSource::Bytes(b) => artifact::load(b),
     }
@@ -541,7 +622,6 @@ fn load_one(
         Some(p) => Some((p, read_params(spec, p)?)),
         None => None,
     };
-    let started = Instant::now();
     let model = match &params {
         Some((p, params)) if spec.params_bake => {
             let policy = match &spec.policy {
@@ -568,14 +648,90 @@ fn load_one(
             model
         }
     };
-    let took = started.elapsed();
-    if !spec.shapes.is_empty() {
-        model
-            .precompile(&spec.shapes)
-            .map_err(|e| format!("config.toml [shapes]: {e}"))?;
+    Ok((model, platform))
+}
+
+fn load_one(spec: &ModelSpec, engines: &std::sync::Mutex<Engines>) -> Result<LoadedParts, String> {
+    if let Some(p) = &spec.problem {
+        return Err(p.clone());
     }
-    let took = started.elapsed().max(took);
-    Ok((Loaded { model, platform }, took))
+    // Engines are made once per device kind; the lock is held only to get one.
+    let engine = engines
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .get(spec.device)?;
+    let started = Instant::now();
+    let (runner, platform) = if spec.bundle.is_empty() {
+        let (model, platform) = load_model(spec, &engine, &spec.source)?;
+        if !spec.shapes.is_empty() {
+            model
+                .precompile(&spec.shapes)
+                .map_err(|e| format!("config.toml [shapes]: {e}"))?;
+        }
+        (batch::Runner::Model(model), platform)
+    } else {
+        if !spec.shapes.is_empty() {
+            return Err(
+                "config.toml [shapes] is for shape-polymorphic models; this folder is \
+                        a bundle of static exports"
+                    .into(),
+            );
+        }
+        let mut models = Vec::with_capacity(spec.bundle.len());
+        let mut platform = "jax_export";
+        for (n, p) in &spec.bundle {
+            let (m, pl) = load_model(spec, &engine, &ArtifactSource::File(p.clone()))
+                .map_err(|e| format!("{}: {e}", p.display()))?;
+            platform = pl;
+            models.push((*n, m));
+        }
+        let dim = spec.batching.as_ref().map_or(0, |c| c.batch_dim);
+        (
+            batch::Runner::Bundle(batch::Bundle::new(models, dim)?),
+            platform,
+        )
+    };
+    let verdict = spec.batching.as_ref().map(|c| {
+        let r = batch::check_plan(&runner, c).and_then(|()| batch::gate(&runner, c, &spec.shapes));
+        (c.clone(), r)
+    });
+    Ok((runner, platform, started.elapsed(), verdict))
+}
+
+/// A model folder's batching as `serve` would set it up (`inspect` shows it): loads the model
+/// (every export of a bundle) on `engine`, checks `[batching]` against the signature and runs
+/// the correctness gate. JSON: `state` (`off`, `on`, `refused` with `reason`), the settings,
+/// and `bundle` (the exported sizes) for a bundle.
+///
+/// # Errors
+/// The folder's problem, or why the model does not load.
+pub fn batching_report(spec: &ModelSpec, engine: &Engine) -> Result<serde_json::Value, String> {
+    let engines = std::sync::Mutex::new(Engines {
+        config: EngineConfig::default(),
+        default: Some(Ok(engine.clone())),
+        by_kind: HashMap::new(),
+    });
+    let (runner, _, _, verdict) = load_one(spec, &engines)?;
+    let mut v = match verdict {
+        None => serde_json::json!({"state": "off"}),
+        Some((c, r)) => {
+            let mut m = c.to_json();
+            match r {
+                Ok(()) => {
+                    m.insert("state".into(), "on".into());
+                }
+                Err(reason) => {
+                    m.insert("state".into(), "refused".into());
+                    m.insert("reason".into(), reason.into());
+                }
+            }
+            serde_json::Value::Object(m)
+        }
+    };
+    if let (batch::Runner::Bundle(b), Some(o)) = (&runner, v.as_object_mut()) {
+        o.insert("bundle".into(), b.sizes().into());
+    }
+    Ok(v)
 }
 
 fn load_all(app: &App, specs: Vec<ModelSpec>, engine: Option<Engine>) {
@@ -613,6 +769,11 @@ fn router(app: Arc<App>) -> Router {
         .route("/v2/health/ready", get(server_ready))
         .route("/v2/models/{model}", get(model_metadata))
         .route("/v2/models/{model}/ready", get(model_ready))
+        .route("/v2/models/{model}/config", get(model_config_h))
+        .route(
+            "/v2/models/{model}/versions/{version}/config",
+            get(model_config_v),
+        )
         .route("/v2/models/{model}/infer", post(infer))
         .route(
             "/v2/models/{model}/versions/{version}",
@@ -746,17 +907,92 @@ fn metadata(app: &App, name: &str, version: Option<&str>) -> Result<Response, Ap
             })
             .collect()
     };
-    let sig = loaded.model.signature();
-    Ok(json_response(
-        StatusCode::OK,
-        &serde_json::json!({
-            "name": slot.name,
-            "versions": [slot.version],
-            "platform": loaded.platform,
-            "inputs": specs(&sig.inputs),
-            "outputs": specs(&sig.outputs),
-        }),
-    ))
+    let sig = loaded.runner.signature();
+    let mut v = serde_json::json!({
+        "name": slot.name,
+        "versions": [slot.version],
+        "platform": loaded.platform,
+        "inputs": specs(&sig.inputs),
+        "outputs": specs(&sig.outputs),
+    });
+    if let (Batching::On { config, .. }, Some(o)) = (&loaded.batching, v.as_object_mut()) {
+        o.insert("max_batch_size".into(), config.max_size().into());
+    }
+    Ok(json_response(StatusCode::OK, &v))
+}
+
+/// Triton's model configuration (its model-configuration extension), as `perf_analyzer` and
+/// Triton's clients read it. With batching on at dimension 0, `max_batch_size` is the largest
+/// size and `dims` leave the batch dimension out, as Triton writes them; otherwise
+/// `max_batch_size` is 0 and `dims` are the whole shape (`-1` for a symbolic dimension).
+fn model_config(app: &App, name: &str, version: Option<&str>) -> Result<Response, ApiError> {
+    let slot = app.slot(name, version)?;
+    let loaded = slot.ready()?;
+    let sig = loaded.runner.signature();
+    let batched = match &loaded.batching {
+        Batching::On { config, .. } if config.batch_dim == 0 => Some(config),
+        _ => None,
+    };
+    let specs = |v: &[crate::TensorSpec]| -> Vec<serde_json::Value> {
+        v.iter()
+            .map(|s| {
+                let mut dims = wire::metadata_shape(s);
+                if batched.is_some() && !dims.is_empty() {
+                    dims.remove(0);
+                }
+                serde_json::json!({
+                    "name": s.name,
+                    "data_type": format!("TYPE_{}", wire::datatype_name(s.dtype)),
+                    "dims": dims,
+                })
+            })
+            .collect()
+    };
+    let mut v = serde_json::json!({
+        "name": slot.name,
+        "platform": loaded.platform,
+        "backend": "xlaguard",
+        "version_policy": {"specific": {"versions": [slot.version]}},
+        "max_batch_size": batched.map_or(0, batch::BatchConfig::max_size),
+        "input": specs(&sig.inputs),
+        "output": specs(&sig.outputs),
+        "instance_group": [{"count": slot.limits.workers, "kind": "KIND_CPU"}],
+        "xlaguard": {"batching": loaded.batching.to_json()},
+    });
+    if let (Some(c), Some(o)) = (batched, v.as_object_mut()) {
+        o.insert(
+            "dynamic_batching".into(),
+            serde_json::json!({
+                "preferred_batch_size": c.sizes,
+                "max_queue_delay_microseconds": u64::try_from(c.max_queue_delay.as_micros()).unwrap_or(u64::MAX),
+            }),
+        );
+    }
+    Ok(json_response(StatusCode::OK, &v))
+}
+
+async fn model_config_h(
+    State(app): State<Arc<App>>,
+    p: Result<Path<String>, PathRejection>,
+) -> Response {
+    match p {
+        Ok(Path(name)) => {
+            model_config(&app, &name, None).unwrap_or_else(IntoResponse::into_response)
+        }
+        Err(r) => path_error(&r),
+    }
+}
+
+async fn model_config_v(
+    State(app): State<Arc<App>>,
+    p: Result<Path<(String, String)>, PathRejection>,
+) -> Response {
+    match p {
+        Ok(Path((name, v))) => {
+            model_config(&app, &name, Some(&v)).unwrap_or_else(IntoResponse::into_response)
+        }
+        Err(r) => path_error(&r),
+    }
 }
 
 async fn model_metadata(
@@ -1098,6 +1334,16 @@ async fn infer_inner(
     };
     let deadline = tokio::time::Instant::from_std(arrived + slot.limits.timeout);
     let timeout_ms = slot.limits.timeout.as_millis();
+    if let Batching::On {
+        config, batcher, ..
+    } = &loaded.batching
+    {
+        let (config, batcher) = (config.clone(), batcher.clone());
+        return infer_batched(
+            app, slot, loaded, &config, &batcher, body, header_len, deadline,
+        )
+        .await;
+    }
 
     // A free worker now, or a place in the queue and a worker before the deadline.
     let worker = match slot.exec.clone().try_acquire_owned() {
@@ -1169,6 +1415,152 @@ async fn infer_inner(
             ));
         }
     };
+    Ok((response_of(encoded), run_time))
+}
+
+fn deadline_passed(app: &App, slot: &Slot, what: &str) -> ApiError {
+    app.metrics.rejected("deadline");
+    ApiError::overloaded(
+        StatusCode::SERVICE_UNAVAILABLE,
+        format!(
+            "deadline of {} ms passed while {what} of model '{}'",
+            slot.limits.timeout.as_millis(),
+            slot.name
+        ),
+    )
+}
+
+/// A request to a batching model: decoded and checked alone on a blocking thread, then queued
+/// in the model's batcher (or run alone when it has more rows than the largest size).
+#[allow(clippy::too_many_arguments)]
+async fn infer_batched(
+    app: &App,
+    slot: &Arc<Slot>,
+    loaded: Arc<Loaded>,
+    config: &batch::BatchConfig,
+    batcher: &batch::Batcher,
+    body: Bytes,
+    header_len: Option<usize>,
+    deadline: tokio::time::Instant,
+) -> Result<(Response, Duration), ApiError> {
+    let Ok(_place) = slot.queue.clone().try_acquire_owned() else {
+        app.metrics.rejected("queue_full");
+        return Err(ApiError::overloaded(
+            StatusCode::TOO_MANY_REQUESTS,
+            format!(
+                "model '{}' is busy: {} requests queued",
+                slot.name, slot.limits.max_queue
+            ),
+        ));
+    };
+    let limits = ParseLimits {
+        max_json_depth: app.config.max_json_depth,
+    };
+    let (l, c, b) = (loaded.clone(), config.clone(), batcher.clone());
+    let (name, version) = (slot.name.clone(), slot.version.clone());
+    let (n, v) = (name.clone(), version.clone());
+    let checked = tokio::task::spawn_blocking(move || {
+        let started = Instant::now();
+        let req = wire::parse_request(&body, header_len, l.runner.signature(), &limits)?;
+        let views: Vec<_> = req.inputs.iter().map(wire::InputTensor::view).collect();
+        let admit = batch::admit(&l.runner, &c, &views)?;
+        // An idle model runs the request here and now, as the batch it would form alone.
+        if let batch::Admit::Batch(rows) = admit {
+            if let Some(outs) = b.try_run_now(&views, rows) {
+                let encoded = encode(&l, &outs?, &req.outputs, &n, &v, req.id.as_deref())?;
+                return Ok(Checked::Done(batch::Done {
+                    encoded,
+                    run_time: started.elapsed(),
+                }));
+            }
+        }
+        drop(views);
+        Ok::<_, ApiError>(Checked::Queue(req, admit))
+    });
+    let (req, admit) = match tokio::time::timeout_at(deadline, checked).await {
+        Ok(Ok(r)) => match r? {
+            Checked::Queue(req, admit) => (req, admit),
+            Checked::Done(done) => return Ok((response_of(done.encoded), done.run_time)),
+        },
+        Ok(Err(join)) => {
+            tracing::error!(model = %slot.name, error = %join, "request check failed");
+            return Err(ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal error: the request check failed",
+            ));
+        }
+        Err(_) => return Err(deadline_passed(app, slot, "checking a request")),
+    };
+    let done = match admit {
+        batch::Admit::Batch(rows) => {
+            let l = loaded.clone();
+            let id = req.id.clone();
+            let choices = req.outputs.clone();
+            let finish: batch::Finish =
+                Box::new(move |outs| encode(&l, &outs, &choices, &name, &version, id.as_deref()));
+            let rx = batcher.submit(req.inputs, rows, deadline.into_std(), finish)?;
+            match tokio::time::timeout_at(deadline, rx).await {
+                Ok(Ok(r)) => r?,
+                Ok(Err(_)) | Err(_) => {
+                    return Err(deadline_passed(app, slot, "waiting in the batch queue"))
+                }
+            }
+        }
+        batch::Admit::Alone => {
+            let worker =
+                match tokio::time::timeout_at(deadline, slot.exec.clone().acquire_owned()).await {
+                    Ok(Ok(w)) => w,
+                    Ok(Err(_)) => {
+                        return Err(ApiError::new(
+                            StatusCode::SERVICE_UNAVAILABLE,
+                            "model is shutting down",
+                        ))
+                    }
+                    Err(_) => return Err(deadline_passed(app, slot, "waiting for a worker")),
+                };
+            let b = batcher.clone();
+            let job = tokio::task::spawn_blocking(move || {
+                let started = Instant::now();
+                let views: Vec<_> = req.inputs.iter().map(wire::InputTensor::view).collect();
+                let outs = loaded.runner.run(&views);
+                drop(worker);
+                b.finished();
+                let outs = outs?;
+                let encoded = encode(
+                    &loaded,
+                    &outs,
+                    &req.outputs,
+                    &name,
+                    &version,
+                    req.id.as_deref(),
+                )?;
+                Ok::<_, ApiError>(batch::Done {
+                    encoded,
+                    run_time: started.elapsed(),
+                })
+            });
+            match tokio::time::timeout_at(deadline, job).await {
+                Ok(Ok(r)) => r?,
+                Ok(Err(_)) => {
+                    return Err(ApiError::new(
+                        StatusCode::INTERNAL_SERVER_ERROR,
+                        "internal error: the inference task failed",
+                    ))
+                }
+                Err(_) => return Err(deadline_passed(app, slot, "running")),
+            }
+        }
+    };
+    Ok((response_of(done.encoded), done.run_time))
+}
+
+/// A checked request: answered already (the model was idle), or to be queued.
+enum Checked {
+    Done(batch::Done),
+    Queue(wire::InferRequest, batch::Admit),
+}
+
+fn response_of(encoded: wire::EncodedResponse) -> Response {
     let mut resp = Response::new(Body::from(encoded.body));
     let h = resp.headers_mut();
     match encoded.header_len {
@@ -1186,7 +1578,7 @@ async fn infer_inner(
             );
         }
     }
-    Ok((resp, run_time))
+    resp
 }
 
 /// Decodes, validates, runs and encodes one request (on a blocking thread).
@@ -1198,13 +1590,32 @@ fn run_one(
     name: &str,
     version: &str,
 ) -> Result<wire::EncodedResponse, ApiError> {
-    let model = &loaded.model;
-    let sig = model.signature();
+    let sig = loaded.runner.signature();
     let req = wire::parse_request(body, header_len, sig, limits)?;
     let views: Vec<_> = req.inputs.iter().map(wire::InputTensor::view).collect();
-    let outputs = model.run(&views)?;
-    let mut chosen = Vec::with_capacity(req.outputs.len());
-    for o in &req.outputs {
+    let outputs = loaded.runner.run(&views)?;
+    encode(
+        loaded,
+        &outputs,
+        &req.outputs,
+        name,
+        version,
+        req.id.as_deref(),
+    )
+}
+
+/// Encodes the outputs a request asked for.
+fn encode(
+    loaded: &Loaded,
+    outputs: &[crate::Tensor],
+    wanted: &[wire::OutputChoice],
+    name: &str,
+    version: &str,
+    id: Option<&str>,
+) -> Result<wire::EncodedResponse, ApiError> {
+    let sig = loaded.runner.signature();
+    let mut chosen = Vec::with_capacity(wanted.len());
+    for o in wanted {
         match (sig.outputs.get(o.index), outputs.get(o.index)) {
             (Some(spec), Some(tensor)) => chosen.push(OutputRef {
                 spec,
@@ -1219,10 +1630,5 @@ fn run_one(
             }
         }
     }
-    Ok(wire::encode_response(
-        name,
-        version,
-        req.id.as_deref(),
-        &chosen,
-    ))
+    Ok(wire::encode_response(name, version, id, &chosen))
 }

@@ -23,7 +23,17 @@
 //! workers = 2                # executions at once, default: the CPUs available
 //! max_queue = 64             # requests waiting beyond those, default 64; more get 429
 //! timeout_ms = 10000         # request deadline from arrival, default 30000; past it, 503
+//! [batching]                 # dynamic batching (see `server::batch`)
+//! sizes = [1, 2, 4, 8]       # batch sizes executed, default 1, 2, 4, 8, 16, 32
+//! max_queue_delay_us = 0     # how long a batch's first request may wait for more, default 0
+//! pad = "zeros"              # or "repeat_last"
+//! batch_dim = 0
 //! ```
+//!
+//! A bundle of static exports of one function at several batch sizes (`model.b1.jaxexport`,
+//! `model.b8.jaxexport`, ...: every `.jaxexport` in the folder named `<stem>.b<N>.jaxexport`
+//! with one stem) is served as one model with batching on (its sizes by default the exported
+//! ones).
 //!
 //! A folder whose configuration is wrong still becomes a model: it is reported as unavailable
 //! with the reason (in the log, `POST /v2/repository/index` and `/metrics`), and the other models
@@ -124,6 +134,11 @@ pub struct ModelSpec {
     /// Shape-polymorphic models: values of dimension variables to compile at load
     /// (`config.toml` `[shapes] b = [1, 8, 32]`; several variables: every combination).
     pub shapes: std::collections::BTreeMap<String, Vec<u64>>,
+    /// `[batching]`: dynamic batching settings (`None`: off, unless the model is a bundle).
+    pub batching: Option<super::batch::BatchConfig>,
+    /// A bundle of static exports per batch size (`model.b8.jaxexport`): (size, file),
+    /// ascending; empty for a single artifact.
+    pub bundle: Vec<(u64, PathBuf)>,
 }
 
 impl ModelSpec {
@@ -143,6 +158,8 @@ impl ModelSpec {
             params_bake: false,
             problem: None,
             shapes: std::collections::BTreeMap::new(),
+            batching: None,
+            bundle: Vec::new(),
         }
     }
 
@@ -172,6 +189,56 @@ struct ConfigFile {
     params_sha256: Option<String>,
     #[serde(default)]
     params: Option<ParamsFile>,
+    #[serde(default)]
+    batching: Option<BatchingFile>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BatchingFile {
+    #[serde(default)]
+    sizes: Option<Vec<u64>>,
+    #[serde(default)]
+    max_queue_delay_us: Option<u64>,
+    #[serde(default)]
+    pad: Option<String>,
+    #[serde(default)]
+    batch_dim: Option<usize>,
+}
+
+impl BatchingFile {
+    fn config(&self, bundle: &[(u64, PathBuf)]) -> Result<super::batch::BatchConfig, String> {
+        use super::batch::{BatchConfig, Pad};
+        let mut c = BatchConfig::default();
+        if !bundle.is_empty() {
+            c.sizes = bundle.iter().map(|(n, _)| *n).collect();
+        }
+        if let Some(s) = &self.sizes {
+            if s.is_empty() || s.contains(&0) || s.windows(2).any(|w| matches!(w, [a, b] if a >= b))
+            {
+                return Err(format!(
+                    "config.toml [batching] sizes must be ascending batch sizes of at least 1, got {s:?}"
+                ));
+            }
+            c.sizes.clone_from(s);
+        }
+        if let Some(us) = self.max_queue_delay_us {
+            c.max_queue_delay = Duration::from_micros(us);
+        }
+        match self.pad.as_deref() {
+            None | Some("zeros") => {}
+            Some("repeat_last") => c.pad = Pad::RepeatLast,
+            Some(other) => {
+                return Err(format!(
+                    "config.toml [batching] pad '{other}' is not one of zeros, repeat_last"
+                ))
+            }
+        }
+        if let Some(d) = self.batch_dim {
+            c.batch_dim = d;
+        }
+        Ok(c)
+    }
 }
 
 #[derive(Deserialize)]
@@ -267,6 +334,40 @@ fn pick_artifact(dir: &Path, files: &[String], named: Option<&str>) -> Result<Pa
         "no artifact (a file ending in {})",
         ARTIFACT_KINDS.join(", ")
     ))
+}
+
+/// The folder's bundle of static exports per batch size: every `.jaxexport` named
+/// `<stem>.b<N>.jaxexport` with one stem (empty when there is none, or a plain artifact too).
+fn find_bundle(dir: &Path, files: &[String]) -> Result<Vec<(u64, PathBuf)>, String> {
+    let exports: Vec<&String> = files.iter().filter(|f| f.ends_with(".jaxexport")).collect();
+    let mut found = Vec::new();
+    let mut stem = None;
+    for f in &exports {
+        let Some(base) = f.strip_suffix(".jaxexport") else {
+            return Ok(Vec::new());
+        };
+        let Some((s, n)) = base.rsplit_once(".b") else {
+            return Ok(Vec::new());
+        };
+        let Ok(n) = n.parse::<u64>() else {
+            return Ok(Vec::new());
+        };
+        if n == 0 || !n.to_string().eq(base.rsplit_once(".b").map_or("", |x| x.1)) {
+            return Ok(Vec::new());
+        }
+        match stem {
+            None => stem = Some(s),
+            Some(t) if t != s => {
+                return Err(format!(
+                    "bundle exports with two stems ('{t}' and '{s}'); keep one model per folder"
+                ))
+            }
+            Some(_) => {}
+        }
+        found.push((n, dir.join(f.as_str())));
+    }
+    found.sort();
+    Ok(found)
 }
 
 fn read_config(path: &Path) -> Result<Option<ConfigFile>, String> {
@@ -393,9 +494,39 @@ pub fn read_model_dir(dir: &Path, name: &str) -> ModelSpec {
         }
         named = c.artifact.as_deref();
     }
-    match pick_artifact(dir, &files, named) {
-        Ok(p) => spec.source = ArtifactSource::File(p),
+    let bundle = if named.is_none() {
+        find_bundle(dir, &files)
+    } else {
+        Ok(Vec::new())
+    };
+    match bundle {
+        Ok(b) if !b.is_empty() => {
+            if let Some((_, p)) = b.first() {
+                spec.source = ArtifactSource::File(p.clone());
+            }
+            spec.bundle = b;
+        }
+        Ok(_) => match pick_artifact(dir, &files, named) {
+            Ok(p) => spec.source = ArtifactSource::File(p),
+            Err(e) => spec.problem = Some(e),
+        },
         Err(e) => spec.problem = Some(e),
+    }
+    let batching = config.as_ref().and_then(|c| c.batching.as_ref());
+    match batching {
+        Some(b) => match b.config(&spec.bundle) {
+            Ok(c) => spec.batching = Some(c),
+            Err(e) => {
+                spec.problem.get_or_insert(e);
+            }
+        },
+        None if !spec.bundle.is_empty() => {
+            spec.batching = Some(super::batch::BatchConfig {
+                sizes: spec.bundle.iter().map(|(n, _)| *n).collect(),
+                ..super::batch::BatchConfig::default()
+            });
+        }
+        None => {}
     }
     let policy = dir.join("policy.toml");
     if policy.is_file() {
