@@ -25,7 +25,7 @@
 //!   of its rows run alone at that size; a model whose rows interact is served unbatched.
 
 use std::collections::{BTreeMap, VecDeque};
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -37,7 +37,7 @@ use crate::signature::{DType, Dim, Signature, TensorSpec};
 use crate::tensor::{byte_len, Tensor, TensorRef};
 
 use super::error::ApiError;
-use super::metrics::Histogram;
+pub use super::metrics::BatchMetrics;
 use super::wire::{EncodedResponse, InputTensor};
 
 /// What padding rows hold.
@@ -699,52 +699,6 @@ pub fn gate(
         }
     }
     Ok(())
-}
-
-/// Batching counters of one model.
-#[derive(Debug, Default)]
-pub struct BatchMetrics {
-    /// Executions by the size executed (index into the plan's sizes).
-    pub sizes: BTreeMap<u64, AtomicU64>,
-    /// Real (request) rows executed.
-    pub rows_real: AtomicU64,
-    /// Padding rows executed.
-    pub rows_padded: AtomicU64,
-    /// Requests per execution, as a histogram of counts (le 1, 2, 4, ... 128, +Inf).
-    pub requests: [AtomicU64; 9],
-    /// Time from joining the queue to the batch's start.
-    pub queue_delay: Histogram,
-    /// Requests dropped before batching: client gone.
-    pub cancelled: AtomicU64,
-    /// Requests dropped before batching: deadline passed.
-    pub expired: AtomicU64,
-}
-
-impl BatchMetrics {
-    /// Counters for the plan's sizes.
-    pub fn new(config: &BatchConfig) -> BatchMetrics {
-        BatchMetrics {
-            sizes: config
-                .sizes
-                .iter()
-                .map(|&s| (s, AtomicU64::new(0)))
-                .collect(),
-            ..BatchMetrics::default()
-        }
-    }
-
-    fn executed(&self, size: u64, rows: u64, requests: usize) {
-        if let Some(c) = self.sizes.get(&size) {
-            c.fetch_add(1, Ordering::Relaxed);
-        }
-        self.rows_real.fetch_add(rows, Ordering::Relaxed);
-        self.rows_padded
-            .fetch_add(size.saturating_sub(rows), Ordering::Relaxed);
-        let i = (0..8).find(|&i| requests <= 1 << i).unwrap_or(8);
-        if let Some(c) = self.requests.get(i) {
-            c.fetch_add(1, Ordering::Relaxed);
-        }
-    }
 }
 
 /// What a request got from its batch.

@@ -158,7 +158,7 @@ pub struct ModelGauges<'a> {
     /// Counters.
     pub metrics: &'a ModelMetrics,
     /// Batching counters, when the model batches.
-    pub batch: Option<&'a super::batch::BatchMetrics>,
+    pub batch: Option<&'a BatchMetrics>,
 }
 
 fn help(out: &mut String, name: &str, kind: &str, text: &str) {
@@ -405,7 +405,7 @@ fn render_batching(
     models: &[ModelGauges<'_>],
     m: &dyn Fn(&ModelGauges<'_>) -> String,
 ) {
-    let batched: Vec<(&ModelGauges<'_>, &super::batch::BatchMetrics)> =
+    let batched: Vec<(&ModelGauges<'_>, &BatchMetrics)> =
         models.iter().filter_map(|g| Some((g, g.batch?))).collect();
     if batched.is_empty() {
         return;
@@ -531,5 +531,48 @@ fn render_batching(
             m(g),
             load(&b.expired)
         );
+    }
+}
+
+/// Batching counters of one model.
+#[derive(Debug, Default)]
+pub struct BatchMetrics {
+    /// Executions by the size executed (index into the plan's sizes).
+    pub sizes: BTreeMap<u64, AtomicU64>,
+    /// Real (request) rows executed.
+    pub rows_real: AtomicU64,
+    /// Padding rows executed.
+    pub rows_padded: AtomicU64,
+    /// Requests per execution, as a histogram of counts (le 1, 2, 4, ... 128, +Inf).
+    pub requests: [AtomicU64; 9],
+    /// Time from joining the queue to the batch's start.
+    pub queue_delay: Histogram,
+    /// Requests dropped before batching: client gone.
+    pub cancelled: AtomicU64,
+    /// Requests dropped before batching: deadline passed.
+    pub expired: AtomicU64,
+}
+
+impl BatchMetrics {
+    /// Counters for a batching plan's sizes.
+    pub fn new(sizes: &[u64]) -> BatchMetrics {
+        BatchMetrics {
+            sizes: sizes.iter().map(|&s| (s, AtomicU64::new(0))).collect(),
+            ..BatchMetrics::default()
+        }
+    }
+
+    /// One execution of `size` rows, `rows` of them real, for `requests` requests.
+    pub(crate) fn executed(&self, size: u64, rows: u64, requests: usize) {
+        if let Some(c) = self.sizes.get(&size) {
+            c.fetch_add(1, Ordering::Relaxed);
+        }
+        self.rows_real.fetch_add(rows, Ordering::Relaxed);
+        self.rows_padded
+            .fetch_add(size.saturating_sub(rows), Ordering::Relaxed);
+        let i = (0..8).find(|&i| requests <= 1 << i).unwrap_or(8);
+        if let Some(c) = self.requests.get(i) {
+            c.fetch_add(1, Ordering::Relaxed);
+        }
     }
 }

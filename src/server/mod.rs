@@ -543,7 +543,7 @@ fn load_into_slot(app: &App, spec: &ModelSpec, engines: &std::sync::Mutex<Engine
             let batching = match verdict {
                 None => Batching::Off,
                 Some((config, Ok(()))) => {
-                    let metrics = Arc::new(batch::BatchMetrics::new(&config));
+                    let metrics = Arc::new(batch::BatchMetrics::new(&config.sizes));
                     let batcher = batch::Batcher::start(
                         &app.rt,
                         runner.clone(),
