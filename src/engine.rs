@@ -591,6 +591,14 @@ pub struct BoundParams {
     pub baked: bool,
 }
 
+/// True when both lists hold the same dtypes and shapes, in order (names aside).
+fn same_types(a: &[&TensorSpec], b: &[&TensorSpec]) -> bool {
+    a.len() == b.len()
+        && a.iter()
+            .zip(b)
+            .all(|(x, y)| x.dtype == y.dtype && x.shape == y.shape)
+}
+
 /// The argument an input name belongs to: `variables` for `variables['params']['w']`,
 /// `trainable` for `trainable[0]`, `params` for `params.layers[0].weight`.
 fn argument_of(name: &str) -> &str {
@@ -682,12 +690,7 @@ impl Model {
                     None => sig.inputs.iter().collect(),
                 };
                 let compiled: Vec<&TensorSpec> = params.iter().skip(skip).collect();
-                let same_inputs = declared.len() == compiled.len()
-                    && declared
-                        .iter()
-                        .zip(&compiled)
-                        .all(|(s, c)| s.dtype == c.dtype && s.shape == c.shape);
-                if !same_inputs {
+                if !same_types(&declared, &compiled) {
                     return Err(lie("inputs", &declared, &compiled));
                 }
                 let mut sig = sig;
@@ -1037,12 +1040,7 @@ impl Model {
             })
             .collect();
         let got: Vec<&TensorSpec> = params.iter().skip(skip).collect();
-        let same = want.len() == got.len()
-            && want
-                .iter()
-                .zip(&got)
-                .all(|(w, g)| w.dtype == g.dtype && w.shape == g.shape);
-        if !same {
+        if !same_types(&want, &got) {
             let show = |v: &[&TensorSpec]| {
                 v.iter()
                     .map(|s| s.type_string())
