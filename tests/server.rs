@@ -1401,3 +1401,43 @@ fn a_slow_model_does_not_delay_a_fast_one() {
     wait_loaded(s.addr);
     assert_eq!(get(s.addr, "/v2/models/a_slow/ready").status, 200);
 }
+
+/// Past the connection caps a connection gets a 503 saying which cap (not a bare reset); one
+/// client address holds at most its share, and slots come back when connections close.
+#[test]
+fn connection_caps_shed_with_a_response() {
+    let m = ModelSpec::from_file("digits", fixture("digits").join("model.jaxexport"));
+    let s = InProcess::start(vec![m], |c| {
+        c.max_connections = 6;
+        c.max_connections_per_client = 3;
+    });
+    // Three idle connections from 127.0.0.1 (the test's address) use up its share.
+    let held: Vec<Conn> = (0..3).map(|_| Conn::open(s.addr)).collect();
+    std::thread::sleep(Duration::from_millis(200));
+    let mut c = Conn::open(s.addr);
+    let r = c.read_response().unwrap();
+    assert_eq!(r.status, 503, "{}", r.text());
+    assert_eq!(r.header("retry-after"), Some("1"));
+    assert_eq!(r.header("connection"), Some("close"));
+    assert_eq!(
+        r.error(),
+        "too many connections from 127.0.0.1: at most 3 per client address"
+    );
+    drop(held);
+    std::thread::sleep(Duration::from_millis(200));
+    assert_digits_ok(s.addr);
+    let t = get(s.addr, "/metrics").text();
+    assert!(
+        t.contains("xlaguard_admission_rejections_total{reason=\"client_connections\"} 1"),
+        "{t}"
+    );
+    // The global cap: the same answer, naming it.
+    let m = ModelSpec::from_file("digits", fixture("digits").join("model.jaxexport"));
+    let s = InProcess::start(vec![m], |c| c.max_connections = 2);
+    let held: Vec<Conn> = (0..2).map(|_| Conn::open(s.addr)).collect();
+    std::thread::sleep(Duration::from_millis(200));
+    let r = Conn::open(s.addr).read_response().unwrap();
+    assert_eq!(r.status, 503, "{}", r.text());
+    assert_eq!(r.error(), "server busy: 2 connections open");
+    drop(held);
+}

@@ -43,9 +43,13 @@ pub struct ServeArgs {
     /// they arrive; more get 503 (1 GiB; 1 MiB to 1 TiB).
     #[arg(long, default_value_t = 1 << 30, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range((1u64 << 20)..=(1u64 << 40)))]
     pub max_body_memory_bytes: usize,
-    /// Open connections at once; more are closed at accept (1 to 1,000,000).
+    /// Open connections at once; more are answered 503 and closed at accept (1 to 1,000,000).
     #[arg(long, default_value_t = 1024, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=1_000_000))]
     pub max_connections: usize,
+    /// Open connections at once from one client address; more are answered 503 and closed
+    /// (1 to 1,000,000).
+    #[arg(long, default_value_t = 256, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=1_000_000))]
+    pub max_connections_per_client: usize,
     /// Executions at once per model (default: the CPUs available; 1 to 1024).
     #[arg(long, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=1024))]
     pub workers: Option<usize>,
@@ -83,6 +87,7 @@ impl ServeArgs {
             max_concurrent_requests: self.max_concurrent_requests,
             max_body_memory_bytes: self.max_body_memory_bytes,
             max_connections: self.max_connections,
+            max_connections_per_client: self.max_connections_per_client,
             header_read_timeout: Duration::from_millis(self.header_timeout_ms),
             body_read_timeout: Duration::from_millis(self.body_timeout_ms),
             drain_timeout: Duration::from_millis(self.drain_timeout_ms),

@@ -103,8 +103,11 @@ pub struct ServerConfig {
     /// 1 GiB), counted as they arrive; a body that would pass it gets 503. Slow senders hold
     /// only what they have sent.
     pub max_body_memory_bytes: usize,
-    /// Open connections at once (default 1024); more are closed at accept.
+    /// Open connections at once (default 1024); more are answered 503 and closed at accept.
     pub max_connections: usize,
+    /// Open connections at once from one client address (default 256); more are answered
+    /// 503 and closed at accept, so one client cannot take every connection.
+    pub max_connections_per_client: usize,
     /// Time to receive a request's headers (default 10 s); a slower client is disconnected.
     pub header_read_timeout: Duration,
     /// Time to receive a request's body (default 30 s); a slower client gets 408.
@@ -129,6 +132,7 @@ impl Default for ServerConfig {
             max_concurrent_requests: 256,
             max_body_memory_bytes: 1 << 30,
             max_connections: 1024,
+            max_connections_per_client: 256,
             header_read_timeout: Duration::from_secs(10),
             body_read_timeout: Duration::from_secs(30),
             drain_timeout: Duration::from_secs(30),
@@ -393,6 +397,7 @@ impl Server {
         let connections = Arc::new(Semaphore::new(app.config.max_connections.max(1)));
         tokio::pin!(shutdown);
         let connection_log = RateLimitedLog::default();
+        let clients = Arc::new(ClientCounts::default());
         loop {
             let accepted = tokio::select! {
                 r = self.listener.accept() => r,
@@ -410,8 +415,32 @@ impl Server {
             let Ok(permit) = connections.clone().try_acquire_owned() else {
                 app.metrics.rejected("connections");
                 if let Some(suppressed) = connection_log.allow() {
-                    tracing::warn!(%peer, limit = app.config.max_connections, suppressed, "connection limit reached; closing (logged at most once a second)");
+                    tracing::warn!(%peer, limit = app.config.max_connections, suppressed, "connection limit reached; shedding (logged at most once a second)");
                 }
+                shed(
+                    &stream,
+                    &format!(
+                        "server busy: {} connections open",
+                        app.config.max_connections
+                    ),
+                );
+                continue;
+            };
+            // One client address may hold only its share of the connections.
+            let Some(per_client) = clients.admit(peer.ip(), app.config.max_connections_per_client)
+            else {
+                app.metrics.rejected("client_connections");
+                if let Some(suppressed) = connection_log.allow() {
+                    tracing::warn!(%peer, limit = app.config.max_connections_per_client, suppressed, "per-client connection limit reached; shedding (logged at most once a second)");
+                }
+                shed(
+                    &stream,
+                    &format!(
+                        "too many connections from {}: at most {} per client address",
+                        peer.ip(),
+                        app.config.max_connections_per_client
+                    ),
+                );
                 continue;
             };
             let _ = stream.set_nodelay(true);
@@ -422,6 +451,7 @@ impl Server {
                 if let Err(e) = conn.await {
                     tracing::debug!(%peer, error = %e, "connection ended with an error");
                 }
+                drop(per_client);
                 drop(permit);
             });
         }
@@ -790,6 +820,55 @@ fn router(app: Arc<App>) -> Router {
         .method_not_allowed_fallback(method_not_allowed)
         .layer(axum::middleware::from_fn_with_state(app.clone(), observe))
         .with_state(app)
+}
+
+/// Answers a connection the server will not serve with a 503 (written without waiting: it fits
+/// the socket buffer of a fresh connection) and closes it, instead of a bare reset.
+fn shed(stream: &tokio::net::TcpStream, message: &str) {
+    let body = error::error_body(message);
+    let reply = format!(
+        "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\nretry-after: 1\r\nconnection: close\r\ncontent-length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    let _ = stream.try_write(reply.as_bytes());
+}
+
+/// Open connections per client address.
+#[derive(Default)]
+struct ClientCounts(std::sync::Mutex<HashMap<std::net::IpAddr, usize>>);
+
+/// A connection counted against its client address; uncounted when dropped.
+struct ClientSlot {
+    counts: Arc<ClientCounts>,
+    ip: std::net::IpAddr,
+}
+
+impl ClientCounts {
+    /// Counts a connection from `ip`, or `None` when it already has `limit` open.
+    fn admit(self: &Arc<Self>, ip: std::net::IpAddr, limit: usize) -> Option<ClientSlot> {
+        let mut m = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let n = m.entry(ip).or_insert(0);
+        if *n >= limit {
+            return None;
+        }
+        *n += 1;
+        Some(ClientSlot {
+            counts: self.clone(),
+            ip,
+        })
+    }
+}
+
+impl Drop for ClientSlot {
+    fn drop(&mut self) {
+        let mut m = self.counts.0.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = m.get_mut(&self.ip) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                m.remove(&self.ip);
+            }
+        }
+    }
 }
 
 /// At most one log line a second; says how many were skipped since the last.
