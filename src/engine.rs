@@ -6,14 +6,16 @@ use std::sync::Arc;
 use crate::artifact::params::{BindReport, Mismatch};
 use crate::artifact::{self, Artifact, ArtifactError, ArtifactKind, ProgramFormat};
 use crate::compile::{
-    CompileConfig, CompileInput, CompileSummary, Compiler, JailReport, StatsSnapshot,
-    TrustedExecutable,
+    CompileConfig, CompileInput, CompileSummary, Compiler, ExecWorkerSetup, JailReport,
+    StatsSnapshot, TrustedExecutable,
 };
 use crate::dims::DimExpr;
 use crate::error::{BindError, Error};
+use crate::exec::{ExecConfig, ExecSnapshot, Execution, Remote, RemoteModel};
 use crate::pjrt::deps::preload_nvidia_libraries;
 use crate::pjrt::{
-    Api, Buffer, Client, ClientOptions, ErrorCode, LoadError, LoadedExecutable, StagingBuffer,
+    Api, Buffer, Client, ClientOptions, CompiledMemoryStats, ErrorCode, LoadError,
+    LoadedExecutable, StagingBuffer,
 };
 use crate::plugin::{self, DeviceKind, FoundPlugin};
 use crate::signature::{Dim, Signature, TensorSpec};
@@ -40,6 +42,9 @@ pub struct EngineConfig {
     /// Shape-polymorphic models: executables kept per concrete shape (least recently used
     /// evicted first).
     pub shapes: ShapeCacheConfig,
+    /// Where models execute (in this process by default, or in jailed execution workers), and
+    /// the memory budget every model is admitted against at load.
+    pub execution: ExecConfig,
 }
 
 /// Bounds of a shape-polymorphic model's in-memory executables, one per concrete shape.
@@ -82,6 +87,18 @@ pub struct Engine {
     allow_platform_mismatch: bool,
     compiler: Arc<Compiler>,
     shapes: ShapeCacheConfig,
+    exec: Arc<ExecSetup>,
+}
+
+/// An engine's execution settings, and how to start its execution workers (built on first
+/// need).
+#[derive(Debug)]
+struct ExecSetup {
+    config: ExecConfig,
+    limits: crate::compile::Limits,
+    /// Why this engine cannot run execution workers (a non-CPU plugin), if so.
+    refused: Option<String>,
+    setup: std::sync::OnceLock<Result<Arc<ExecWorkerSetup>, String>>,
 }
 
 impl Engine {
@@ -165,13 +182,71 @@ impl Engine {
         if let Some(why) = gpu_note {
             compiler.note_unenforced(why);
         }
+        let refused = (found.kind != DeviceKind::Cpu).then(|| {
+            format!(
+                "the execution jail has a profile for the CPU plugin only; the {} plugin's \
+                 models run in this process (execution = \"in-process\")",
+                found.kind.name()
+            )
+        });
+        if refused.is_some() && config.execution.execution == Execution::Process {
+            return Err(Error::Config(refused.unwrap_or_default()));
+        }
+        let exec = ExecSetup {
+            config: config.execution.clone(),
+            limits: crate::compile::Limits {
+                deadline: config.execution.startup_timeout,
+                startup_timeout: config.execution.startup_timeout,
+                address_space_bytes: Some(config.execution.address_space_base),
+                // RLIMIT_CPU counts a process's whole life: a long-lived worker has none; its
+                // requests have deadlines instead.
+                cpu_seconds: None,
+                open_files: config.compile.limits.open_files,
+                max_module_bytes: config.compile.limits.max_module_bytes,
+                max_executable_bytes: config.compile.limits.max_executable_bytes,
+            },
+            refused,
+            setup: std::sync::OnceLock::new(),
+        };
         Ok(Engine {
             client,
             plugin: found,
             allow_platform_mismatch: config.allow_platform_mismatch,
             shapes: config.shapes,
             compiler: Arc::new(compiler),
+            exec: Arc::new(exec),
         })
+    }
+
+    /// How models of this engine execute by default, and their memory budget.
+    pub fn execution(&self) -> &ExecConfig {
+        &self.exec.config
+    }
+
+    /// How to start execution workers (built once).
+    fn exec_worker_setup(&self) -> Result<Arc<ExecWorkerSetup>, Error> {
+        if let Some(why) = &self.exec.refused {
+            return Err(Error::Config(why.clone()));
+        }
+        self.exec
+            .setup
+            .get_or_init(|| {
+                self.compiler
+                    .exec_worker_setup(&self.exec.limits)
+                    .map(Arc::new)
+                    .map_err(|e| e.to_string())
+            })
+            .clone()
+            .map_err(Error::Config)
+    }
+
+    /// The memory budget of one execution, and where it comes from (`None`: unknown).
+    fn execution_budget(&self) -> Option<(u64, String)> {
+        match self.exec.config.max_execution_bytes {
+            Some(b) => Some((b, "max_execution_bytes".into())),
+            None => crate::compile::sandbox::physical_memory()
+                .map(|m| (m / 2, format!("half the host's {} MiB of memory", m >> 20))),
+        }
     }
 
     /// What the compile jail enforces (and what it cannot), as the first worker reported it;
@@ -459,6 +534,8 @@ impl Engine {
                     usage: None,
                     worker: None,
                 },
+                memory: None,
+                execution_bytes: None,
             },
             exe: None,
             serialized: None,
@@ -472,6 +549,8 @@ impl Engine {
                 bounds: self.shapes,
             })),
             bound: None,
+            exec: ModelExec::of(&self.exec.config),
+            remote: std::sync::Mutex::new(None),
         })
     }
 }
@@ -534,6 +613,12 @@ pub struct ModelInfo {
     pub compile_time: std::time::Duration,
     /// Where the compile ran, whether the cache served it, and what the worker used.
     pub compile: CompileSummary,
+    /// The plugin's compiled memory statistics of the executable (`None`: polymorphic, or the
+    /// plugin does not say).
+    pub memory: Option<CompiledMemoryStats>,
+    /// Bytes one execution needs by those statistics (arguments + outputs + temporaries +
+    /// generated code − aliased).
+    pub execution_bytes: Option<u64>,
 }
 
 /// A compiled model: signature, executable, and what the module needs besides user inputs.
@@ -558,6 +643,31 @@ pub struct Model {
     poly: Option<Box<Poly>>,
     /// Inputs bound to stored tensors ([`Model::bind`]), resident on the device.
     bound: Option<Box<Bound>>,
+    /// Where this model executes, with how many workers and what default deadline.
+    exec: ModelExec,
+    /// Process execution: the model's execution workers, started on first need.
+    remote: std::sync::Mutex<Option<Arc<Remote>>>,
+}
+
+/// A model's execution settings.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct ModelExec {
+    execution: Execution,
+    workers: usize,
+    deadline: Option<std::time::Duration>,
+    /// Test builds: workers reply with this many garbage bytes.
+    test_garbage_reply: Option<u64>,
+}
+
+impl ModelExec {
+    fn of(c: &ExecConfig) -> ModelExec {
+        ModelExec {
+            execution: c.execution,
+            workers: c.workers,
+            deadline: c.deadline,
+            test_garbage_reply: None,
+        }
+    }
 }
 
 /// The inputs a model took from a params file: uploaded once, passed on every call.
@@ -733,6 +843,14 @@ impl Model {
         let policy = BoundPolicy::default_for(&signature);
         let staging =
             (engine.client.platform() == "cpu").then(|| std::sync::Mutex::new(Vec::new()));
+        // Memory admission: an execution that needs more than the budget is refused now, not
+        // discovered by the OOM killer.
+        let memory = exe.memory_stats().ok();
+        let execution_bytes = memory.map(|m| execution_need(&m).0);
+        if let (Some(m), Some((budget, source))) = (memory, engine.execution_budget()) {
+            check_budget(&m, budget, &source)?;
+        }
+        let exec = ModelExec::of(&engine.exec.config);
         Ok(Model {
             engine,
             policy,
@@ -749,12 +867,16 @@ impl Model {
                 constraints: Vec::new(),
                 compile_time,
                 compile,
+                memory,
+                execution_bytes,
             },
             exe: Some(exe),
             serialized: None,
             platform_buffer,
             poly: None,
             bound: None,
+            exec,
+            remote: std::sync::Mutex::new(None),
         })
     }
 
@@ -964,6 +1086,7 @@ impl Model {
         }
         self.policy = policy;
         self.signature = unbound;
+        self.forget_workers();
         if let Some(pool) = &self.staging {
             if let Ok(mut p) = pool.lock() {
                 p.clear();
@@ -1055,6 +1178,7 @@ impl Model {
         }
         self.exe = Some(exe);
         self.serialized = serialized.map(Arc::from);
+        self.forget_workers();
         self.info.compile_time += started.elapsed();
         self.info.compile = summary;
         Ok(())
@@ -1424,6 +1548,7 @@ impl Model {
         policy.dims_min.clear();
         m.set_policy(policy)?;
         m.observer.clone_from(&self.observer);
+        m.exec = self.exec.clone();
         Ok(m)
     }
 
@@ -1611,6 +1736,20 @@ impl Model {
         if self.poly.is_some() {
             return Err(self.needs_shapes());
         }
+        if self.exec.execution == Execution::Process {
+            // The outputs come back to the host; buffers of this process's client hold them.
+            let (tensors, report) = self.run_remote(inputs, None)?;
+            let mut bufs = Vec::with_capacity(tensors.len());
+            for t in &tensors {
+                let dims = dims_i64(t.shape())?;
+                bufs.push(
+                    self.engine
+                        .client
+                        .buffer_from_host(t.bytes(), t.dtype(), &dims)?,
+                );
+            }
+            return Ok((bufs, report));
+        }
         let prepared = self.policy.apply(inputs, self.observer.as_deref())?;
         if let Some(pool) = &self.staging {
             let reused = pool.lock().ok().and_then(|mut p| p.pop());
@@ -1781,8 +1920,273 @@ impl Model {
         if let Some(m) = self.for_inputs(inputs)? {
             return m.run(inputs);
         }
+        if self.exec.execution == Execution::Process {
+            return self.run_remote(inputs, None).map(|(t, _)| t);
+        }
         let outs = self.execute(inputs)?;
         self.download(&outs)
+    }
+
+    /// [`Model::run`] with a deadline. With process execution the worker is killed when the
+    /// deadline passes and the call returns [`Error::ExecutionTimeout`]; in this process an
+    /// execution cannot be stopped, so the deadline is not enforced.
+    ///
+    /// # Errors
+    /// As [`Model::run`], plus [`Error::ExecutionTimeout`], [`Error::ExecutionFailed`], and
+    /// [`Error::Busy`] when no execution worker became free before the deadline.
+    pub fn run_until(
+        &self,
+        inputs: &[TensorRef<'_>],
+        deadline: std::time::Instant,
+    ) -> Result<Vec<Tensor>, Error> {
+        if let Some(m) = self.for_inputs(inputs)? {
+            return m.run_until(inputs, deadline);
+        }
+        if self.exec.execution == Execution::Process {
+            return self.run_remote(inputs, Some(deadline)).map(|(t, _)| t);
+        }
+        let outs = self.execute(inputs)?;
+        self.download(&outs)
+    }
+
+    /// Where this model executes.
+    pub fn execution(&self) -> Execution {
+        self.exec.execution
+    }
+
+    /// Sets where this model executes; with [`Execution::Process`], `workers` execution
+    /// workers (at least one) and the `deadline` of a call without one of its own
+    /// ([`Model::run_until`]). Running workers are stopped; new ones start on first need (or
+    /// with [`Model::start_execution`]).
+    ///
+    /// # Errors
+    /// [`Error::Config`] for process execution on a plugin the execution jail has no profile
+    /// for (non-CPU).
+    pub fn set_execution(
+        &mut self,
+        execution: Execution,
+        workers: usize,
+        deadline: Option<std::time::Duration>,
+    ) -> Result<(), Error> {
+        if execution == Execution::Process {
+            if let Some(why) = &self.engine.exec.refused {
+                return Err(Error::Config(why.clone()));
+            }
+        }
+        self.exec.execution = execution;
+        self.exec.workers = workers.max(1);
+        self.exec.deadline = deadline;
+        self.forget_workers();
+        self.forget_shapes();
+        Ok(())
+    }
+
+    /// Test builds: this model's execution workers answer every request with `n` garbage bytes.
+    #[cfg(feature = "test-hooks")]
+    #[doc(hidden)]
+    pub fn test_garbage_replies(&mut self, n: Option<u64>) {
+        self.exec.test_garbage_reply = n;
+        self.forget_workers();
+    }
+
+    /// With process execution, starts the first execution worker now (jailed, model loaded)
+    /// rather than on the first call, so that a model its worker cannot load fails here. A
+    /// shape-polymorphic model starts one per concrete shape, on first use.
+    ///
+    /// # Errors
+    /// [`Error::ExecutionFailed`] for a worker that cannot start or load the model, the
+    /// plugin's error for an executable it refuses.
+    pub fn start_execution(&self) -> Result<(), Error> {
+        if self.exec.execution == Execution::Process && self.poly.is_none() {
+            self.remote()?;
+        }
+        Ok(())
+    }
+
+    /// The execution jail as the first execution worker reported it, and what the workers did
+    /// (`None` until one started).
+    pub fn execution_report(&self) -> Option<(JailReport, ExecSnapshot)> {
+        let r = self
+            .remote
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()?;
+        Some((r.report().clone(), r.snapshot()))
+    }
+
+    /// Refuses the model if one execution needs more than `budget` bytes by the compiled
+    /// memory statistics (`source` says where the budget comes from).
+    ///
+    /// # Errors
+    /// [`Error::MemoryBudget`] with the numbers.
+    pub fn check_memory_budget(&self, budget: u64, source: &str) -> Result<(), Error> {
+        match &self.info.memory {
+            Some(m) => check_budget(m, budget, source),
+            None => Ok(()),
+        }
+    }
+
+    /// Stops the execution workers (they are started again on need).
+    fn forget_workers(&mut self) {
+        *self.remote.get_mut().unwrap_or_else(|p| p.into_inner()) = None;
+    }
+
+    /// The model's execution workers, started (first one, model loaded) if need be.
+    fn remote(&self) -> Result<Arc<Remote>, Error> {
+        let mut g = self.remote.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(r) = &*g {
+            return Ok(r.clone());
+        }
+        let setup = self.engine.exec_worker_setup()?;
+        let executable = self.serialized_executable()?.0;
+        let spec_of = |s: &TensorSpec| -> Result<crate::exec::message::ArgSpec, Error> {
+            let shape = s
+                .static_shape()
+                .ok_or_else(|| Error::Internal("symbolic input shape".into()))?;
+            Ok(crate::exec::message::ArgSpec {
+                dtype: s.dtype.name().into(),
+                dims: dims_i64(&shape)?,
+                resident: false,
+            })
+        };
+        let mut args = Vec::new();
+        let mut residents = Vec::new();
+        if let Some(i) = self.info.platform_index {
+            args.push(crate::exec::message::ArgSpec {
+                dtype: crate::DType::I32.name().into(),
+                dims: Vec::new(),
+                resident: true,
+            });
+            residents.push(i.to_le_bytes().to_vec());
+        }
+        let request: Vec<&TensorSpec> = self
+            .signature
+            .inputs
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| self.keeps(*i))
+            .map(|(_, s)| s)
+            .collect();
+        match &self.bound {
+            Some(b) if !b.info.baked => {
+                let mut user = request.iter();
+                for (f, slot) in b.slots.iter().enumerate() {
+                    match slot {
+                        Some(k) => {
+                            let mut a = spec_of(&b.full.inputs[f])?;
+                            a.resident = true;
+                            args.push(a);
+                            residents.push(b.buffers[*k].to_host()?);
+                        }
+                        None if self
+                            .info
+                            .kept_inputs
+                            .as_ref()
+                            .is_none_or(|k| k.contains(&f)) =>
+                        {
+                            if let Some(u) = user.next() {
+                                args.push(spec_of(u)?);
+                            }
+                        }
+                        None => {}
+                    }
+                }
+            }
+            _ => {
+                for s in &request {
+                    args.push(spec_of(s)?);
+                }
+            }
+        }
+        let outputs = self
+            .signature
+            .outputs
+            .iter()
+            .map(|s| {
+                spec_of(s).map(|a| crate::exec::message::OutSpec {
+                    dtype: a.dtype,
+                    dims: a.dims,
+                })
+            })
+            .collect::<Result<Vec<_>, Error>>()?;
+        let c = &self.engine.exec.config;
+        let cap = setup.address_space_cap;
+        let need = self
+            .info
+            .execution_bytes
+            .unwrap_or(0)
+            .saturating_add((executable.len() as u64).saturating_mul(2));
+        let mut address_space = c
+            .address_space_base
+            .saturating_add(c.address_space_headroom)
+            .saturating_add(need);
+        if cap > 0 {
+            address_space = address_space.min(cap.max(c.address_space_base));
+        }
+        let compiler = self.engine.compiler.clone();
+        let audit: Arc<dyn Fn(&str, serde_json::Value) + Send + Sync> =
+            Arc::new(move |event, fields| compiler.audit_event(event, fields));
+        let r = Remote::start(
+            setup,
+            RemoteModel {
+                executable: &executable,
+                args,
+                residents,
+                outputs,
+                address_space: Some(address_space),
+                test_garbage_reply: self.exec.test_garbage_reply,
+            },
+            self.exec.workers,
+            self.exec.deadline,
+            audit,
+        )?;
+        *g = Some(r.clone());
+        Ok(r)
+    }
+
+    /// Validates (and sanitizes) here, runs in an execution worker.
+    fn run_remote(
+        &self,
+        inputs: &[TensorRef<'_>],
+        deadline: Option<std::time::Instant>,
+    ) -> Result<(Vec<Tensor>, RunReport), Error> {
+        let prepared = self.policy.apply(inputs, self.observer.as_deref())?;
+        let remote = self.remote()?;
+        let frame = {
+            let parts: Vec<&[u8]> = self
+                .to_upload(inputs, &prepared)
+                .into_iter()
+                .map(|(_, d)| d)
+                .collect();
+            let len: usize = parts.iter().map(|p| p.len()).sum();
+            if len != remote.request_len() {
+                return Err(Error::Internal(format!(
+                    "a request of {len} bytes for an execution worker expecting {}",
+                    remote.request_len()
+                )));
+            }
+            crate::compile::protocol::encode_parts(crate::compile::protocol::Kind::Execute, &parts)
+                .map_err(|e| Error::Internal(e.to_string()))?
+        };
+        let report = self.policy.recycle(prepared);
+        let mut bytes = remote.call(&frame, deadline)?;
+        drop(frame);
+        let lens = remote.out_lens();
+        let mut outs = Vec::with_capacity(lens.len());
+        let mut at = 0usize;
+        for (i, (spec, &len)) in self.signature.outputs.iter().zip(lens).enumerate() {
+            let shape = spec
+                .static_shape()
+                .ok_or_else(|| Error::Internal("symbolic output shape".into()))?;
+            let data = if lens.len() == 1 && i == 0 {
+                std::mem::take(&mut bytes)
+            } else {
+                bytes.get(at..at + len).unwrap_or_default().to_vec()
+            };
+            at += len;
+            outs.push(Tensor::new(spec.dtype, shape, data)?);
+        }
+        Ok((outs, report))
     }
 
     /// [`Model::run`], also returning what sanitization changed (counts per input and rule).
@@ -1796,6 +2200,9 @@ impl Model {
         if let Some(m) = self.for_inputs(inputs)? {
             return m.run_with_report(inputs);
         }
+        if self.exec.execution == Execution::Process {
+            return self.run_remote(inputs, None);
+        }
         let (outs, report) = self.execute_with_report(inputs)?;
         Ok((self.download(&outs)?, report))
     }
@@ -1808,6 +2215,41 @@ impl Model {
         let ordered = validate::order_named(&self.signature, inputs)?;
         self.run(&ordered)
     }
+}
+
+/// Bytes one execution needs by the compiled memory statistics, and the parts in words.
+fn execution_need(m: &CompiledMemoryStats) -> (u64, String) {
+    let b = |x: i64| u64::try_from(x).unwrap_or(0);
+    let need = b(m.argument_bytes)
+        .saturating_add(b(m.output_bytes))
+        .saturating_add(b(m.temp_bytes))
+        .saturating_add(b(m.generated_code_bytes))
+        .saturating_sub(b(m.alias_bytes));
+    (
+        need,
+        format!(
+            "arguments {} + outputs {} + temporaries {} + code {} - aliased {}",
+            b(m.argument_bytes),
+            b(m.output_bytes),
+            b(m.temp_bytes),
+            b(m.generated_code_bytes),
+            b(m.alias_bytes)
+        ),
+    )
+}
+
+/// [`Error::MemoryBudget`] when an execution needs more than `budget`.
+fn check_budget(m: &CompiledMemoryStats, budget: u64, source: &str) -> Result<(), Error> {
+    let (need, detail) = execution_need(m);
+    if need > budget {
+        return Err(Error::MemoryBudget {
+            need,
+            budget,
+            detail,
+            source_of_budget: source.to_string(),
+        });
+    }
+    Ok(())
 }
 
 /// Shape as PJRT's signed dims (validated shapes always fit; this only guards the cast).

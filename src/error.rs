@@ -92,6 +92,27 @@ pub enum Error {
     /// The compile worker made a system call its sandbox forbids and was killed (500).
     #[error("sandbox violation: {0}")]
     SandboxViolation(Box<crate::compile::WorkerFailure>),
+    /// A model's execution ran past its deadline; its execution worker was killed (SIGKILL) and
+    /// is replaced (504).
+    #[error("execution deadline passed: {0}")]
+    ExecutionTimeout(Box<crate::compile::WorkerFailure>),
+    /// A model's execution worker died (signal, memory limit) or broke the protocol while it
+    /// ran this request; it is replaced (500).
+    #[error("execution failed: {0}")]
+    ExecutionFailed(Box<crate::compile::WorkerFailure>),
+    /// A model's execution needs more memory than its budget, by the plugin's compiled memory
+    /// statistics: refused at load (413).
+    #[error("the model's execution needs {need} bytes ({detail}), above its memory budget of {budget} bytes ({source_of_budget})")]
+    MemoryBudget {
+        /// Bytes one execution needs (arguments + outputs + temporaries + code − aliased).
+        need: u64,
+        /// The budget.
+        budget: u64,
+        /// The parts of `need`, in words.
+        detail: String,
+        /// Where the budget comes from (`max_execution_bytes`, half the host's memory).
+        source_of_budget: String,
+    },
     /// Something is larger than its configured limit (413).
     #[error("{what} of {actual} bytes exceeds the limit of {limit} bytes")]
     TooLarge {

@@ -23,6 +23,7 @@ pub mod compile;
 pub mod dims;
 mod engine;
 mod error;
+pub mod exec;
 #[cfg(feature = "lapack")]
 pub mod lapack;
 pub mod pjrt;
@@ -37,6 +38,7 @@ pub mod validate;
 pub use artifact::params::{BindReport, Mismatch, Params, ParamsError};
 pub use engine::{BoundParams, Engine, EngineConfig, Model, ModelInfo};
 pub use error::{BindError, Error};
+pub use exec::{ExecConfig, ExecSnapshot, Execution};
 pub use signature::{DType, Dim, Signature, TensorSpec};
 pub use tensor::{Tensor, TensorRef};
 pub use validate::{Policy, PolicyObserver, PolicyViolation, RunReport};

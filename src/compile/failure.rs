@@ -54,11 +54,32 @@ impl std::fmt::Display for FailureCause {
     }
 }
 
-/// A compile worker that failed: what happened, and what it used.
+/// What a worker was for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WorkerRole {
+    /// A compile worker: one module in, one serialized executable out.
+    Compile,
+    /// An execution worker: one model's executable, many requests.
+    Execution,
+}
+
+impl WorkerRole {
+    /// `compile` or `execution`.
+    pub fn name(self) -> &'static str {
+        match self {
+            WorkerRole::Compile => "compile",
+            WorkerRole::Execution => "execution",
+        }
+    }
+}
+
+/// A worker that failed: what happened, and what it used.
 #[derive(Clone, Debug, PartialEq)]
 pub struct WorkerFailure {
     /// The worker's pid (0 if it never started).
     pub pid: u32,
+    /// What the worker was for.
+    pub role: WorkerRole,
     /// What happened.
     pub cause: FailureCause,
     /// How the process ended, when known.
@@ -73,7 +94,7 @@ pub struct WorkerFailure {
 
 impl std::fmt::Display for WorkerFailure {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "compile worker {} {}", self.pid, self.cause)?;
+        write!(f, "{} worker {} {}", self.role.name(), self.pid, self.cause)?;
         if let Some(e) = self.exit {
             write!(f, " ({e})")?;
         }

@@ -17,7 +17,7 @@ pub mod audit;
 pub mod cache;
 mod failure;
 mod limits;
-mod pool;
+pub(crate) mod pool;
 pub mod protocol;
 pub mod sandbox;
 pub mod stats;
@@ -33,9 +33,9 @@ use serde_json::json;
 
 pub use audit::AuditLog;
 pub use cache::{Cache, CacheKey, CacheRejection};
-pub use failure::{FailureCause, WorkerFailure};
+pub use failure::{FailureCause, WorkerFailure, WorkerRole};
 pub use limits::{Limits, SandboxOptions, DEFAULT_MAX_MODULE_BYTES};
-pub use protocol::{Bake, BakedArg, ProtocolError, Refinement, WORKER_ARG};
+pub use protocol::{Bake, BakedArg, ProtocolError, Refinement, EXEC_WORKER_ARG, WORKER_ARG};
 pub use sandbox::{ChildUsage, ExitInfo, JailReport};
 pub use stats::{CompileStats, Histogram, StatsSnapshot};
 #[cfg(feature = "test-hooks")]
@@ -55,10 +55,14 @@ pub const WORKER_EXE_ENV: &str = "XLAGUARD_WORKER_EXE";
 /// If this process was started as a compile worker, runs the worker and exits; otherwise
 /// returns at once. Call it first thing in `main`, before any thread starts.
 pub fn worker_main_if_requested() {
-    if std::env::args_os().nth(1).as_deref() == Some(std::ffi::OsStr::new(WORKER_ARG)) {
-        let code = worker::run();
-        sandbox::fast_exit(code);
-    }
+    let arg = std::env::args_os().nth(1);
+    let role = match arg.as_deref().and_then(std::ffi::OsStr::to_str) {
+        Some(WORKER_ARG) => WorkerRole::Compile,
+        Some(EXEC_WORKER_ARG) => WorkerRole::Execution,
+        _ => return,
+    };
+    let code = worker::run(role);
+    sandbox::fast_exit(code);
 }
 
 /// Where compilation runs.
@@ -290,6 +294,41 @@ pub const CPU_PLUGIN_READS: &[&str] = &[
     "/proc/self/maps",
 ];
 
+/// The worker executable: the configured one, else `$XLAGUARD_WORKER_EXE`, else this one.
+fn worker_exe(config: &CompileConfig) -> Result<PathBuf, Error> {
+    Ok(match &config.worker_exe {
+        Some(p) => p.clone(),
+        None => match std::env::var_os(WORKER_EXE_ENV).filter(|v| !v.is_empty()) {
+            Some(p) => PathBuf::from(p),
+            None => std::env::current_exe()
+                .map_err(|e| Error::Config(format!("cannot find the worker executable: {e}")))?,
+        },
+    })
+}
+
+/// The environment a worker starts with: [`ENV_ALLOWLIST`], `MALLOC_ARENA_MAX=2`.
+fn worker_env() -> Vec<(String, OsString)> {
+    let mut env: Vec<(String, OsString)> = ENV_ALLOWLIST
+        .iter()
+        .filter(|k| **k != "MALLOC_ARENA_MAX")
+        .filter_map(|k| std::env::var_os(k).map(|v| (k.to_string(), v)))
+        .collect();
+    env.push(("MALLOC_ARENA_MAX".into(), "2".into()));
+    env
+}
+
+/// Everything needed to start execution workers jailed as compile workers are.
+#[derive(Clone, Debug)]
+pub(crate) struct ExecWorkerSetup {
+    pub exe: PathBuf,
+    pub env: Vec<(String, OsString)>,
+    /// The encoded init frame.
+    pub init: Vec<u8>,
+    pub limits: Limits,
+    /// The host's memory (0: unknown), the most address space a worker may be given.
+    pub address_space_cap: u64,
+}
+
 /// The plugin's identity for the cache and the audit log.
 #[derive(Clone, Debug)]
 struct PluginIdentity {
@@ -420,15 +459,7 @@ impl Compiler {
         let (pool, report) = match config.isolation {
             Isolation::Thread => (None, JailReport::thread()),
             Isolation::Process => {
-                let exe = match &config.worker_exe {
-                    Some(p) => p.clone(),
-                    None => match std::env::var_os(WORKER_EXE_ENV).filter(|v| !v.is_empty()) {
-                        Some(p) => PathBuf::from(p),
-                        None => std::env::current_exe().map_err(|e| {
-                            Error::Config(format!("cannot find the worker executable: {e}"))
-                        })?,
-                    },
-                };
+                let exe = worker_exe(config)?;
                 let mut read_paths = vec![plugin_path.clone()];
                 read_paths.extend(CPU_PLUGIN_READS.iter().map(PathBuf::from));
                 read_paths.extend(config.sandbox.extra_read_paths.iter().cloned());
@@ -449,12 +480,7 @@ impl Compiler {
                     .and_then(|b| {
                         protocol::encode(Kind::Init, &b).map_err(|e| Error::Internal(e.to_string()))
                     })?;
-                let mut env: Vec<(String, OsString)> = ENV_ALLOWLIST
-                    .iter()
-                    .filter(|k| **k != "MALLOC_ARENA_MAX")
-                    .filter_map(|k| std::env::var_os(k).map(|v| (k.to_string(), v)))
-                    .collect();
-                env.push(("MALLOC_ARENA_MAX".into(), "2".into()));
+                let env = worker_env();
                 let cfg = PoolConfig {
                     exe,
                     init,
@@ -493,6 +519,42 @@ impl Compiler {
             json!({ "isolation": c.config.isolation.name(), "jail": c.report }),
         );
         Ok(c)
+    }
+
+    /// How to start execution workers: the same executable, environment, plugin and jail as a
+    /// compile worker, with `limits` (no warm-up compile, no refiner).
+    pub(crate) fn exec_worker_setup(&self, limits: &Limits) -> Result<ExecWorkerSetup, Error> {
+        let exe = worker_exe(&self.config)?;
+        let mut read_paths = vec![self.plugin_path.clone()];
+        read_paths.extend(CPU_PLUGIN_READS.iter().map(PathBuf::from));
+        read_paths.extend(self.config.sandbox.extra_read_paths.iter().cloned());
+        let init = worker::WorkerInit {
+            plugin: self.plugin_path.clone(),
+            client_options: self.client_options.clone(),
+            limits: limits.clone(),
+            sandbox: self.config.sandbox.clone(),
+            warm_up: false,
+            read_paths,
+            refiner: None,
+            address_space_cap: self.address_space_cap,
+        };
+        let init = serde_json::to_vec(&init)
+            .map_err(|e| Error::Internal(format!("encoding the worker init: {e}")))
+            .and_then(|b| {
+                protocol::encode(Kind::Init, &b).map_err(|e| Error::Internal(e.to_string()))
+            })?;
+        Ok(ExecWorkerSetup {
+            exe,
+            env: worker_env(),
+            init,
+            limits: limits.clone(),
+            address_space_cap: self.address_space_cap,
+        })
+    }
+
+    /// Records an event in the audit log (if one is configured).
+    pub(crate) fn audit_event(&self, event: &str, fields: serde_json::Value) {
+        self.audit(event, fields);
     }
 
     /// The jail report (for `inspect`).
@@ -883,6 +945,7 @@ impl Compiler {
             }
             Kind::Fatal => Err(Error::WorkerCrashed(Box::new(WorkerFailure {
                 pid: done.pid,
+                role: WorkerRole::Compile,
                 cause: FailureCause::Setup(String::from_utf8_lossy(&done.frame.payload).into()),
                 exit: done.exit,
                 usage: done.usage,
@@ -1050,6 +1113,7 @@ impl Compiler {
 fn protocol_failure(done: &pool::Done, e: ProtocolError) -> Box<WorkerFailure> {
     Box::new(WorkerFailure {
         pid: done.pid,
+        role: WorkerRole::Compile,
         cause: FailureCause::Protocol(e),
         exit: done.exit,
         usage: done.usage,

@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use super::protocol::{self, Decoder, Frame, Kind, ProtocolError, MAX_SMALL};
 use super::sandbox::{self, ChildUsage, ExitInfo, JailReport};
 use super::stats::{CompileStats, Counter};
-use super::{FailureCause, Limits, WorkerFailure, WORKER_ARG};
+use super::{FailureCause, Limits, WorkerFailure, WorkerRole, WORKER_ARG};
 
 /// How much of a worker's stderr is kept for error messages.
 const STDERR_TAIL: usize = 16 * 1024;
@@ -65,20 +65,20 @@ struct State {
     spawning: usize,
 }
 
-struct Warm {
-    proc: Proc,
-    report: JailReport,
+pub(crate) struct Warm {
+    pub(crate) proc: Proc,
+    pub(crate) report: JailReport,
 }
 
 /// A live worker process and its pipes. Killed and reaped on drop.
-struct Proc {
-    pid: i32,
+pub(crate) struct Proc {
+    pub(crate) pid: i32,
     stdin: Option<ChildStdin>,
     stdout: ChildStdout,
     stderr: Option<ChildStderr>,
     stderr_tail: Vec<u8>,
     started: Instant,
-    reaped: Option<(ExitInfo, ChildUsage)>,
+    pub(crate) reaped: Option<(ExitInfo, ChildUsage)>,
 }
 
 impl Drop for Proc {
@@ -128,7 +128,7 @@ impl Proc {
     }
 
     /// Kills (if still running) and reaps.
-    fn kill_and_reap(&mut self) -> Option<(ExitInfo, ChildUsage)> {
+    pub(crate) fn kill_and_reap(&mut self) -> Option<(ExitInfo, ChildUsage)> {
         if self.reaped.is_none() {
             sandbox::kill_child(self.pid);
             self.reaped = sandbox::wait4(self.pid, true).ok().flatten();
@@ -153,7 +153,8 @@ impl Proc {
     }
 }
 
-enum Broken {
+/// Why an exchange with a worker got no frame.
+pub(crate) enum Broken {
     Timeout,
     Eof,
     Protocol(ProtocolError),
@@ -161,7 +162,7 @@ enum Broken {
 }
 
 /// Sends `send`, then reads one frame, all before `deadline`; stderr is collected meanwhile.
-fn exchange(
+pub(crate) fn exchange(
     p: &mut Proc,
     send: &[u8],
     close_after: bool,
@@ -307,103 +308,142 @@ fn lock(m: &Mutex<State>) -> MutexGuard<'_, State> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
+/// How to start one kind of worker: the executable, its hidden argument, environment, init
+/// frame and limits.
+pub(crate) struct Spawn<'a> {
+    pub exe: &'a std::path::Path,
+    pub arg: &'a str,
+    pub env: &'a [(String, OsString)],
+    pub init: &'a [u8],
+    pub limits: &'a Limits,
+    pub role: WorkerRole,
+}
+
+/// Kills and reaps `p`, and says why it failed.
+pub(crate) fn failure_of(
+    p: &mut Proc,
+    b: Broken,
+    limits: &Limits,
+    role: WorkerRole,
+) -> Box<WorkerFailure> {
+    let reaped = p.kill_and_reap();
+    let (exit, usage) = match reaped {
+        Some((e, u)) => (Some(e), u),
+        None => (None, ChildUsage::default()),
+    };
+    let stderr = p.stderr_text();
+    let cause = classify(&b, exit, &usage, limits, &stderr);
+    let cause = match (cause, &b) {
+        (FailureCause::Exit(c), Broken::Io(e)) => {
+            FailureCause::Io(format!("{e} (worker {})", ExitInfo::Code(c)))
+        }
+        (c, _) => c,
+    };
+    Box::new(WorkerFailure {
+        pid: u32::try_from(p.pid).unwrap_or(0),
+        role,
+        cause,
+        exit,
+        usage,
+        wall: p.started.elapsed(),
+        stderr_tail: stderr,
+    })
+}
+
+/// Starts a worker and waits until it is jailed and ready.
+pub(crate) fn start_worker(s: &Spawn<'_>) -> Result<Warm, Box<WorkerFailure>> {
+    let started = Instant::now();
+    let spawn_failed = |e: String| {
+        Box::new(WorkerFailure {
+            pid: 0,
+            role: s.role,
+            cause: FailureCause::Spawn(e),
+            exit: None,
+            usage: ChildUsage::default(),
+            wall: started.elapsed(),
+            stderr_tail: String::new(),
+        })
+    };
+    let mut cmd = Command::new(s.exe);
+    cmd.arg(s.arg)
+        .env_clear()
+        .envs(s.env.iter().map(|(k, v)| (k, v)))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = cmd
+        .spawn()
+        .map_err(|e| spawn_failed(format!("{}: {e}", s.exe.display())))?;
+    let pid = i32::try_from(child.id()).unwrap_or(-1);
+    let (Some(stdin), Some(stdout), Some(stderr)) =
+        (child.stdin.take(), child.stdout.take(), child.stderr.take())
+    else {
+        let _ = child.kill();
+        let _ = child.wait();
+        return Err(spawn_failed("no pipes to the worker".into()));
+    };
+    // From here on the child is reaped through `Proc` (wait4), never through `child`.
+    drop(child);
+    let mut p = Proc {
+        pid,
+        stdin: Some(stdin),
+        stdout,
+        stderr: Some(stderr),
+        stderr_tail: Vec::new(),
+        started,
+        reaped: None,
+    };
+    let fail = |p: &mut Proc, b: Broken| failure_of(p, b, s.limits, s.role);
+    for fd in [
+        p.stdout.as_raw_fd(),
+        p.stderr.as_ref().map_or(-1, AsRawFd::as_raw_fd),
+        p.stdin.as_ref().map_or(-1, AsRawFd::as_raw_fd),
+    ] {
+        if let Err(e) = sandbox::set_nonblocking(fd) {
+            return Err(fail(&mut p, Broken::Io(e)));
+        }
+    }
+    let deadline = started + s.limits.startup_timeout;
+    match exchange(&mut p, s.init, false, deadline, &|_| MAX_SMALL) {
+        Ok(f) if f.kind == Kind::Ready => match serde_json::from_slice(&f.payload) {
+            Ok(report) => Ok(Warm { proc: p, report }),
+            Err(e) => Err(fail(
+                &mut p,
+                Broken::Protocol(ProtocolError::Malformed {
+                    kind: Kind::Ready,
+                    detail: e.to_string(),
+                }),
+            )),
+        },
+        Ok(f) if f.kind == Kind::Fatal => {
+            let mut failed = fail(&mut p, Broken::Eof);
+            failed.cause = FailureCause::Setup(String::from_utf8_lossy(&f.payload).into_owned());
+            Err(failed)
+        }
+        Ok(f) => Err(fail(
+            &mut p,
+            Broken::Protocol(ProtocolError::Unexpected(f.kind)),
+        )),
+        Err(b) => Err(fail(&mut p, b)),
+    }
+}
+
 impl Inner {
     fn failure(&self, p: &mut Proc, b: Broken) -> Box<WorkerFailure> {
-        let reaped = p.kill_and_reap();
-        let (exit, usage) = match reaped {
-            Some((e, u)) => (Some(e), u),
-            None => (None, ChildUsage::default()),
-        };
-        let stderr = p.stderr_text();
-        let cause = classify(&b, exit, &usage, &self.cfg.limits, &stderr);
-        let cause = match (cause, &b) {
-            (FailureCause::Exit(c), Broken::Io(e)) => {
-                FailureCause::Io(format!("{e} (worker {})", ExitInfo::Code(c)))
-            }
-            (c, _) => c,
-        };
-        Box::new(WorkerFailure {
-            pid: u32::try_from(p.pid).unwrap_or(0),
-            cause,
-            exit,
-            usage,
-            wall: p.started.elapsed(),
-            stderr_tail: stderr,
-        })
+        failure_of(p, b, &self.cfg.limits, WorkerRole::Compile)
     }
 
     /// Starts a worker and waits until it is jailed and ready.
     fn start(&self) -> Result<Warm, Box<WorkerFailure>> {
         self.stats.bump(Counter::WorkersSpawned);
-        let started = Instant::now();
-        let spawn_failed = |e: String| {
-            Box::new(WorkerFailure {
-                pid: 0,
-                cause: FailureCause::Spawn(e),
-                exit: None,
-                usage: ChildUsage::default(),
-                wall: started.elapsed(),
-                stderr_tail: String::new(),
-            })
-        };
-        let mut cmd = Command::new(&self.cfg.exe);
-        cmd.arg(WORKER_ARG)
-            .env_clear()
-            .envs(self.cfg.env.iter().map(|(k, v)| (k, v)))
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-        let mut child = cmd
-            .spawn()
-            .map_err(|e| spawn_failed(format!("{}: {e}", self.cfg.exe.display())))?;
-        let pid = i32::try_from(child.id()).unwrap_or(-1);
-        let (Some(stdin), Some(stdout), Some(stderr)) =
-            (child.stdin.take(), child.stdout.take(), child.stderr.take())
-        else {
-            let _ = child.kill();
-            let _ = child.wait();
-            return Err(spawn_failed("no pipes to the worker".into()));
-        };
-        // From here on the child is reaped through `Proc` (wait4), never through `child`.
-        drop(child);
-        let mut p = Proc {
-            pid,
-            stdin: Some(stdin),
-            stdout,
-            stderr: Some(stderr),
-            stderr_tail: Vec::new(),
-            started,
-            reaped: None,
-        };
-        for fd in [
-            p.stdout.as_raw_fd(),
-            p.stderr.as_ref().map_or(-1, AsRawFd::as_raw_fd),
-            p.stdin.as_ref().map_or(-1, AsRawFd::as_raw_fd),
-        ] {
-            if let Err(e) = sandbox::set_nonblocking(fd) {
-                return Err(self.failure(&mut p, Broken::Io(e)));
-            }
-        }
-        let deadline = started + self.cfg.limits.startup_timeout;
-        match exchange(&mut p, &self.cfg.init, false, deadline, &|_| MAX_SMALL) {
-            Ok(f) if f.kind == Kind::Ready => match serde_json::from_slice(&f.payload) {
-                Ok(report) => Ok(Warm { proc: p, report }),
-                Err(e) => Err(self.failure(
-                    &mut p,
-                    Broken::Protocol(ProtocolError::Malformed {
-                        kind: Kind::Ready,
-                        detail: e.to_string(),
-                    }),
-                )),
-            },
-            Ok(f) if f.kind == Kind::Fatal => {
-                let mut fail = self.failure(&mut p, Broken::Eof);
-                fail.cause = FailureCause::Setup(String::from_utf8_lossy(&f.payload).into_owned());
-                Err(fail)
-            }
-            Ok(f) => Err(self.failure(&mut p, Broken::Protocol(ProtocolError::Unexpected(f.kind)))),
-            Err(b) => Err(self.failure(&mut p, b)),
-        }
+        start_worker(&Spawn {
+            exe: &self.cfg.exe,
+            arg: WORKER_ARG,
+            env: &self.cfg.env,
+            init: &self.cfg.init,
+            limits: &self.cfg.limits,
+            role: WorkerRole::Compile,
+        })
     }
 }
 

@@ -18,6 +18,9 @@ use std::io::{Read, Write};
 /// The hidden first argument that turns the host executable into a compile worker.
 pub const WORKER_ARG: &str = "__xlaguard-compile-worker";
 
+/// The hidden first argument that turns the host executable into an execution worker.
+pub const EXEC_WORKER_ARG: &str = "__xlaguard-exec-worker";
+
 /// Frame magic.
 pub const MAGIC: [u8; 4] = *b"XLGW";
 /// Protocol version; a peer speaking another one is refused.
@@ -53,6 +56,17 @@ pub enum Kind {
     TestResult,
     /// Worker → parent: what [`Kind::Describe`] found, JSON.
     Described,
+    /// Parent → execution worker: the model to serve (its executable, resident arguments and
+    /// argument layout), once.
+    Load,
+    /// Parent → execution worker: one request's input bytes, in argument order.
+    Execute,
+    /// Execution worker → parent: the model is loaded; what it measured, JSON.
+    Loaded,
+    /// Execution worker → parent: the outputs' bytes, in output order.
+    Executed,
+    /// Execution worker → parent: the plugin refused the load or the execution, JSON.
+    ExecError,
 }
 
 impl Kind {
@@ -68,6 +82,11 @@ impl Kind {
             Kind::Fatal => 13,
             Kind::TestResult => 14,
             Kind::Described => 15,
+            Kind::Load => 5,
+            Kind::Execute => 6,
+            Kind::Loaded => 16,
+            Kind::Executed => 17,
+            Kind::ExecError => 18,
         }
     }
 
@@ -83,6 +102,11 @@ impl Kind {
             13 => Kind::Fatal,
             14 => Kind::TestResult,
             15 => Kind::Described,
+            5 => Kind::Load,
+            6 => Kind::Execute,
+            16 => Kind::Loaded,
+            17 => Kind::Executed,
+            18 => Kind::ExecError,
             _ => return None,
         })
     }
@@ -190,6 +214,47 @@ pub fn parse_header(
         });
     }
     Ok((kind, len))
+}
+
+/// The header of a frame of `kind` with a `len`-byte payload.
+///
+/// # Errors
+/// [`ProtocolError::TooLarge`] if `len` does not fit a `u32`.
+pub fn header(kind: Kind, len: usize) -> Result<[u8; HEADER_LEN], ProtocolError> {
+    let n = u32::try_from(len).map_err(|_| ProtocolError::TooLarge {
+        kind,
+        len,
+        max: u32::MAX as usize,
+    })?;
+    let mut h = [0u8; HEADER_LEN];
+    h[..4].copy_from_slice(&MAGIC);
+    h[4] = VERSION;
+    h[5] = kind.code();
+    h[8..].copy_from_slice(&n.to_le_bytes());
+    Ok(h)
+}
+
+/// Encodes a frame whose payload is the concatenation of `parts` (one copy of each).
+///
+/// # Errors
+/// [`ProtocolError::TooLarge`] if the payload does not fit a `u32` length.
+pub fn encode_parts(kind: Kind, parts: &[&[u8]]) -> Result<Vec<u8>, ProtocolError> {
+    let total: usize = parts.iter().map(|p| p.len()).sum();
+    let len = u32::try_from(total).map_err(|_| ProtocolError::TooLarge {
+        kind,
+        len: total,
+        max: u32::MAX as usize,
+    })?;
+    let mut v = Vec::with_capacity(HEADER_LEN + total);
+    v.extend_from_slice(&MAGIC);
+    v.push(VERSION);
+    v.push(kind.code());
+    v.extend_from_slice(&[0, 0]);
+    v.extend_from_slice(&len.to_le_bytes());
+    for p in parts {
+        v.extend_from_slice(p);
+    }
+    Ok(v)
 }
 
 /// Reads one frame from a blocking reader (the worker side).

@@ -14,6 +14,7 @@ use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
 
+use super::failure::WorkerRole;
 use super::protocol::{self, Kind, MAX_SMALL};
 use super::sandbox::{self, JailReport};
 use super::{Limits, SandboxOptions};
@@ -118,8 +119,9 @@ fn fatal(out: &mut impl Write, msg: &str) -> i32 {
     2
 }
 
-/// Runs the worker; returns the exit code.
-pub(crate) fn run() -> i32 {
+/// Runs a compile worker, or with `role` [`WorkerRole::Execution`] an execution worker (the same
+/// jail, then [`crate::exec::worker::serve`]); returns the exit code.
+pub(crate) fn run(role: WorkerRole) -> i32 {
     // Step 1, before anything else: no inherited descriptor survives.
     let closed = sandbox::close_inherited_fds();
     let stdin = std::io::stdin();
@@ -147,6 +149,11 @@ pub(crate) fn run() -> i32 {
     };
     if protocol::write_frame(&mut out, Kind::Ready, &report_json).is_err() {
         return 3;
+    }
+    if role == WorkerRole::Execution {
+        let code = crate::exec::worker::serve(&client.0, &init.limits, &mut input, &mut out);
+        let _ = out.flush();
+        return code;
     }
     // Only now the untrusted bytes.
     let max_module = init.limits.max_module_bytes.saturating_add(MAX_SMALL);

@@ -27,13 +27,15 @@ pub fn status_for(e: &Error) -> StatusCode {
         }
         // The compiler is saturated, or a compile ran out of time.
         Error::Busy { .. } => StatusCode::SERVICE_UNAVAILABLE,
-        Error::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
+        Error::Timeout(_) | Error::ExecutionTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
+        Error::MemoryBudget { .. } => StatusCode::PAYLOAD_TOO_LARGE,
         Error::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
         // Failures on our side.
         Error::Plugin(_)
         | Error::Io { .. }
         | Error::Internal(_)
         | Error::WorkerCrashed(_)
+        | Error::ExecutionFailed(_)
         | Error::SandboxViolation(_)
         | Error::Config(_) => StatusCode::INTERNAL_SERVER_ERROR,
         #[cfg(feature = "cuda")]

@@ -1,0 +1,549 @@
+//! Execution isolation: a model's executable runs in jailed, memory-limited, killable
+//! *execution workers* instead of in this process.
+//!
+//! An execution worker is the host executable re-executed with
+//! [`EXEC_WORKER_ARG`](crate::compile::EXEC_WORKER_ARG): it jails itself exactly as a compile
+//! worker does (descriptors, environment, rlimits, `no_new_privs`, network namespace,
+//! capabilities, Landlock read-only to the plugin, the seccomp allowlist), creates its own PJRT
+//! client, then receives the model once (serialized executable, resident arguments such as
+//! bound params and the platform index, the argument layout), lowers its address-space limit
+//! to what the model's compiled memory statistics say it needs plus headroom, deserializes, and
+//! answers requests one at a time. Validation and sanitization stay in the parent; the worker
+//! gets the checked bytes and returns exactly the output bytes the signature says (anything
+//! else is a protocol violation: the worker is killed).
+//!
+//! PJRT cannot cancel an execution: past its deadline a request's worker is killed (SIGKILL),
+//! the request gets [`Error::ExecutionTimeout`], and a replacement worker is started in the
+//! background. A worker that dies mid-request gives [`Error::ExecutionFailed`].
+//!
+//! Tensors move over the worker's pipes in this first version (one copy into the frame, the
+//! pipe's two); a shared-memory arena is the next step.
+
+pub(crate) mod message;
+pub(crate) mod worker;
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+
+use crate::compile::pool::{self, Broken, Proc, Spawn};
+use crate::compile::protocol::{self, Kind, ProtocolError, MAX_SMALL};
+use crate::compile::{
+    ExecWorkerSetup, FailureCause, JailReport, WorkerFailure, WorkerRole, EXEC_WORKER_ARG,
+};
+use crate::error::Error;
+use crate::pjrt::{ErrorCode, PjrtError};
+use message::{ExecRejection, LoadSpec};
+
+/// Where a model's executable runs.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Execution {
+    /// In this process, on the caller's thread (the library default): fastest, but a model
+    /// that hangs keeps its thread, and one that allocates too much takes the process down.
+    #[default]
+    InProcess,
+    /// In jailed execution workers, one model per worker, killed at the deadline.
+    Process,
+}
+
+impl Execution {
+    /// `in-process` or `process`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Execution::InProcess => "in-process",
+            Execution::Process => "process",
+        }
+    }
+
+    /// Parses `in-process` or `process`.
+    pub fn parse(s: &str) -> Option<Execution> {
+        match s {
+            "in-process" => Some(Execution::InProcess),
+            "process" => Some(Execution::Process),
+            _ => None,
+        }
+    }
+}
+
+/// How models execute (part of [`EngineConfig`](crate::EngineConfig)).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ExecConfig {
+    /// Where models run unless one is told otherwise ([`Model::set_execution`](crate::Model::set_execution)).
+    pub execution: Execution,
+    /// Execution workers per model (requests run on one model at once).
+    pub workers: usize,
+    /// Deadline of a call without one of its own (process execution; `None`: none).
+    pub deadline: Option<Duration>,
+    /// Most bytes one execution may need by the plugin's compiled memory statistics; a model
+    /// needing more is refused at load. `None`: half the host's memory.
+    pub max_execution_bytes: Option<u64>,
+    /// Address space of an execution worker before it loads a model (client, plugin, threads).
+    pub address_space_base: u64,
+    /// Address space added to a loaded model's needs (allocator slack, thread stacks).
+    pub address_space_headroom: u64,
+    /// How long a worker may take to start and load its model.
+    pub startup_timeout: Duration,
+}
+
+impl Default for ExecConfig {
+    fn default() -> Self {
+        ExecConfig {
+            execution: Execution::InProcess,
+            workers: 1,
+            deadline: None,
+            max_execution_bytes: None,
+            address_space_base: 4 << 30,
+            address_space_headroom: 1 << 30,
+            startup_timeout: Duration::from_secs(60),
+        }
+    }
+}
+
+/// Counters of one model's execution workers.
+#[derive(Debug, Default)]
+pub(crate) struct Counters {
+    started: AtomicU64,
+    killed_deadline: AtomicU64,
+    died: AtomicU64,
+    protocol: AtomicU64,
+    executions: AtomicU64,
+    exec_nanos: AtomicU64,
+}
+
+/// What a model's execution workers did, for `inspect` and metrics.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct ExecSnapshot {
+    /// Workers started (first, replacements, extra ones under load).
+    pub workers_started: u64,
+    /// Workers killed at a request's deadline.
+    pub killed_deadline: u64,
+    /// Workers that died during a request (signal, memory limit, exit).
+    pub died: u64,
+    /// Workers killed for breaking the protocol (a malformed reply).
+    pub protocol_violations: u64,
+    /// Requests executed to completion.
+    pub executions: u64,
+    /// Their total execution time (round trip to the worker), nanoseconds.
+    pub execution_nanos: u64,
+    /// Pids of the live workers.
+    pub pids: Vec<u32>,
+    /// Address-space limit of each worker, bytes.
+    pub address_space_limit: Option<u64>,
+}
+
+/// A live, loaded execution worker.
+struct Live {
+    proc: Proc,
+}
+
+struct State {
+    idle: Vec<Live>,
+    /// Workers that exist (idle, busy or starting).
+    live: usize,
+    /// Pids of the busy workers.
+    busy: Vec<u32>,
+}
+
+/// A model's execution workers (the parent's side).
+pub(crate) struct Remote {
+    setup: Arc<ExecWorkerSetup>,
+    /// The encoded `Load` frame, sent to every worker of this model.
+    load: Vec<u8>,
+    /// Bytes of each output.
+    out_lens: Vec<usize>,
+    /// Bytes of a request (all request arguments).
+    request_len: usize,
+    workers: usize,
+    deadline: Option<Duration>,
+    address_space: Option<u64>,
+    state: Mutex<State>,
+    cv: Condvar,
+    counters: Counters,
+    report: JailReport,
+    audit: Arc<dyn Fn(&str, serde_json::Value) + Send + Sync>,
+}
+
+impl std::fmt::Debug for Remote {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Remote")
+            .field("workers", &self.workers)
+            .field("report", &self.report)
+            .finish()
+    }
+}
+
+/// What a model's executable needs from its execution workers.
+pub(crate) struct RemoteModel<'a> {
+    pub executable: &'a [u8],
+    pub args: Vec<message::ArgSpec>,
+    /// The bytes of the resident arguments, in order.
+    pub residents: Vec<Vec<u8>>,
+    pub outputs: Vec<message::OutSpec>,
+    /// Address-space limit of each worker.
+    pub address_space: Option<u64>,
+    /// Test builds: workers answer every request with this many garbage bytes.
+    pub test_garbage_reply: Option<u64>,
+}
+
+fn lock(m: &Mutex<State>) -> MutexGuard<'_, State> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// A PJRT function name for an error the worker reported.
+fn function_name(f: &str) -> &'static str {
+    const KNOWN: &[&str] = &[
+        "PJRT_Executable_DeserializeAndLoad",
+        "PJRT_Client_BufferFromHostBuffer",
+        "PJRT_LoadedExecutable_Execute",
+        "PJRT_Buffer_ToHostBuffer",
+    ];
+    KNOWN
+        .iter()
+        .find(|k| **k == f)
+        .copied()
+        .unwrap_or("execution worker")
+}
+
+fn plugin_error(r: &ExecRejection) -> Error {
+    Error::Plugin(PjrtError::Call {
+        function: function_name(&r.function),
+        code: ErrorCode::from_raw(r.code.unwrap_or(2)),
+        message: r.message.clone(),
+    })
+}
+
+impl Remote {
+    /// Starts the model's first execution worker and loads the model in it.
+    pub(crate) fn start(
+        setup: Arc<ExecWorkerSetup>,
+        model: RemoteModel<'_>,
+        workers: usize,
+        deadline: Option<Duration>,
+        audit: Arc<dyn Fn(&str, serde_json::Value) + Send + Sync>,
+    ) -> Result<Arc<Remote>, Error> {
+        let out_lens = model
+            .outputs
+            .iter()
+            .map(|o| message::byte_len(&o.dtype, &o.dims))
+            .collect::<Option<Vec<usize>>>()
+            .ok_or_else(|| Error::Internal("an output without a static size".into()))?;
+        let request_len = model
+            .args
+            .iter()
+            .filter(|a| !a.resident)
+            .map(|a| message::byte_len(&a.dtype, &a.dims))
+            .sum::<Option<usize>>()
+            .ok_or_else(|| Error::Internal("an argument without a static size".into()))?;
+        let spec = LoadSpec {
+            address_space: model.address_space,
+            executable_len: model.executable.len() as u64,
+            args: model.args,
+            outputs: model.outputs,
+            test_garbage_reply: model.test_garbage_reply,
+        };
+        let head = message::load_head(&spec).map_err(Error::Internal)?;
+        let mut parts: Vec<&[u8]> = vec![&head, model.executable];
+        parts.extend(model.residents.iter().map(Vec::as_slice));
+        let load = protocol::encode_parts(Kind::Load, &parts)
+            .map_err(|e| Error::Internal(e.to_string()))?;
+        let mut remote = Remote {
+            setup,
+            load,
+            out_lens,
+            request_len,
+            workers: workers.max(1),
+            deadline,
+            address_space: model.address_space,
+            state: Mutex::new(State {
+                idle: Vec::new(),
+                live: 1,
+                busy: Vec::new(),
+            }),
+            cv: Condvar::new(),
+            counters: Counters::default(),
+            report: JailReport::default(),
+            audit,
+        };
+        let (first, report) = remote.start_loaded().map_err(|e| match e {
+            Started::Failed(f) => Error::ExecutionFailed(f),
+            Started::Refused(e) => e,
+        })?;
+        remote.report = report;
+        lock(&remote.state).idle.push(first);
+        Ok(Arc::new(remote))
+    }
+
+    /// The first worker's jail report.
+    pub(crate) fn report(&self) -> &JailReport {
+        &self.report
+    }
+
+    /// What the workers did.
+    pub(crate) fn snapshot(&self) -> ExecSnapshot {
+        let c = &self.counters;
+        let s = lock(&self.state);
+        let mut pids: Vec<u32> = s
+            .idle
+            .iter()
+            .map(|l| u32::try_from(l.proc.pid).unwrap_or(0))
+            .chain(s.busy.iter().copied())
+            .collect();
+        pids.sort_unstable();
+        ExecSnapshot {
+            workers_started: c.started.load(Ordering::Relaxed),
+            killed_deadline: c.killed_deadline.load(Ordering::Relaxed),
+            died: c.died.load(Ordering::Relaxed),
+            protocol_violations: c.protocol.load(Ordering::Relaxed),
+            executions: c.executions.load(Ordering::Relaxed),
+            execution_nanos: c.exec_nanos.load(Ordering::Relaxed),
+            pids,
+            address_space_limit: self.address_space,
+        }
+    }
+
+    /// Starts a worker, jails it, loads the model.
+    fn start_loaded(&self) -> Result<(Live, JailReport), Started> {
+        self.counters.started.fetch_add(1, Ordering::Relaxed);
+        let limits = &self.setup.limits;
+        let warm = pool::start_worker(&Spawn {
+            exe: &self.setup.exe,
+            arg: EXEC_WORKER_ARG,
+            env: &self.setup.env,
+            init: &self.setup.init,
+            limits,
+            role: WorkerRole::Execution,
+        })
+        .map_err(Started::Failed)?;
+        let mut proc = warm.proc;
+        let deadline = Instant::now() + limits.startup_timeout;
+        let fail = |p: &mut Proc, b| pool::failure_of(p, b, limits, WorkerRole::Execution);
+        let pid = proc.pid;
+        match pool::exchange(&mut proc, &self.load, false, deadline, &|_| MAX_SMALL) {
+            Ok(f) if f.kind == Kind::Loaded => {
+                (self.audit)(
+                    "exec_worker_start",
+                    json!({"pid": pid, "address_space_limit_bytes": self.address_space}),
+                );
+                Ok((Live { proc }, warm.report))
+            }
+            Ok(f) if f.kind == Kind::ExecError => {
+                let r: ExecRejection = serde_json::from_slice(&f.payload).map_err(|e| {
+                    Started::Failed(fail(
+                        &mut proc,
+                        Broken::Protocol(ProtocolError::Malformed {
+                            kind: Kind::ExecError,
+                            detail: e.to_string(),
+                        }),
+                    ))
+                })?;
+                Err(Started::Refused(plugin_error(&r)))
+            }
+            Ok(f) if f.kind == Kind::Fatal => {
+                let mut failed = fail(&mut proc, Broken::Eof);
+                failed.cause = FailureCause::Setup(String::from_utf8_lossy(&f.payload).into());
+                Err(Started::Failed(failed))
+            }
+            Ok(f) => Err(Started::Failed(fail(
+                &mut proc,
+                Broken::Protocol(ProtocolError::Unexpected(f.kind)),
+            ))),
+            Err(b) => Err(Started::Failed(fail(&mut proc, b))),
+        }
+    }
+
+    /// An idle worker, or a new one if fewer than `workers` exist, waiting until `deadline`.
+    fn acquire(&self, deadline: Option<Instant>) -> Result<Live, Error> {
+        let mut s = lock(&self.state);
+        loop {
+            while let Some(mut w) = s.idle.pop() {
+                // A worker that died while idle (killed from outside) is dropped.
+                match crate::compile::sandbox::wait4(w.proc.pid, false) {
+                    Ok(None) => {
+                        s.busy.push(u32::try_from(w.proc.pid).unwrap_or(0));
+                        return Ok(w);
+                    }
+                    Ok(Some(r)) => {
+                        w.proc.reaped = Some(r);
+                        s.live -= 1;
+                        self.counters.died.fetch_add(1, Ordering::Relaxed);
+                        (self.audit)(
+                            "exec_worker_died",
+                            json!({"pid": w.proc.pid, "while": "idle", "exit": format!("{}", r.0)}),
+                        );
+                    }
+                    Err(_) => s.live -= 1,
+                }
+            }
+            if s.live < self.workers {
+                s.live += 1;
+                drop(s);
+                return match self.start_loaded() {
+                    Ok((w, _)) => {
+                        lock(&self.state)
+                            .busy
+                            .push(u32::try_from(w.proc.pid).unwrap_or(0));
+                        Ok(w)
+                    }
+                    Err(e) => {
+                        lock(&self.state).live -= 1;
+                        self.cv.notify_one();
+                        Err(match e {
+                            Started::Failed(f) => Error::ExecutionFailed(f),
+                            Started::Refused(e) => e,
+                        })
+                    }
+                };
+            }
+            let wait = match deadline {
+                Some(d) => {
+                    let now = Instant::now();
+                    if now >= d {
+                        return Err(Error::Busy {
+                            running: s.busy.len(),
+                            queued: 0,
+                        });
+                    }
+                    d - now
+                }
+                None => Duration::from_secs(3600),
+            };
+            s = self
+                .cv
+                .wait_timeout(s, wait)
+                .map(|(g, _)| g)
+                .unwrap_or_else(|p| p.into_inner().0);
+        }
+    }
+
+    fn release(&self, w: Live) {
+        let mut s = lock(&self.state);
+        let pid = u32::try_from(w.proc.pid).unwrap_or(0);
+        s.busy.retain(|&p| p != pid);
+        s.idle.push(w);
+        drop(s);
+        self.cv.notify_one();
+    }
+
+    /// A worker is gone: count it out and start a replacement in the background.
+    fn lost(self: &Arc<Self>, pid: i32) {
+        let mut s = lock(&self.state);
+        let pid = u32::try_from(pid).unwrap_or(0);
+        s.busy.retain(|&p| p != pid);
+        s.live -= 1;
+        if s.live >= self.workers {
+            return;
+        }
+        s.live += 1;
+        drop(s);
+        let me = Arc::downgrade(self);
+        let spawned = std::thread::Builder::new()
+            .name("xlaguard-exec-spare".into())
+            .spawn(move || {
+                let Some(me) = me.upgrade() else { return };
+                match me.start_loaded() {
+                    Ok((w, _)) => lock(&me.state).idle.push(w),
+                    Err(_) => lock(&me.state).live -= 1,
+                }
+                me.cv.notify_one();
+            });
+        if spawned.is_err() {
+            lock(&self.state).live -= 1;
+        }
+    }
+
+    /// Bytes one request carries.
+    pub(crate) fn request_len(&self) -> usize {
+        self.request_len
+    }
+
+    /// Bytes of each output.
+    pub(crate) fn out_lens(&self) -> &[usize] {
+        &self.out_lens
+    }
+
+    /// Runs one request (`frame`: an encoded `Execute` frame) before `deadline` (or the
+    /// model's default deadline); returns the outputs' bytes, concatenated.
+    pub(crate) fn call(
+        self: &Arc<Self>,
+        frame: &[u8],
+        deadline: Option<Instant>,
+    ) -> Result<Vec<u8>, Error> {
+        let started = Instant::now();
+        let deadline = deadline.or_else(|| self.deadline.map(|d| started + d));
+        let mut w = self.acquire(deadline)?;
+        let t = Instant::now();
+        let total: usize = self.out_lens.iter().sum();
+        let max = move |k: Kind| match k {
+            Kind::Executed => total,
+            _ => MAX_SMALL,
+        };
+        let far = t + Duration::from_secs(365 * 24 * 3600);
+        let limits = &self.setup.limits;
+        let pid = w.proc.pid;
+        let result = pool::exchange(&mut w.proc, frame, false, deadline.unwrap_or(far), &max);
+        let broken = match result {
+            Ok(f) if f.kind == Kind::Executed && f.payload.len() == total => {
+                self.release(w);
+                let c = &self.counters;
+                c.executions.fetch_add(1, Ordering::Relaxed);
+                let nanos = u64::try_from(t.elapsed().as_nanos()).unwrap_or(u64::MAX);
+                c.exec_nanos.fetch_add(nanos, Ordering::Relaxed);
+                return Ok(f.payload);
+            }
+            Ok(f) if f.kind == Kind::ExecError => match serde_json::from_slice(&f.payload) {
+                Ok(r) => {
+                    self.release(w);
+                    return Err(plugin_error(&r));
+                }
+                Err(e) => Broken::Protocol(ProtocolError::Malformed {
+                    kind: Kind::ExecError,
+                    detail: e.to_string(),
+                }),
+            },
+            Ok(f) if f.kind == Kind::Executed => Broken::Protocol(ProtocolError::Malformed {
+                kind: Kind::Executed,
+                detail: format!("{} bytes of outputs, expected {total}", f.payload.len()),
+            }),
+            Ok(f) => Broken::Protocol(ProtocolError::Unexpected(f.kind)),
+            Err(b) => b,
+        };
+        let timed_out = matches!(broken, Broken::Timeout);
+        let mut failure = pool::failure_of(&mut w.proc, broken, limits, WorkerRole::Execution);
+        drop(w);
+        let (event, counter) = match &mut failure.cause {
+            FailureCause::Timeout(d) => {
+                *d = deadline.map_or(Duration::ZERO, |dl| dl.saturating_duration_since(started));
+                ("deadline", &self.counters.killed_deadline)
+            }
+            FailureCause::MemoryLimit(b) => {
+                *b = self.address_space.unwrap_or(*b);
+                ("memory", &self.counters.died)
+            }
+            FailureCause::Protocol(_) => ("protocol", &self.counters.protocol),
+            _ => ("died", &self.counters.died),
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+        (self.audit)(
+            "exec_worker_killed",
+            json!({"pid": pid, "why": event, "cause": failure.cause.to_string(), "wall_ms": started.elapsed().as_secs_f64() * 1e3}),
+        );
+        self.lost(pid);
+        Err(if timed_out {
+            Error::ExecutionTimeout(failure)
+        } else {
+            Error::ExecutionFailed(failure)
+        })
+    }
+}
+
+/// Why a worker could not be started and loaded.
+enum Started {
+    /// The worker failed (spawn, jail, death, protocol).
+    Failed(Box<WorkerFailure>),
+    /// The plugin in the worker refused the executable.
+    Refused(Error),
+}

@@ -1,0 +1,257 @@
+//! The execution worker's loop, after the compile worker's jail ([`crate::compile`]'s worker
+//! with [`crate::compile::EXEC_WORKER_ARG`]): read `Load` (lower the address-space limit to the
+//! model's, deserialize, upload the resident arguments), answer `Loaded`, then answer each
+//! `Execute` with `Executed` (or `ExecError`) until the parent closes the pipe.
+
+use std::io::{Read, Write};
+use std::time::Instant;
+
+use super::message::{self, ExecRejection, LoadedReport};
+use crate::compile::protocol::{self, Kind, ProtocolError, MAX_SMALL};
+use crate::compile::sandbox;
+use crate::compile::Limits;
+use crate::pjrt::{Buffer, Client, LoadedExecutable, PjrtError};
+use crate::signature::DType;
+
+/// An argument of the loaded executable.
+enum Slot {
+    /// `buffers[i]`, uploaded at load.
+    Resident(usize),
+    /// The next request argument: dtype, dims, bytes.
+    Request(DType, Vec<i64>, usize),
+}
+
+fn fatal(out: &mut impl Write, msg: &str) -> i32 {
+    let _ = protocol::write_frame(out, Kind::Fatal, msg.as_bytes());
+    2
+}
+
+fn rejection(e: &PjrtError, function: &str) -> ExecRejection {
+    match e {
+        PjrtError::Call {
+            function,
+            code,
+            message,
+        } => ExecRejection {
+            function: function.to_string(),
+            code: Some(code.raw()),
+            message: message.clone(),
+        },
+        other => ExecRejection {
+            function: function.to_string(),
+            code: None,
+            message: other.to_string(),
+        },
+    }
+}
+
+fn reject(out: &mut impl Write, r: &ExecRejection) -> bool {
+    let body = serde_json::to_vec(r).unwrap_or_default();
+    protocol::write_frame(out, Kind::ExecError, &body).is_ok()
+}
+
+fn deserialize(client: &Client, bytes: &[u8]) -> Result<LoadedExecutable, PjrtError> {
+    // SAFETY: the parent sends an execution worker only the bytes of an executable it loaded
+    // itself (from its own compile worker, its authenticated cache, or a TrustedExecutable):
+    // the worker trusts its parent exactly as the parent trusts those bytes, and runs them
+    // inside the jail.
+    unsafe { client.deserialize(bytes) }
+}
+
+/// Serves one model until the parent closes the pipe; returns the exit code.
+pub(crate) fn serve(
+    client: &Client,
+    limits: &Limits,
+    input: &mut impl Read,
+    out: &mut impl Write,
+) -> i32 {
+    let max_load = limits
+        .max_executable_bytes
+        .saturating_add(limits.max_module_bytes)
+        .saturating_add(MAX_SMALL);
+    let frame = match protocol::read_frame(input, |k| match k {
+        Kind::Load => max_load,
+        _ => MAX_SMALL,
+    }) {
+        Ok(Ok(f)) if f.kind == Kind::Load => f,
+        Ok(Ok(f)) => return fatal(out, &format!("expected a load message, got {:?}", f.kind)),
+        Ok(Err(_)) | Err(_) => return 4,
+    };
+    let (spec, exe_bytes, residents) = match message::decode_load(&frame.payload) {
+        Ok(x) => x,
+        Err(e) => return fatal(out, &e),
+    };
+    // The model's address-space limit, before the executable is touched.
+    if let Some(limit) = spec.address_space {
+        if let Err(e) = sandbox::limit_address_space(limit) {
+            return fatal(out, &e);
+        }
+    }
+    let t = Instant::now();
+    let exe = match deserialize(client, exe_bytes) {
+        Ok(e) => e,
+        Err(e) => {
+            reject(out, &rejection(&e, "PJRT_Executable_DeserializeAndLoad"));
+            return 0;
+        }
+    };
+    let mut buffers: Vec<Buffer> = Vec::with_capacity(residents.len());
+    let mut slots = Vec::with_capacity(spec.args.len());
+    let mut resident = residents.into_iter();
+    let mut request_len = 0usize;
+    for a in &spec.args {
+        let Some(d) = DType::from_name(&a.dtype) else {
+            return fatal(out, &format!("unknown dtype {}", a.dtype));
+        };
+        let Some(len) = message::byte_len(&a.dtype, &a.dims) else {
+            return fatal(
+                out,
+                &format!("argument {} {:?} has no size", a.dtype, a.dims),
+            );
+        };
+        if a.resident {
+            let Some(bytes) = resident.next() else {
+                return fatal(out, "fewer resident arguments than the spec");
+            };
+            match client.buffer_from_host(bytes, d, &a.dims) {
+                Ok(b) => buffers.push(b),
+                Err(e) => {
+                    reject(out, &rejection(&e, "PJRT_Client_BufferFromHostBuffer"));
+                    return 0;
+                }
+            }
+            slots.push(Slot::Resident(buffers.len() - 1));
+        } else {
+            request_len = request_len.saturating_add(len);
+            slots.push(Slot::Request(d, a.dims.clone(), len));
+        }
+    }
+    let mut out_lens = Vec::with_capacity(spec.outputs.len());
+    for o in &spec.outputs {
+        match message::byte_len(&o.dtype, &o.dims) {
+            Some(n) => out_lens.push(n),
+            None => return fatal(out, &format!("output {} {:?} has no size", o.dtype, o.dims)),
+        }
+    }
+    let out_total: usize = out_lens.iter().sum();
+    // The load message (the executable's bytes) is no longer needed.
+    let garbage = spec.test_garbage_reply;
+    drop(spec);
+    drop(frame);
+    let report = LoadedReport {
+        load_ms: t.elapsed().as_secs_f64() * 1e3,
+    };
+    let body = serde_json::to_vec(&report).unwrap_or_default();
+    if protocol::write_frame(out, Kind::Loaded, &body).is_err() {
+        return 3;
+    }
+    loop {
+        let frame = match protocol::read_frame(input, |k| match k {
+            Kind::Execute => request_len,
+            _ => 0,
+        }) {
+            Ok(Ok(f)) if f.kind == Kind::Execute => f,
+            // The parent closed the pipe: done.
+            Ok(Err(ProtocolError::Truncated { got: 0, .. })) => return 0,
+            Ok(Ok(_)) | Ok(Err(_)) | Err(_) => return 4,
+        };
+        if frame.payload.len() != request_len {
+            return fatal(
+                out,
+                &format!(
+                    "request of {} bytes, expected {request_len}",
+                    frame.payload.len()
+                ),
+            );
+        }
+        if let Some(n) = garbage {
+            let junk = vec![0xa5u8; usize::try_from(n).unwrap_or(0)];
+            if protocol::write_frame(out, Kind::Executed, &junk).is_err() {
+                return 3;
+            }
+            continue;
+        }
+        match execute(
+            client,
+            &exe,
+            &slots,
+            &buffers,
+            &frame.payload,
+            out_total,
+            &out_lens,
+        ) {
+            Ok(reply) => {
+                if out.write_all(&reply).and_then(|()| out.flush()).is_err() {
+                    return 3;
+                }
+            }
+            Err(r) => {
+                if !reject(out, &r) {
+                    return 3;
+                }
+            }
+        }
+    }
+}
+
+/// Runs one request; returns the whole `Executed` frame (header and outputs).
+fn execute(
+    client: &Client,
+    exe: &LoadedExecutable,
+    slots: &[Slot],
+    resident: &[Buffer],
+    payload: &[u8],
+    out_total: usize,
+    out_lens: &[usize],
+) -> Result<Vec<u8>, ExecRejection> {
+    let mut at = 0usize;
+    let mut request = Vec::new();
+    for s in slots {
+        if let Slot::Request(d, dims, len) = s {
+            let bytes = payload.get(at..at + len).unwrap_or_default();
+            at += len;
+            let b = client
+                .buffer_from_host_borrowed(bytes, *d, dims)
+                .map_err(|e| rejection(&e, "PJRT_Client_BufferFromHostBuffer"))?;
+            request.push(b);
+        }
+    }
+    let mut next = request.iter();
+    let mut args: Vec<&Buffer> = Vec::with_capacity(slots.len());
+    for s in slots {
+        match s {
+            Slot::Resident(i) => args.push(&resident[*i]),
+            Slot::Request(..) => {
+                if let Some(b) = next.next() {
+                    args.push(b);
+                }
+            }
+        }
+    }
+    let outs = exe
+        .execute(&args)
+        .map_err(|e| rejection(&e, "PJRT_LoadedExecutable_Execute"))?;
+    drop(args);
+    drop(request);
+    if outs.len() != out_lens.len() {
+        return Err(ExecRejection {
+            function: "PJRT_LoadedExecutable_Execute".into(),
+            code: None,
+            message: format!("{} outputs, expected {}", outs.len(), out_lens.len()),
+        });
+    }
+    let header = protocol::header(Kind::Executed, out_total).map_err(|e| ExecRejection {
+        function: "Executed".into(),
+        code: None,
+        message: e.to_string(),
+    })?;
+    let mut reply = vec![0u8; protocol::HEADER_LEN + out_total];
+    reply[..protocol::HEADER_LEN].copy_from_slice(&header);
+    let mut at = protocol::HEADER_LEN;
+    for (b, &len) in outs.iter().zip(out_lens) {
+        b.copy_to_host(&mut reply[at..at + len])
+            .map_err(|e| rejection(&e, "PJRT_Buffer_ToHostBuffer"))?;
+        at += len;
+    }
+    Ok(reply)
+}
