@@ -28,6 +28,10 @@ const UNSAFE_ALLOWED: &[(&str, &str)] = &[
         "TrustedExecutable: loading an executable is code execution by contract",
     ),
     ("validate::scan", "the AVX2 value-scan kernels"),
+    (
+        "exec::worker",
+        "the execution worker deserializes the executable its parent sends: code execution by contract",
+    ),
 ];
 
 struct Crate {
