@@ -198,6 +198,7 @@ impl Engine {
                 deadline: config.execution.startup_timeout,
                 startup_timeout: config.execution.startup_timeout,
                 address_space_bytes: Some(config.execution.address_space_base),
+                host_memory_percent: config.compile.limits.host_memory_percent,
                 // RLIMIT_CPU counts a process's whole life: a long-lived worker has none; its
                 // requests have deadlines instead.
                 cpu_seconds: None,

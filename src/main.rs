@@ -50,6 +50,10 @@ struct Cli {
     /// Where compiles run: in a jailed worker process (default) or in this process.
     #[arg(long, global = true, value_parser = ["process", "thread"])]
     isolation: Option<String>,
+    /// Where models execute: in this process (default) or in jailed execution workers that are
+    /// killed at a request's deadline (`serve`: per model, `config.toml` `execution` wins).
+    #[arg(long, global = true, value_parser = ["in-process", "process"])]
+    execution: Option<String>,
     /// Cache compiled executables (authenticated) in this folder.
     #[arg(long, global = true)]
     cache_dir: Option<PathBuf>,
@@ -228,6 +232,13 @@ fn config(cli: &Cli) -> Result<EngineConfig> {
     };
     if cli.isolation.as_deref() == Some("thread") {
         c.compile.isolation(Isolation::Thread);
+    }
+    if let Some(e) = cli
+        .execution
+        .as_deref()
+        .and_then(xlaguard::Execution::parse)
+    {
+        c.execution.execution = e;
     }
     c.compile.cache_dir.clone_from(&cli.cache_dir);
     c.compile.refiner.clone_from(&cli.refiner);

@@ -564,7 +564,11 @@ fn load_into_slot(app: &App, spec: &ModelSpec, engines: &std::sync::Mutex<Engine
     };
     tracing::info!(model = %spec.name, version = %spec.version, "loading model");
     let started = Instant::now();
-    let result = load_one(spec, engines);
+    let exec = ExecLimits {
+        workers: slot.limits.workers,
+        timeout: Some(slot.limits.timeout),
+    };
+    let result = load_one(spec, engines, exec);
     let state = match result {
         Ok((runner, platform, compile, verdict)) => {
             app.metrics.compile(true, compile);
@@ -632,6 +636,7 @@ fn load_model(
     spec: &ModelSpec,
     engine: &Engine,
     source: &ArtifactSource,
+    exec: ExecLimits,
 ) -> Result<(Model, &'static str), String> {
     let a = match source {
         ArtifactSource::File(p) => artifact::load_file(p),
@@ -678,10 +683,34 @@ fn load_model(
             model
         }
     };
+    let mut model = model;
+    if let Some(b) = spec.limits.max_execution_bytes {
+        model
+            .check_memory_budget(b, "config.toml [limits] max_execution_bytes")
+            .map_err(|e| e.to_string())?;
+    }
+    // Process execution: the model's `workers` execution workers, each call (batched ones too)
+    // killed at the model's timeout at the latest; the first worker starts now.
+    let execution = spec.execution.unwrap_or(engine.execution().execution);
+    model
+        .set_execution(execution, exec.workers, exec.timeout)
+        .map_err(|e| e.to_string())?;
+    model.start_execution().map_err(|e| e.to_string())?;
     Ok((model, platform))
 }
 
-fn load_one(spec: &ModelSpec, engines: &std::sync::Mutex<Engines>) -> Result<LoadedParts, String> {
+/// What a model's execution workers take from its limits: how many, and the longest call.
+#[derive(Clone, Copy, Debug)]
+struct ExecLimits {
+    workers: usize,
+    timeout: Option<Duration>,
+}
+
+fn load_one(
+    spec: &ModelSpec,
+    engines: &std::sync::Mutex<Engines>,
+    exec: ExecLimits,
+) -> Result<LoadedParts, String> {
     if let Some(p) = &spec.problem {
         return Err(p.clone());
     }
@@ -692,7 +721,7 @@ fn load_one(spec: &ModelSpec, engines: &std::sync::Mutex<Engines>) -> Result<Loa
         .get(spec.device)?;
     let started = Instant::now();
     let (runner, platform) = if spec.bundle.is_empty() {
-        let (model, platform) = load_model(spec, &engine, &spec.source)?;
+        let (model, platform) = load_model(spec, &engine, &spec.source, exec)?;
         if !spec.shapes.is_empty() {
             model
                 .precompile(&spec.shapes)
@@ -710,7 +739,7 @@ fn load_one(spec: &ModelSpec, engines: &std::sync::Mutex<Engines>) -> Result<Loa
         let mut models = Vec::with_capacity(spec.bundle.len());
         let mut platform = "jax_export";
         for (n, p) in &spec.bundle {
-            let (m, pl) = load_model(spec, &engine, &ArtifactSource::File(p.clone()))
+            let (m, pl) = load_model(spec, &engine, &ArtifactSource::File(p.clone()), exec)
                 .map_err(|e| format!("{}: {e}", p.display()))?;
             platform = pl;
             models.push((*n, m));
@@ -741,7 +770,11 @@ pub fn batching_report(spec: &ModelSpec, engine: &Engine) -> Result<serde_json::
         default: Some(Ok(engine.clone())),
         by_kind: HashMap::new(),
     });
-    let (runner, _, _, verdict) = load_one(spec, &engines)?;
+    let exec = ExecLimits {
+        workers: 1,
+        timeout: None,
+    };
+    let (runner, _, _, verdict) = load_one(spec, &engines, exec)?;
     let mut v = match verdict {
         None => serde_json::json!({"state": "off"}),
         Some((c, r)) => {
@@ -1468,10 +1501,11 @@ async fn infer_inner(
     };
     let name = slot.name.clone();
     let version = slot.version.clone();
+    let until = arrived + slot.limits.timeout;
     let job = tokio::task::spawn_blocking(move || {
         let _worker = worker;
         let started = Instant::now();
-        run_one(&loaded, &body, header_len, &limits, &name, &version)
+        run_one(&loaded, &body, header_len, &limits, &name, &version, until)
             .map(|r| (r, started.elapsed()))
     });
     let (encoded, run_time) = match tokio::time::timeout_at(deadline, job).await {
@@ -1668,11 +1702,17 @@ fn run_one(
     limits: &ParseLimits,
     name: &str,
     version: &str,
+    deadline: Instant,
 ) -> Result<wire::EncodedResponse, ApiError> {
     let sig = loaded.runner.signature();
     let req = wire::parse_request(body, header_len, sig, limits)?;
     let views: Vec<_> = req.inputs.iter().map(wire::InputTensor::view).collect();
-    let outputs = loaded.runner.run(&views)?;
+    // With process execution the worker is killed at the request's deadline (nothing stays
+    // running).
+    let outputs = match &*loaded.runner {
+        batch::Runner::Model(m) => m.run_until(&views, deadline)?,
+        r => r.run(&views)?,
+    };
     encode(
         loaded,
         &outputs,

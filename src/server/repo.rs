@@ -23,12 +23,16 @@
 //! workers = 2                # executions at once, default: the CPUs available
 //! max_queue = 64             # requests waiting beyond those, default 64; more get 429
 //! timeout_ms = 10000         # request deadline from arrival, default 30000; past it, 503
+//! max_execution_bytes = 1073741824  # memory one execution may need (compiled memory stats);
+//!                            # more and the model is refused at load
 //! [batching]                 # dynamic batching (see `server::batch`)
 //! sizes = [1, 2, 4, 8]       # batch sizes executed, default 1, 2, 4, 8, 16, 32
 //! max_queue_delay_us = 0     # how long a batch's first request may wait for more, default 0
 //! pad = "zeros"              # or "repeat_last"
 //! batch_dim = 0
 //! ```
+//! and at the top level `execution = "process"` (run in jailed execution workers, killed at
+//! the request's deadline) or `"in-process"`; default: the server's `--execution`.
 //!
 //! A bundle of static exports of one function at several batch sizes (`model.b1.jaxexport`,
 //! `model.b8.jaxexport`, ...: every `.jaxexport` in the folder named `<stem>.b<N>.jaxexport`
@@ -69,6 +73,9 @@ pub struct LimitOverrides {
     /// `--max-module-bytes`): a bigger artifact makes the model unavailable before any worker
     /// sees it.
     pub max_module_bytes: Option<u64>,
+    /// Most bytes one execution may need by the plugin's compiled memory statistics; a model
+    /// needing more is unavailable (refused at load).
+    pub max_execution_bytes: Option<u64>,
 }
 
 /// How many requests a model runs and queues, and how long a request may take.
@@ -129,6 +136,8 @@ pub struct ModelSpec {
     /// Bake the params into the executable as constants (`[params] bake = true`;
     /// [`crate::Engine::load_baked`]) instead of passing them as resident arguments.
     pub params_bake: bool,
+    /// Where the model executes (`config.toml` `execution`; `None`: the engine's setting).
+    pub execution: Option<crate::exec::Execution>,
     /// Why this model cannot be loaded, found while reading its folder (reported, not fatal).
     pub problem: Option<String>,
     /// Shape-polymorphic models: values of dimension variables to compile at load
@@ -156,6 +165,7 @@ impl ModelSpec {
             params_prefix: None,
             params_rename: std::collections::BTreeMap::new(),
             params_bake: false,
+            execution: None,
             problem: None,
             shapes: std::collections::BTreeMap::new(),
             batching: None,
@@ -189,6 +199,8 @@ struct ConfigFile {
     params_sha256: Option<String>,
     #[serde(default)]
     params: Option<ParamsFile>,
+    #[serde(default)]
+    execution: Option<String>,
     #[serde(default)]
     batching: Option<BatchingFile>,
 }
@@ -270,6 +282,8 @@ struct LimitsFile {
     timeout_ms: Option<u64>,
     #[serde(default)]
     max_module_bytes: Option<u64>,
+    #[serde(default)]
+    max_execution_bytes: Option<u64>,
 }
 
 /// Why a repository could not be read at all (a bad model folder is not this: it is reported
@@ -449,7 +463,8 @@ pub fn read_model_dir(dir: &Path, name: &str) -> ModelSpec {
             }
         }
         if let Some(l) = &c.limits {
-            let ranges: [(&str, Option<u64>, u64, u64); 4] = [
+            let ranges: [(&str, Option<u64>, u64, u64); 5] = [
+                ("max_execution_bytes", l.max_execution_bytes, 1, u64::MAX),
                 ("workers", l.workers.map(|v| v as u64), 1, MAX_WORKERS),
                 ("max_queue", l.max_queue.map(|v| v as u64), 0, MAX_QUEUE),
                 ("timeout_ms", l.timeout_ms, 1, MAX_TIMEOUT_MS),
@@ -473,10 +488,22 @@ pub fn read_model_dir(dir: &Path, name: &str) -> ModelSpec {
                 max_queue: l.max_queue,
                 timeout: l.timeout_ms.map(Duration::from_millis),
                 max_module_bytes: l.max_module_bytes,
+                max_execution_bytes: l.max_execution_bytes,
             };
         }
         if let Some(s) = &c.shapes {
             spec.shapes.clone_from(s);
+        }
+        if let Some(e) = &c.execution {
+            match crate::exec::Execution::parse(e) {
+                Some(x) => spec.execution = Some(x),
+                None => {
+                    spec.problem = Some(format!(
+                        "config.toml: execution must be \"process\" or \"in-process\", got {e:?}"
+                    ));
+                    return spec;
+                }
+            }
         }
         if let Some(h) = &c.params_sha256 {
             if h.len() != 64 || !h.bytes().all(|b| b.is_ascii_hexdigit()) {
