@@ -540,6 +540,10 @@ fn inspect(
                             m.bind(p)?;
                             sig = Some(m.signature().clone());
                         }
+                        // Process execution: start the worker, so its jail can be shown.
+                        if let Err(e) = m.start_execution() {
+                            note = Some(format!("execution worker: {e}"));
+                        }
                         bound = Some(m);
                     }
                     Err(e) => note = Some(format!("not compiled: {e}")),
@@ -597,6 +601,20 @@ fn inspect(
             }),
             "compile": jail.as_ref().map(|(i, r)| serde_json::json!({"isolation": i.name(), "jail": r})),
             "batching": batching,
+            "execution": bound.as_ref().map(|m| {
+                let report = m.execution_report();
+                serde_json::json!({
+                    "mode": m.execution().name(),
+                    "execution_bytes": m.info().execution_bytes,
+                    "memory": m.info().memory.map(|s| serde_json::json!({
+                        "argument_bytes": s.argument_bytes, "output_bytes": s.output_bytes,
+                        "temp_bytes": s.temp_bytes, "alias_bytes": s.alias_bytes,
+                        "generated_code_bytes": s.generated_code_bytes,
+                    })),
+                    "jail": report.as_ref().map(|(j, _)| j),
+                    "workers": report.as_ref().map(|(_, s)| s),
+                })
+            }),
         });
         println!("{}", serde_json::to_string_pretty(&v)?);
         return if runnable {
@@ -692,6 +710,33 @@ fn inspect(
         }
         for u in &r.unenforced {
             println!("  NOT ENFORCED: {u}");
+        }
+    }
+    if let Some(m) = &bound {
+        match m.execution_report() {
+            Some((r, w)) => {
+                println!(
+                    "execution: jailed worker process (pid {} reported), address space {} MiB",
+                    r.pid,
+                    w.address_space_limit.unwrap_or(0) >> 20
+                );
+                println!("  landlock:     {}", r.landlock);
+                println!("  seccomp:      {}", r.seccomp);
+                println!("  network:      {}", r.network);
+                println!("  capabilities: {}", r.capabilities);
+                println!("  no_new_privs: {}", r.no_new_privs);
+                println!("  rlimits:      {}", r.rlimits);
+                for u in &r.unenforced {
+                    println!("  NOT ENFORCED: {u}");
+                }
+            }
+            None if m.execution() == xlaguard::Execution::Process => {
+                println!("execution: a jailed worker per concrete shape, started on first use");
+            }
+            None => println!("execution: in this process (no jail, no deadline, no memory limit)"),
+        }
+        if let Some(b) = m.info().execution_bytes {
+            println!("  memory per execution: {b} bytes (compiled memory statistics)");
         }
     }
     if let Some(u) = unsupported {

@@ -70,4 +70,14 @@ fn a_request_past_its_deadline_frees_its_worker_at_once_in_process_execution() {
         std::thread::sleep(Duration::from_millis(50));
     }
     assert!(started.elapsed() < Duration::from_secs(15));
+    let t = get(addr, "/metrics").text();
+    for line in [
+        r#"xlaguard_model_execution{model="spin",version="1",mode="process"} 1"#,
+        r#"xlaguard_model_execution{model="tiny",version="1",mode="process"} 1"#,
+        r#"xlaguard_execution_worker_events_total{model="spin",version="1",event="killed_deadline"} 1"#,
+        r#"xlaguard_execution_worker_events_total{model="spin",version="1",event="started"} 2"#,
+        r#"xlaguard_execution_worker_events_total{model="tiny",version="1",event="died"} 0"#,
+    ] {
+        assert!(t.lines().any(|l| l == line), "missing {line} in\n{t}");
+    }
 }

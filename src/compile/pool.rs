@@ -127,6 +127,72 @@ impl Proc {
         }
     }
 
+    /// Reads what stderr holds now, without waiting.
+    fn drain_stderr_now(&mut self) {
+        let mut buf = [0u8; 4096];
+        while let Some(e) = self.stderr.as_mut() {
+            match e.read(&mut buf) {
+                Ok(0) => self.stderr = None,
+                Ok(n) => {
+                    let chunk = buf[..n].to_vec();
+                    self.push_stderr(&chunk);
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(_) => break,
+            }
+        }
+    }
+
+    /// Waits until `fd` is ready for `events` (draining stderr meanwhile) or `deadline`.
+    fn wait_for(&mut self, fd: i32, events: i16, deadline: Instant) -> Result<(), Broken> {
+        loop {
+            let now = Instant::now();
+            if now >= deadline {
+                return Err(Broken::Timeout);
+            }
+            let err_fd = self.stderr.as_ref().map_or(-1, AsRawFd::as_raw_fd);
+            let mut fds = [
+                libc::pollfd {
+                    fd,
+                    events,
+                    revents: 0,
+                },
+                libc::pollfd {
+                    fd: err_fd,
+                    events: libc::POLLIN,
+                    revents: 0,
+                },
+            ];
+            // Round up: a timeout under a millisecond must not become a busy loop.
+            let wait = (deadline - now).max(Duration::from_millis(1));
+            sandbox::poll(&mut fds, wait).map_err(Broken::Io)?;
+            if fds[1].revents != 0 {
+                self.drain_stderr_now();
+            }
+            if fds[0].revents != 0 {
+                return Ok(());
+            }
+        }
+    }
+
+    /// Fills `buf` from stdout before `deadline`.
+    fn read_until(&mut self, buf: &mut [u8], deadline: Instant) -> Result<(), Broken> {
+        let mut at = 0usize;
+        while at < buf.len() {
+            match self.stdout.read(&mut buf[at..]) {
+                Ok(0) => return Err(Broken::Eof),
+                Ok(n) => at += n,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    let fd = self.stdout.as_raw_fd();
+                    self.wait_for(fd, libc::POLLIN, deadline)?;
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(Broken::Io(e)),
+            }
+        }
+        Ok(())
+    }
+
     /// Kills (if still running) and reaps.
     pub(crate) fn kill_and_reap(&mut self) -> Option<(ExitInfo, ChildUsage)> {
         if self.reaped.is_none() {
@@ -255,6 +321,42 @@ pub(crate) fn exchange(
             }
         }
     }
+}
+
+/// Sends one frame to a long-lived worker and reads its one reply, before `deadline`: the
+/// execution workers' request path, with as few system calls as it can (write, poll, read
+/// header, read payload) and no per-call buffer beyond the reply. Stderr is drained on the way
+/// (a worker blocked on a full stderr pipe would otherwise hang until its deadline).
+pub(crate) fn call(
+    p: &mut Proc,
+    send: &[u8],
+    deadline: Instant,
+    max: &dyn Fn(Kind) -> usize,
+) -> Result<Frame, Broken> {
+    p.drain_stderr_now();
+    let mut at = 0usize;
+    while at < send.len() {
+        let Some(w) = p.stdin.as_mut() else {
+            return Err(Broken::Eof);
+        };
+        match w.write(&send[at..]) {
+            Ok(0) => return Err(Broken::Eof),
+            Ok(n) => at += n,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                let fd = w.as_raw_fd();
+                p.wait_for(fd, libc::POLLOUT, deadline)?;
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            // The worker is gone (EPIPE): its exit tells why.
+            Err(_) => return Err(Broken::Eof),
+        }
+    }
+    let mut h = [0u8; protocol::HEADER_LEN];
+    p.read_until(&mut h, deadline)?;
+    let (kind, len) = protocol::parse_header(&h, max).map_err(Broken::Protocol)?;
+    let mut payload = vec![0u8; len];
+    p.read_until(&mut payload, deadline)?;
+    Ok(Frame { kind, payload })
 }
 
 /// Messages that look like an allocation failure in the compiler.

@@ -484,7 +484,7 @@ impl Remote {
         let far = t + Duration::from_secs(365 * 24 * 3600);
         let limits = &self.setup.limits;
         let pid = w.proc.pid;
-        let result = pool::exchange(&mut w.proc, frame, false, deadline.unwrap_or(far), &max);
+        let result = pool::call(&mut w.proc, frame, deadline.unwrap_or(far), &max);
         let broken = match result {
             Ok(f) if f.kind == Kind::Executed && f.payload.len() == total => {
                 self.release(w);

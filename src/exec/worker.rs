@@ -145,6 +145,15 @@ pub(crate) fn serve(
     if protocol::write_frame(out, Kind::Loaded, &body).is_err() {
         return 3;
     }
+    // Replies go to stdout unbuffered, one write each (std's stdout is line-buffered: binary
+    // outputs with newline bytes would take two or more).
+    // SAFETY: fd 1 is this process's stdout pipe for its whole life; the File is never dropped
+    // (ManuallyDrop), so it never closes the descriptor `out` also writes to, and `out` was
+    // flushed by write_frame and is not used again.
+    let mut raw = std::mem::ManuallyDrop::new(unsafe {
+        <std::fs::File as std::os::fd::FromRawFd>::from_raw_fd(1)
+    });
+    let out = &mut *raw;
     loop {
         let frame = match protocol::read_frame(input, |k| match k {
             Kind::Execute => request_len,

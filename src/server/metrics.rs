@@ -159,6 +159,8 @@ pub struct ModelGauges<'a> {
     pub metrics: &'a ModelMetrics,
     /// Batching counters, when the model batches.
     pub batch: Option<&'a BatchMetrics>,
+    /// Where the model executes (`None` until loaded), and its execution workers' counters.
+    pub execution: Option<(crate::exec::Execution, Option<crate::exec::ExecSnapshot>)>,
 }
 
 fn help(out: &mut String, name: &str, kind: &str, text: &str) {
@@ -304,6 +306,60 @@ pub fn render(server: &ServerMetrics, models: &[ModelGauges<'_>], uptime: Durati
         let _ = writeln!(out, "xlaguard_inflight{{{}}} {}", m(g), g.running);
     }
     render_batching(&mut out, models, &m);
+    help(
+        &mut out,
+        "xlaguard_model_execution",
+        "gauge",
+        "1 for where the model executes: mode=\"process\" (jailed execution workers) or \"in-process\".",
+    );
+    for g in models {
+        if let Some((mode, _)) = &g.execution {
+            let _ = writeln!(
+                out,
+                "xlaguard_model_execution{{{},mode=\"{}\"}} 1",
+                m(g),
+                mode.name()
+            );
+        }
+    }
+    help(
+        &mut out,
+        "xlaguard_execution_worker_events_total",
+        "counter",
+        "Execution workers started, killed at a deadline, dead during a request, killed for a protocol violation.",
+    );
+    for g in models {
+        if let Some((_, Some(s))) = &g.execution {
+            for (event, n) in [
+                ("started", s.workers_started),
+                ("killed_deadline", s.killed_deadline),
+                ("died", s.died),
+                ("protocol_violation", s.protocol_violations),
+            ] {
+                let _ = writeln!(
+                    out,
+                    "xlaguard_execution_worker_events_total{{{},event=\"{event}\"}} {n}",
+                    m(g)
+                );
+            }
+        }
+    }
+    help(
+        &mut out,
+        "xlaguard_execution_seconds_total",
+        "counter",
+        "Time of completed executions in execution workers (round trip).",
+    );
+    for g in models {
+        if let Some((_, Some(s))) = &g.execution {
+            let _ = writeln!(
+                out,
+                "xlaguard_execution_seconds_total{{{}}} {}",
+                m(g),
+                s.execution_nanos as f64 / 1e9
+            );
+        }
+    }
     help(
         &mut out,
         "xlaguard_model_compile_seconds",

@@ -264,6 +264,15 @@ impl Slot {
                 },
                 _ => None,
             },
+            execution: match self.state.get() {
+                Some(Ok(l)) => match &*l.runner {
+                    batch::Runner::Model(m) => {
+                        Some((m.execution(), m.execution_report().map(|(_, s)| s)))
+                    }
+                    batch::Runner::Bundle(_) => None,
+                },
+                _ => None,
+            },
         }
     }
 }
