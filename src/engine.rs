@@ -189,11 +189,16 @@ impl Engine {
                 found.kind.name()
             )
         });
-        if refused.is_some() && config.execution.execution == Execution::Process {
-            return Err(Error::Config(refused.unwrap_or_default()));
+        let mut exec_config = config.execution.clone();
+        if let (Some(why), Execution::Process) = (&refused, exec_config.execution) {
+            if config.compile.sandbox.strict {
+                return Err(Error::Config(why.clone()));
+            }
+            eprintln!("xlaguard: not enforced: {why}");
+            exec_config.execution = Execution::InProcess;
         }
         let exec = ExecSetup {
-            config: config.execution.clone(),
+            config: exec_config,
             limits: crate::compile::Limits {
                 deadline: config.execution.startup_timeout,
                 startup_timeout: config.execution.startup_timeout,

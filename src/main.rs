@@ -314,7 +314,14 @@ fn real_main(cli: Cli) -> Result<()> {
     let cfg = config(&cli)?;
     match &cli.cmd {
         #[cfg(feature = "server")]
-        Cmd::Serve(args) => Ok(xlaguard::server::serve_command(cfg, args, DEFAULT_MODEL)?),
+        Cmd::Serve(args) => {
+            // `serve` runs models in jailed execution workers unless told otherwise.
+            let mut cfg = cfg;
+            if cli.execution.is_none() {
+                cfg.execution.execution = xlaguard::Execution::Process;
+            }
+            Ok(xlaguard::server::serve_command(cfg, args, DEFAULT_MODEL)?)
+        }
         Cmd::Inspect {
             model,
             json,
