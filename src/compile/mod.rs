@@ -474,6 +474,7 @@ impl Compiler {
                     read_paths,
                     refiner: refiner.clone(),
                     address_space_cap,
+                    lapack: None,
                 };
                 let init = serde_json::to_vec(&init)
                     .map_err(|e| Error::Internal(format!("encoding the worker init: {e}")))
@@ -528,6 +529,20 @@ impl Compiler {
         let mut read_paths = vec![self.plugin_path.clone()];
         read_paths.extend(CPU_PLUGIN_READS.iter().map(PathBuf::from));
         read_paths.extend(self.config.sandbox.extra_read_paths.iter().cloned());
+        // LAPACK custom calls execute here: the library (and the libraries beside it that it
+        // loads) must be readable in the jail.
+        #[cfg(feature = "lapack")]
+        let lapack = crate::plugin::find_lapack(None)
+            .ok()
+            .and_then(|p| std::fs::canonicalize(p).ok());
+        #[cfg(not(feature = "lapack"))]
+        let lapack: Option<PathBuf> = None;
+        read_paths.extend(
+            lapack
+                .iter()
+                .filter_map(|p| p.parent())
+                .map(Path::to_path_buf),
+        );
         let init = worker::WorkerInit {
             plugin: self.plugin_path.clone(),
             client_options: self.client_options.clone(),
@@ -537,6 +552,7 @@ impl Compiler {
             read_paths,
             refiner: None,
             address_space_cap: self.address_space_cap,
+            lapack,
         };
         let init = serde_json::to_vec(&init)
             .map_err(|e| Error::Internal(format!("encoding the worker init: {e}")))

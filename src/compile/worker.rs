@@ -52,6 +52,10 @@ pub(crate) struct WorkerInit {
     /// compile is sized from its module up to this.
     #[serde(default)]
     pub address_space_cap: u64,
+    /// Execution workers: the LAPACK library the LAPACK custom-call handlers call, loaded
+    /// inside the jail when the model is (its folder is among `read_paths`).
+    #[serde(default)]
+    pub lapack: Option<PathBuf>,
 }
 
 /// What the worker reports with a compiled executable.
@@ -251,7 +255,8 @@ fn jail_and_load(init: &WorkerInit) -> Result<(JailReport, Loaded), String> {
     }
     // The refiner (opened inside the jail, only for a request that needs it) depends on one
     // library the plugin does not: load it now, while the loader may still search.
-    if init.refiner.is_some() {
+    // So does the LAPACK library an execution worker loads inside the jail.
+    if init.refiner.is_some() || init.lapack.is_some() {
         sandbox::preload_library("libz.so.1")?;
     }
     // Step 8: Landlock.
@@ -272,6 +277,14 @@ fn jail_and_load(init: &WorkerInit) -> Result<(JailReport, Loaded), String> {
         weak("Landlock disabled by configuration".into(), &mut unenforced)?;
         "disabled".into()
     };
+    // An execution worker's LAPACK (OpenBLAS): trusted code, loaded after Landlock (it reads
+    // only the folder in `read_paths`; the threads it starts inherit Landlock) and before
+    // seccomp, whose filter then covers those threads too (TSYNC). A library that does not
+    // load is reported by the handlers of a model that needs it, at execution.
+    #[cfg(feature = "lapack")]
+    if let Some(p) = &init.lapack {
+        let _ = crate::lapack::use_library(p);
+    }
     // Step 9: seccomp, last.
     let seccomp = if sb.seccomp {
         match sandbox::seccomp() {
