@@ -16,7 +16,7 @@ fn median(mut v: Vec<Duration>) -> Duration {
     v[v.len() / 2]
 }
 
-fn env(name: &str, default: u64) -> u64 {
+fn env(name: &str, default: usize) -> usize {
     std::env::var(name)
         .ok()
         .and_then(|v| v.parse().ok())
@@ -58,10 +58,10 @@ fn throughput(m: &Arc<Model>, x: &Arc<Vec<Tensor>>, clients: usize, secs: u64) -
 
 fn main() {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
-    let iters = env("ITERS", 3000) as usize;
-    let clients = env("CLIENTS", 8) as usize;
-    let secs = env("SECONDS", 3);
-    let workers = env("WORKERS", 2) as usize;
+    let iters = env("ITERS", 3000);
+    let clients = env("CLIENTS", 8);
+    let secs = env("SECONDS", 3) as u64;
+    let workers = env("WORKERS", 2);
     let mut c = EngineConfig::default();
     c.plugin(root.join("third_party/pjrt-cpu/pjrt_c_api_cpu_plugin.so"));
     c.compile.worker_exe(env!("CARGO_BIN_EXE_xlaguard"));

@@ -2130,7 +2130,7 @@ impl Model {
             address_space = address_space.min(cap.max(c.address_space_base));
         }
         let compiler = self.engine.compiler.clone();
-        let audit: Arc<dyn Fn(&str, serde_json::Value) + Send + Sync> =
+        let audit: crate::exec::Audit =
             Arc::new(move |event, fields| compiler.audit_event(event, fields));
         let r = Remote::start(
             setup,

@@ -87,9 +87,12 @@ pub(crate) fn load_head(spec: &LoadSpec) -> Result<Vec<u8>, String> {
     Ok(v)
 }
 
+/// A decoded `Load` payload: the spec, the executable, the resident arguments' bytes.
+pub(crate) type Load<'a> = (LoadSpec, &'a [u8], Vec<&'a [u8]>);
+
 /// Splits a `Load` payload into its spec, executable and resident bytes (each checked
 /// against the spec).
-pub(crate) fn decode_load(payload: &[u8]) -> Result<(LoadSpec, &[u8], Vec<&[u8]>), String> {
+pub(crate) fn decode_load(payload: &[u8]) -> Result<Load<'_>, String> {
     let n = payload
         .get(..4)
         .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]) as usize)

@@ -38,6 +38,9 @@ use crate::error::Error;
 use crate::pjrt::{ErrorCode, PjrtError};
 use message::{ExecRejection, LoadSpec};
 
+/// Records an audit event (the engine's audit log, if any).
+pub(crate) type Audit = Arc<dyn Fn(&str, serde_json::Value) + Send + Sync>;
+
 /// Where a model's executable runs.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
@@ -164,7 +167,7 @@ pub(crate) struct Remote {
     cv: Condvar,
     counters: Counters,
     report: JailReport,
-    audit: Arc<dyn Fn(&str, serde_json::Value) + Send + Sync>,
+    audit: Audit,
 }
 
 impl std::fmt::Debug for Remote {
@@ -223,7 +226,7 @@ impl Remote {
         model: RemoteModel<'_>,
         workers: usize,
         deadline: Option<Duration>,
-        audit: Arc<dyn Fn(&str, serde_json::Value) + Send + Sync>,
+        audit: Audit,
     ) -> Result<Arc<Remote>, Error> {
         let out_lens = model
             .outputs
