@@ -186,6 +186,8 @@ fn a_worker_killed_from_outside_mid_request_is_a_typed_error_and_is_replaced() {
     assert_eq!(m.execution_report().unwrap().1.died, 1);
 }
 
+/// Needs the test-only garbage replies (`--features test-hooks`, as scripts/test.sh runs).
+#[cfg(feature = "test-hooks")]
 #[test]
 fn a_worker_that_writes_garbage_is_killed_and_the_model_serves_again() {
     let dir = fixture("tiny");
