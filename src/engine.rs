@@ -6,8 +6,8 @@ use std::sync::Arc;
 use crate::artifact::params::{BindReport, Mismatch};
 use crate::artifact::{self, Artifact, ArtifactError, ArtifactKind, ProgramFormat};
 use crate::compile::{
-    CompileConfig, CompileInput, CompileSummary, Compiler, ExecWorkerSetup, JailReport,
-    StatsSnapshot, TrustedExecutable,
+    CompileConfig, CompileInput, CompileSummary, Compiler, JailReport, StatsSnapshot,
+    TrustedExecutable,
 };
 use crate::dims::DimExpr;
 use crate::error::{BindError, Error};
@@ -98,7 +98,7 @@ struct ExecSetup {
     limits: crate::compile::Limits,
     /// Why this engine cannot run execution workers (a non-CPU plugin), if so.
     refused: Option<String>,
-    setup: std::sync::OnceLock<Result<Arc<ExecWorkerSetup>, String>>,
+    setup: std::sync::OnceLock<Result<Arc<crate::exec::Spawner>, String>>,
 }
 
 impl Engine {
@@ -230,7 +230,7 @@ impl Engine {
     }
 
     /// How to start execution workers (built once).
-    fn exec_worker_setup(&self) -> Result<Arc<ExecWorkerSetup>, Error> {
+    fn exec_worker_setup(&self) -> Result<Arc<crate::exec::Spawner>, Error> {
         if let Some(why) = &self.exec.refused {
             return Err(Error::Config(why.clone()));
         }
@@ -239,11 +239,22 @@ impl Engine {
             .get_or_init(|| {
                 self.compiler
                     .exec_worker_setup(&self.exec.limits)
-                    .map(Arc::new)
+                    .map(|s| crate::exec::Spawner::new(s, self.exec.config.spare_workers))
                     .map_err(|e| e.to_string())
             })
             .clone()
             .map_err(Error::Config)
+    }
+
+    /// Pids of the warm, jailed spare execution workers, waiting up to `wait` for one (test
+    /// builds only; none before a model ran in a process).
+    #[cfg(feature = "test-hooks")]
+    #[doc(hidden)]
+    pub fn exec_spare_pids(&self, wait: std::time::Duration) -> Vec<u32> {
+        match self.exec.setup.get() {
+            Some(Ok(s)) => s.spare_pids(wait),
+            _ => Vec::new(),
+        }
     }
 
     /// The memory budget of one execution, and where it comes from (`None`: unknown).
@@ -2116,7 +2127,7 @@ impl Model {
             })
             .collect::<Result<Vec<_>, Error>>()?;
         let c = &self.engine.exec.config;
-        let cap = setup.address_space_cap;
+        let cap = setup.setup().address_space_cap;
         let need = self
             .info
             .execution_bytes

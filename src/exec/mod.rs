@@ -90,6 +90,10 @@ pub struct ExecConfig {
     pub address_space_headroom: u64,
     /// How long a worker may take to start and load its model.
     pub startup_timeout: Duration,
+    /// Jailed execution workers (client created, no model yet) kept ready per engine once a
+    /// model runs in a process, so that a first or replacement worker only has to load its
+    /// model.
+    pub spare_workers: usize,
 }
 
 impl Default for ExecConfig {
@@ -102,6 +106,7 @@ impl Default for ExecConfig {
             address_space_base: 4 << 30,
             address_space_headroom: 1 << 30,
             startup_timeout: Duration::from_secs(60),
+            spare_workers: 1,
         }
     }
 }
@@ -138,6 +143,113 @@ pub struct ExecSnapshot {
     pub address_space_limit: Option<u64>,
 }
 
+/// Starts an engine's execution workers, keeping warm spares (jailed, client created).
+pub(crate) struct Spawner {
+    setup: ExecWorkerSetup,
+    spares: Mutex<(Vec<pool::Warm>, usize)>,
+    want: usize,
+}
+
+impl std::fmt::Debug for Spawner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Spawner").field("want", &self.want).finish()
+    }
+}
+
+impl Spawner {
+    /// A spawner keeping `spares` warm workers (none started yet).
+    pub(crate) fn new(setup: ExecWorkerSetup, spares: usize) -> Arc<Spawner> {
+        Arc::new(Spawner {
+            setup,
+            spares: Mutex::new((Vec::new(), 0)),
+            want: spares,
+        })
+    }
+
+    /// How workers start.
+    pub(crate) fn setup(&self) -> &ExecWorkerSetup {
+        &self.setup
+    }
+
+    fn spawn(&self) -> Result<pool::Warm, Box<WorkerFailure>> {
+        pool::start_worker(&Spawn {
+            exe: &self.setup.exe,
+            arg: EXEC_WORKER_ARG,
+            env: &self.setup.env,
+            init: &self.setup.init,
+            limits: &self.setup.limits,
+            role: WorkerRole::Execution,
+        })
+    }
+
+    /// A jailed worker: a warm spare if one is alive, else a new one; spares are replenished
+    /// in the background.
+    fn take(self: &Arc<Self>) -> Result<pool::Warm, Box<WorkerFailure>> {
+        let spare = {
+            let mut s = self.spares.lock().unwrap_or_else(|p| p.into_inner());
+            let mut found = None;
+            while let Some(mut w) = s.0.pop() {
+                match crate::compile::sandbox::wait4(w.proc.pid, false) {
+                    Ok(None) => {
+                        found = Some(w);
+                        break;
+                    }
+                    Ok(Some(r)) => w.proc.reaped = Some(r),
+                    Err(_) => {}
+                }
+            }
+            found
+        };
+        let w = match spare {
+            Some(w) => Ok(w),
+            None => self.spawn(),
+        };
+        self.replenish();
+        w
+    }
+
+    fn replenish(self: &Arc<Self>) {
+        let mut s = self.spares.lock().unwrap_or_else(|p| p.into_inner());
+        if s.0.len() + s.1 >= self.want {
+            return;
+        }
+        s.1 += 1;
+        drop(s);
+        let me = Arc::downgrade(self);
+        let spawned = std::thread::Builder::new()
+            .name("xlaguard-exec-spare".into())
+            .spawn(move || {
+                let Some(me) = me.upgrade() else { return };
+                let w = me.spawn();
+                let mut s = me.spares.lock().unwrap_or_else(|p| p.into_inner());
+                s.1 -= 1;
+                if let Ok(w) = w {
+                    s.0.push(w);
+                }
+            });
+        if spawned.is_err() {
+            self.spares.lock().unwrap_or_else(|p| p.into_inner()).1 -= 1;
+        }
+    }
+
+    /// Pids of the warm spares, waiting up to `wait` for one.
+    pub(crate) fn spare_pids(&self, wait: Duration) -> Vec<u32> {
+        let end = Instant::now() + wait;
+        loop {
+            let s = self.spares.lock().unwrap_or_else(|p| p.into_inner());
+            if !s.0.is_empty() || Instant::now() >= end {
+                return s
+                    .0
+                    .iter()
+                    .map(|w| u32::try_from(w.proc.pid).unwrap_or(0))
+                    .collect();
+            }
+            drop(s);
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+}
+
 /// A live, loaded execution worker.
 struct Live {
     proc: Proc,
@@ -153,7 +265,7 @@ struct State {
 
 /// A model's execution workers (the parent's side).
 pub(crate) struct Remote {
-    setup: Arc<ExecWorkerSetup>,
+    spawner: Arc<Spawner>,
     /// The encoded `Load` frame, sent to every worker of this model.
     load: Vec<u8>,
     /// Bytes of each output.
@@ -222,7 +334,7 @@ fn plugin_error(r: &ExecRejection) -> Error {
 impl Remote {
     /// Starts the model's first execution worker and loads the model in it.
     pub(crate) fn start(
-        setup: Arc<ExecWorkerSetup>,
+        spawner: Arc<Spawner>,
         model: RemoteModel<'_>,
         workers: usize,
         deadline: Option<Duration>,
@@ -254,7 +366,7 @@ impl Remote {
         let load = protocol::encode_parts(Kind::Load, &parts)
             .map_err(|e| Error::Internal(e.to_string()))?;
         let mut remote = Remote {
-            setup,
+            spawner,
             load,
             out_lens,
             request_len,
@@ -311,16 +423,8 @@ impl Remote {
     /// Starts a worker, jails it, loads the model.
     fn start_loaded(&self) -> Result<(Live, JailReport), Started> {
         self.counters.started.fetch_add(1, Ordering::Relaxed);
-        let limits = &self.setup.limits;
-        let warm = pool::start_worker(&Spawn {
-            exe: &self.setup.exe,
-            arg: EXEC_WORKER_ARG,
-            env: &self.setup.env,
-            init: &self.setup.init,
-            limits,
-            role: WorkerRole::Execution,
-        })
-        .map_err(Started::Failed)?;
+        let limits = &self.spawner.setup.limits;
+        let warm = self.spawner.take().map_err(Started::Failed)?;
         let mut proc = warm.proc;
         let deadline = Instant::now() + limits.startup_timeout;
         let fail = |p: &mut Proc, b| pool::failure_of(p, b, limits, WorkerRole::Execution);
@@ -485,7 +589,7 @@ impl Remote {
             _ => MAX_SMALL,
         };
         let far = t + Duration::from_secs(365 * 24 * 3600);
-        let limits = &self.setup.limits;
+        let limits = &self.spawner.setup.limits;
         let pid = w.proc.pid;
         let result = pool::call(&mut w.proc, frame, deadline.unwrap_or(far), &max);
         let broken = match result {
