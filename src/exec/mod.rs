@@ -233,6 +233,7 @@ impl Spawner {
     }
 
     /// Pids of the warm spares, waiting up to `wait` for one.
+    #[cfg_attr(not(feature = "test-hooks"), allow(dead_code))]
     pub(crate) fn spare_pids(&self, wait: Duration) -> Vec<u32> {
         let end = Instant::now() + wait;
         loop {
