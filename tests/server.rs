@@ -1411,7 +1411,9 @@ fn connection_caps_shed_with_a_response() {
         c.max_connections = 6;
         c.max_connections_per_client = 3;
     });
-    // Three idle connections from 127.0.0.1 (the test's address) use up its share.
+    // Three idle connections from 127.0.0.1 (the test's address) use up its share (once the
+    // start-up's own connections have ended on the server's side).
+    std::thread::sleep(Duration::from_millis(300));
     let held: Vec<Conn> = (0..3).map(|_| Conn::open(s.addr)).collect();
     std::thread::sleep(Duration::from_millis(200));
     let mut c = Conn::open(s.addr);
@@ -1434,6 +1436,8 @@ fn connection_caps_shed_with_a_response() {
     // The global cap: the same answer, naming it.
     let m = ModelSpec::from_file("digits", fixture("digits").join("model.jaxexport"));
     let s = InProcess::start(vec![m], |c| c.max_connections = 2);
+    // (The start-up's own connections must have ended on the server's side first.)
+    std::thread::sleep(Duration::from_millis(300));
     let held: Vec<Conn> = (0..2).map(|_| Conn::open(s.addr)).collect();
     std::thread::sleep(Duration::from_millis(200));
     let r = Conn::open(s.addr).read_response().unwrap();

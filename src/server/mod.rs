@@ -427,7 +427,7 @@ impl Server {
                     tracing::warn!(%peer, limit = app.config.max_connections, suppressed, "connection limit reached; shedding (logged at most once a second)");
                 }
                 shed(
-                    &stream,
+                    stream,
                     &format!(
                         "server busy: {} connections open",
                         app.config.max_connections
@@ -443,7 +443,7 @@ impl Server {
                     tracing::warn!(%peer, limit = app.config.max_connections_per_client, suppressed, "per-client connection limit reached; shedding (logged at most once a second)");
                 }
                 shed(
-                    &stream,
+                    stream,
                     &format!(
                         "too many connections from {}: at most {} per client address",
                         peer.ip(),
@@ -864,15 +864,28 @@ fn router(app: Arc<App>) -> Router {
         .with_state(app)
 }
 
-/// Answers a connection the server will not serve with a 503 (written without waiting: it fits
-/// the socket buffer of a fresh connection) and closes it, instead of a bare reset.
-fn shed(stream: &tokio::net::TcpStream, message: &str) {
+/// Answers a connection the server will not serve with a 503 and closes it, instead of a bare
+/// reset. The write gets at most a second (a fresh connection's socket buffer takes the few
+/// hundred bytes at once); the connection holds no slot meanwhile.
+fn shed(stream: tokio::net::TcpStream, message: &str) {
     let body = error::error_body(message);
     let reply = format!(
         "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\nretry-after: 1\r\nconnection: close\r\ncontent-length: {}\r\n\r\n{body}",
         body.len()
     );
-    let _ = stream.try_write(reply.as_bytes());
+    tokio::spawn(async move {
+        let _ = tokio::time::timeout(Duration::from_secs(1), async {
+            let mut rest = reply.as_bytes();
+            while !rest.is_empty() && stream.writable().await.is_ok() {
+                match stream.try_write(rest) {
+                    Ok(n) => rest = rest.get(n..).unwrap_or_default(),
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                    Err(_) => break,
+                }
+            }
+        })
+        .await;
+    });
 }
 
 /// Open connections per client address.
