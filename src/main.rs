@@ -705,19 +705,12 @@ fn inspect(
         match isolation {
             Isolation::Process => {
                 println!("compile: jailed worker process (pid {} reported)", r.pid);
-                println!("  landlock:     {}", r.landlock);
-                println!("  seccomp:      {}", r.seccomp);
-                println!("  network:      {}", r.network);
-                println!("  capabilities: {}", r.capabilities);
-                println!("  no_new_privs: {}", r.no_new_privs);
-                println!("  rlimits:      {}", r.rlimits);
+                print_jail(r);
                 println!("  affinity:     {}", r.affinity);
             }
             Isolation::Thread => println!("compile: in this process (thread isolation)"),
         }
-        for u in &r.unenforced {
-            println!("  NOT ENFORCED: {u}");
-        }
+        print_unenforced(r);
     }
     if let Some(m) = &bound {
         match m.execution_report() {
@@ -727,15 +720,8 @@ fn inspect(
                     r.pid,
                     w.address_space_limit.unwrap_or(0) >> 20
                 );
-                println!("  landlock:     {}", r.landlock);
-                println!("  seccomp:      {}", r.seccomp);
-                println!("  network:      {}", r.network);
-                println!("  capabilities: {}", r.capabilities);
-                println!("  no_new_privs: {}", r.no_new_privs);
-                println!("  rlimits:      {}", r.rlimits);
-                for u in &r.unenforced {
-                    println!("  NOT ENFORCED: {u}");
-                }
+                print_jail(&r);
+                print_unenforced(&r);
             }
             None if m.execution() == xlaguard::Execution::Process => {
                 println!("execution: a jailed worker per concrete shape, started on first use");
@@ -829,6 +815,23 @@ fn summary(t: &Tensor) -> String {
     let max = vals.iter().copied().fold(f64::NEG_INFINITY, f64::max);
     let mean = vals.iter().sum::<f64>() / vals.len() as f64;
     format!("  min {min:.6} max {max:.6} mean {mean:.6}")
+}
+
+/// The protections of a jailed worker, one per line (for `inspect`).
+fn print_jail(r: &xlaguard::compile::JailReport) {
+    println!("  landlock:     {}", r.landlock);
+    println!("  seccomp:      {}", r.seccomp);
+    println!("  network:      {}", r.network);
+    println!("  capabilities: {}", r.capabilities);
+    println!("  no_new_privs: {}", r.no_new_privs);
+    println!("  rlimits:      {}", r.rlimits);
+}
+
+/// The protections a worker's kernel could not enforce.
+fn print_unenforced(r: &xlaguard::compile::JailReport) {
+    for u in &r.unenforced {
+        println!("  NOT ENFORCED: {u}");
+    }
 }
 
 fn run(
