@@ -867,6 +867,24 @@ fn ready_rows(pending: &VecDeque<Job>) -> u64 {
         .sum()
 }
 
+/// Drops the jobs whose deadline passed or whose client went away, counting each.
+fn drop_given_up(pending: &mut VecDeque<Job>, s: &Shared) {
+    let now = Instant::now();
+    let before = pending.len();
+    pending.retain(|j| {
+        if j.deadline <= now {
+            s.metrics.expired.fetch_add(1, Ordering::Relaxed);
+            false
+        } else if j.reply.is_closed() {
+            s.metrics.cancelled.fetch_add(1, Ordering::Relaxed);
+            false
+        } else {
+            true
+        }
+    });
+    s.queued.fetch_sub(before - pending.len(), Ordering::AcqRel);
+}
+
 async fn batch_loop(mut rx: mpsc::UnboundedReceiver<Job>, s: Arc<Shared>) {
     let max = s.config.max_size();
     let mut pending: VecDeque<Job> = VecDeque::new();
@@ -880,20 +898,7 @@ async fn batch_loop(mut rx: mpsc::UnboundedReceiver<Job>, s: Arc<Shared>) {
         while let Ok(j) = rx.try_recv() {
             pending.push_back(j);
         }
-        let now = Instant::now();
-        let before = pending.len();
-        pending.retain(|j| {
-            if j.deadline <= now {
-                s.metrics.expired.fetch_add(1, Ordering::Relaxed);
-                false
-            } else if j.reply.is_closed() {
-                s.metrics.cancelled.fetch_add(1, Ordering::Relaxed);
-                false
-            } else {
-                true
-            }
-        });
-        s.queued.fetch_sub(before - pending.len(), Ordering::AcqRel);
+        drop_given_up(&mut pending, &s);
         if pending.is_empty() {
             continue;
         }
@@ -919,20 +924,7 @@ async fn batch_loop(mut rx: mpsc::UnboundedReceiver<Job>, s: Arc<Shared>) {
                     }
                 }
                 // Requests may have given up while the batch filled.
-                let now = Instant::now();
-                let before = pending.len();
-                pending.retain(|j| {
-                    if j.deadline <= now {
-                        s.metrics.expired.fetch_add(1, Ordering::Relaxed);
-                        false
-                    } else if j.reply.is_closed() {
-                        s.metrics.cancelled.fetch_add(1, Ordering::Relaxed);
-                        false
-                    } else {
-                        true
-                    }
-                });
-                s.queued.fetch_sub(before - pending.len(), Ordering::AcqRel);
+                drop_given_up(&mut pending, &s);
             }
         }
         let Some(key) = pending.front().map(|j| j.key.clone()) else {
