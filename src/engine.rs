@@ -718,6 +718,15 @@ pub struct BoundParams {
     pub baked: bool,
 }
 
+/// The compiled executable's optimized HLO module (unwrapped from its `HloWithConfig` when
+/// the plugin wraps it).
+fn optimized_module(exe: &LoadedExecutable) -> Result<Vec<u8>, Error> {
+    let (_, prog) = exe.optimized_program()?;
+    Ok(<HloWithConfig as prost::Message>::decode(prog.as_slice())
+        .map(|w| w.hlo_module)
+        .unwrap_or(prog))
+}
+
 /// True when both lists hold the same dtypes and shapes, in order (names aside).
 fn same_types(a: &[&TensorSpec], b: &[&TensorSpec]) -> bool {
     a.len() == b.len()
@@ -806,10 +815,7 @@ impl Model {
                 }
                 // The inputs too, against the compiled entry computation's parameters: the
                 // platform index (if any), then the arguments the module kept.
-                let (_, prog) = exe.optimized_program()?;
-                let module = <HloWithConfig as prost::Message>::decode(prog.as_slice())
-                    .map(|w| w.hlo_module)
-                    .unwrap_or(prog);
+                let module = optimized_module(&exe)?;
                 let params = artifact::hlo::program_shape(&module)?.inputs;
                 let skip = usize::from(platform_index.is_some());
                 let declared: Vec<&TensorSpec> = match a.kept_inputs.as_deref() {
@@ -831,10 +837,7 @@ impl Model {
                 (sig, "artifact")
             }
             None => {
-                let (_, prog) = exe.optimized_program()?;
-                let module = <HloWithConfig as prost::Message>::decode(prog.as_slice())
-                    .map(|w| w.hlo_module)
-                    .unwrap_or(prog);
+                let module = optimized_module(&exe)?;
                 let shape = artifact::hlo::program_shape(&module)?;
                 let mut outputs = compiled_outputs;
                 for (o, s) in outputs.iter_mut().zip(&shape.outputs) {
@@ -1164,10 +1167,7 @@ impl Model {
             },
         )?;
         // The new executable takes exactly the request inputs the module keeps.
-        let (_, prog) = exe.optimized_program()?;
-        let module = <HloWithConfig as prost::Message>::decode(prog.as_slice())
-            .map(|w| w.hlo_module)
-            .unwrap_or(prog);
+        let module = optimized_module(&exe)?;
         let params = artifact::hlo::program_shape(&module)?.inputs;
         let skip = usize::from(self.info.platform_index.is_some());
         let want: Vec<&TensorSpec> = unbound
