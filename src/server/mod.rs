@@ -50,6 +50,7 @@
 pub mod batch;
 mod cli;
 pub mod error;
+mod fastjson;
 pub mod metrics;
 pub mod repo;
 pub mod wire;

@@ -33,6 +33,8 @@ use crate::signature::{format_type, DType, Dim, Signature, TensorSpec};
 use crate::tensor::{byte_len, Tensor, TensorRef};
 use crate::validate::{self, InputError};
 
+use super::fastjson::{self, Data, InputFields, OutputFields, RequestFields};
+
 /// The protocol's datatype names, in the order the protocol lists them.
 pub const DATATYPES: [(&str, DType); 13] = [
     ("BOOL", DType::Bool),
@@ -358,6 +360,23 @@ pub fn parse_request(
         None => body.len(),
     };
     let json = body.get(..json_len).unwrap_or_default();
+    // One pass over the JSON for the requests it takes for certain; the serde reader (and its
+    // messages) for everything else, malformed requests included.
+    if let Some(fields) = fastjson::read_request(json, limits.max_json_depth) {
+        return finish_request(fields, body, header_len.is_some(), json_len, sig);
+    }
+    parse_request_serde(body, header_len.is_some(), json_len, sig, limits)
+}
+
+/// The serde-based reader: the judge of every request the one-pass reader does not take.
+fn parse_request_serde(
+    body: &Bytes,
+    has_binary: bool,
+    json_len: usize,
+    sig: &Signature,
+    limits: &ParseLimits,
+) -> Result<InferRequest, BadRequest> {
+    let json = body.get(..json_len).unwrap_or_default();
     check_json_depth(json, limits.max_json_depth)?;
     let raw: RawRequest<'_> = serde_json::from_slice(json).map_err(|e| {
         BadRequest::new(
@@ -365,17 +384,57 @@ pub fn parse_request(
             format!("malformed inference request JSON: {e}{}", json_hint(&e)),
         )
     })?;
-    let binary_default = raw
-        .parameters
-        .as_ref()
-        .and_then(|p| p.binary_data_output)
-        .unwrap_or(false);
+    let fields = RequestFields {
+        id: raw.id,
+        binary_data_output: raw.parameters.as_ref().and_then(|p| p.binary_data_output),
+        inputs: raw
+            .inputs
+            .iter()
+            .map(|i| {
+                let p = i.parameters.as_ref();
+                InputFields {
+                    name: &i.name,
+                    shape: i.shape.clone(),
+                    datatype: &i.datatype,
+                    binary_data_size: p.and_then(|p| p.binary_data_size),
+                    shared_memory: p.is_some_and(|p| p.shared_memory_region.is_some()),
+                    data: i.data.map(|d| Data::Raw(d.get())),
+                }
+            })
+            .collect(),
+        outputs: raw.outputs.as_ref().map(|list| {
+            list.iter()
+                .map(|o| {
+                    let p = o.parameters.as_ref();
+                    OutputFields {
+                        name: &o.name,
+                        binary_data: p.and_then(|p| p.binary_data),
+                        classification: p.is_some_and(|p| p.classification.is_some()),
+                        shared_memory: p.is_some_and(|p| p.shared_memory_region.is_some()),
+                    }
+                })
+                .collect()
+        }),
+    };
+    finish_request(fields, body, has_binary, json_len, sig)
+}
 
+/// Checks a request's fields (from either reader) against the signature, in one order, with one
+/// set of messages.
+fn finish_request(
+    raw: RequestFields<'_>,
+    body: &Bytes,
+    has_binary: bool,
+    json_len: usize,
+    sig: &Signature,
+) -> Result<InferRequest, BadRequest> {
+    let binary_default = raw.binary_data_output.unwrap_or(false);
     let mut binary_at = json_len;
     let mut named = Vec::with_capacity(raw.inputs.len());
-    for input in &raw.inputs {
-        let t = parse_input(input, body, header_len.is_some(), &mut binary_at, sig)?;
-        named.push((input.name.clone(), t));
+    for input in raw.inputs {
+        let name = input.name.to_string();
+        let t = parse_input(input, body, has_binary, &mut binary_at, sig)?;
+        named.push((name, t));
     }
     if binary_at < body.len() {
         return Err(BadRequest::new(
@@ -388,7 +447,7 @@ pub fn parse_request(
     }
     let inputs = validate::order_named(sig, named)?;
 
-    let outputs = match &raw.outputs {
+    let outputs = match raw.outputs {
         None => (0..sig.outputs.len())
             .map(|index| OutputChoice {
                 index,
@@ -407,7 +466,7 @@ pub fn parse_request(
                             "unknown_output",
                             format!(
                                 "unknown output '{}'; the model returns {}",
-                                shorten(&o.name),
+                                shorten(o.name),
                                 names(&sig.outputs)
                             ),
                         )
@@ -418,8 +477,7 @@ pub fn parse_request(
                         format!("output '{}' requested more than once", o.name),
                     ));
                 }
-                let p = o.parameters.as_ref();
-                if p.is_some_and(|p| p.classification.is_some()) {
+                if o.classification {
                     return Err(BadRequest::new(
                         "unsupported",
                         format!(
@@ -428,7 +486,7 @@ pub fn parse_request(
                         ),
                     ));
                 }
-                if p.is_some_and(|p| p.shared_memory_region.is_some()) {
+                if o.shared_memory {
                     return Err(BadRequest::new(
                         "unsupported",
                         format!(
@@ -437,7 +495,7 @@ pub fn parse_request(
                         ),
                     ));
                 }
-                let binary = p.and_then(|p| p.binary_data).unwrap_or(binary_default);
+                let binary = o.binary_data.unwrap_or(binary_default);
                 chosen.push(OutputChoice { index, binary });
             }
             chosen
@@ -462,13 +520,13 @@ fn json_hint(e: &serde_json::Error) -> &'static str {
 }
 
 fn parse_input(
-    input: &RawInput<'_>,
+    input: InputFields<'_>,
     body: &Bytes,
     has_binary: bool,
     binary_at: &mut usize,
     sig: &Signature,
 ) -> Result<InputTensor, BadRequest> {
-    let name = input.name.as_str();
+    let name = input.name;
     let Some(index) = sig.input_index(name) else {
         return Err(InputError::UnknownName {
             name: shorten(name),
@@ -480,7 +538,7 @@ fn parse_input(
         .inputs
         .get(index)
         .ok_or_else(|| BadRequest::new("internal", "signature index out of range".to_string()))?;
-    let dtype = match parse_datatype(&input.datatype) {
+    let dtype = match parse_datatype(input.datatype) {
         Some(d) => d,
         None if input.datatype == "BYTES" => {
             return Err(BadRequest::input(
@@ -500,7 +558,7 @@ fn parse_input(
                 name,
                 format!(
                     "input '{name}': unknown datatype '{}'; expected {} (datatypes: {})",
-                    shorten(&input.datatype),
+                    shorten(input.datatype),
                     datatype_name(spec.dtype),
                     all.join(", ")
                 ),
@@ -574,16 +632,14 @@ fn parse_input(
             ),
         )
     })?;
-    let params = input.parameters.as_ref();
-    if params.is_some_and(|p| p.shared_memory_region.is_some()) {
+    if input.shared_memory {
         return Err(BadRequest::input(
             "unsupported",
             name,
             format!("input '{name}': the shared-memory extension is not supported"),
         ));
     }
-    let binary_size = params.and_then(|p| p.binary_data_size);
-    let data = match (binary_size, input.data) {
+    let data = match (input.binary_data_size, input.data) {
         (Some(_), Some(_)) => {
             return Err(BadRequest::input(
                 "data",
@@ -650,15 +706,23 @@ fn parse_input(
             }
             data
         }
-        (None, Some(raw)) => {
+        // Decoded by the one-pass reader as the datatype and shape the request names, which
+        // are (checked above) the signature's: the same bytes as decoding them here.
+        (None, Some(Data::Decoded(bytes))) => Bytes::from(bytes),
+        (None, Some(Data::Raw(text))) => {
             let part = dtype.complex_part().unwrap_or(dtype);
-            let want = want_bytes / part.size();
             let wire = wire_shape(dtype, &shape);
-            Bytes::from(decode_json_data(raw.get(), part, want, name, &wire)?)
+            match fastjson::decode_data(text, part, &wire) {
+                Some(bytes) => Bytes::from(bytes),
+                None => {
+                    let want = want_bytes / part.size();
+                    Bytes::from(decode_json_data(text, part, want, name, &wire)?)
+                }
+            }
         }
     };
     Ok(InputTensor {
-        name: input.name.clone(),
+        name: input.name.to_string(),
         dtype,
         shape,
         data,
@@ -812,7 +876,7 @@ fn special_float(s: &str) -> Option<f64> {
     }
 }
 
-fn push_element(
+pub(super) fn push_element(
     token: &str,
     is_string: bool,
     dtype: DType,
@@ -1511,5 +1575,252 @@ mod tests {
         let mut out = String::new();
         write_json_data(&mut out, &h);
         assert_eq!(out, "0.099975586,-65504.0");
+    }
+
+    /// The test's own deterministic random stream (xorshift).
+    struct Rng(u64);
+    impl Rng {
+        fn next(&mut self) -> u64 {
+            self.0 ^= self.0 << 13;
+            self.0 ^= self.0 >> 7;
+            self.0 ^= self.0 << 17;
+            self.0
+        }
+        fn below(&mut self, n: u64) -> u64 {
+            self.next() % n
+        }
+        fn pick<'a>(&mut self, items: &[&'a str]) -> &'a str {
+            items[self.below(items.len() as u64) as usize]
+        }
+    }
+
+    fn wide_sig() -> Signature {
+        Signature {
+            inputs: vec![
+                TensorSpec::new("x", DType::F32, &[2, 2]),
+                TensorSpec::new("ids", DType::I8, &[3]),
+                TensorSpec::new("mask", DType::Bool, &[2]),
+                TensorSpec::new("w", DType::F64, &[]),
+                TensorSpec::new("h", DType::F16, &[2]),
+                TensorSpec::new("u", DType::U64, &[1]),
+                TensorSpec::new("z", DType::C64, &[2]),
+            ],
+            outputs: vec![
+                TensorSpec::new("y", DType::F32, &[2]),
+                TensorSpec::new("flag", DType::Bool, &[]),
+            ],
+        }
+    }
+
+    /// One random element: mostly valid for the datatype, sometimes not.
+    fn element(r: &mut Rng, datatype: &str, noisy: bool) -> String {
+        let odd = [
+            "\"NaN\"",
+            "\"-Infinity\"",
+            "\"x\"",
+            "null",
+            "true",
+            "1e39",
+            "1.",
+            "-0",
+            "01",
+            "{}",
+            "[]",
+            "128",
+            "-1",
+            "1.5",
+            "\"a\\\"b\"",
+            "18446744073709551616",
+            "7e2",
+        ];
+        if noisy && r.below(12) == 0 {
+            return r.pick(&odd).to_string();
+        }
+        match datatype {
+            "BOOL" => r.pick(&["true", "false"]).to_string(),
+            "INT8" => format!("{}", r.below(256) as i64 - 128),
+            "UINT64" => format!("{}", r.next() >> r.below(64)),
+            _ => {
+                let x = f32::from_bits(r.next() as u32 & 0xBFFF_FFFF);
+                match r.below(4) {
+                    0 => format!("{:?}", f64::from(x)),
+                    1 => format!("{x:?}"),
+                    2 => format!("{}", r.below(1000)),
+                    _ => format!("{:e}", f64::from(x)),
+                }
+            }
+        }
+    }
+
+    fn data(r: &mut Rng, datatype: &str, shape: &[u64], noisy: bool) -> String {
+        let n: u64 = shape.iter().product();
+        let n = match r.below(if noisy { 10 } else { 1 }) {
+            0 if noisy => n + 1,
+            1 => n.saturating_sub(1),
+            _ => n,
+        };
+        let items: Vec<String> = (0..n).map(|_| element(r, datatype, noisy)).collect();
+        let sep = r.pick(&[",", ", ", " ,\n"]);
+        if shape.len() == 2 && items.len() == 4 && r.below(2) == 0 {
+            format!(
+                "[[{}{sep}{}]{sep}[{}{sep}{}]]",
+                items[0], items[1], items[2], items[3]
+            )
+        } else if shape.is_empty() && items.len() == 1 && r.below(2) == 0 {
+            items[0].clone()
+        } else {
+            format!("[{}]", items.join(sep))
+        }
+    }
+
+    /// A random request against [`wide_sig`]: key orders, whitespace, unknown keys, nulls,
+    /// bad values, missing and duplicate keys, all at random.
+    fn random_request(r: &mut Rng) -> String {
+        // Half the requests are clean (as clients write them, in any order and spacing), half
+        // have mistakes of every kind.
+        let noisy = r.below(2) == 0;
+        let n = |k: u64| if noisy { k } else { u64::MAX };
+        let inputs = [
+            ("x", "FP32", vec![2u64, 2]),
+            ("ids", "INT8", vec![3]),
+            ("mask", "BOOL", vec![2]),
+            ("w", "FP64", vec![]),
+            ("h", "FP16", vec![2]),
+            ("u", "UINT64", vec![1]),
+            ("z", "FP32", vec![2, 2]),
+        ];
+        let mut objs = Vec::new();
+        for (name, dt, shape) in inputs {
+            if r.below(n(15)) == 0 {
+                continue; // a missing input
+            }
+            let dt = if r.below(n(20)) == 0 {
+                r.pick(&["FP64", "BYTES", "INT32", "fp32"])
+            } else {
+                dt
+            };
+            let shape_text = if r.below(n(20)) == 0 {
+                r.pick(&["[-1]", "[2, 3]", "[]", "[1.0]", "null", "[-0]"])
+                    .to_string()
+            } else {
+                format!("{shape:?}")
+            };
+            let mut fields = vec![
+                format!("\"name\": \"{name}\""),
+                format!("\"datatype\": \"{dt}\""),
+                format!("\"shape\": {shape_text}"),
+                format!("\"data\": {}", data(r, dt, &shape, noisy)),
+            ];
+            match r.below(if noisy { 8 } else { 4 }) {
+                0 => fields.push("\"parameters\": {\"tag\": [1, {\"a\": null}]}".into()),
+                1 => fields.push("\"parameters\": null".into()),
+                3 => fields.push("\"extra\": {\"k\": [true, false, -1.5e3, \"s\"]}".into()),
+                2 => fields.push("\"parameters\": {\"shared_memory_region\": \"r\"}".into()),
+                4 => fields.push(format!("\"name\": \"{name}\"")), // a duplicate key
+                5 => fields.push("\"data\": null".into()),
+                6 => {
+                    fields.remove(r.below(fields.len() as u64) as usize);
+                }
+                _ => {}
+            }
+            // Shuffle: data first sometimes (decoded after the object), else in client order.
+            for i in (1..fields.len()).rev() {
+                if r.below(4) == 0 {
+                    fields.swap(i, r.below(i as u64 + 1) as usize);
+                }
+            }
+            let ws = r.pick(&["", " ", "\n  ", "\t"]);
+            objs.push(format!("{{{ws}{}{ws}}}", fields.join(&format!(",{ws}"))));
+        }
+        let mut top = vec![format!("\"inputs\": [{}]", objs.join(", "))];
+        match r.below(if noisy { 6 } else { 2 }) {
+            0 => top.push("\"id\": \"req-7\"".into()),
+            1 => top.push("\"id\": null".into()),
+            2 => top.push("\"id\": \"a\\u0041\"".into()),
+            3 => top.push("\"id\": 5".into()),
+            _ => {}
+        }
+        match r.below(if noisy { 6 } else { 2 }) {
+            0 => top.push("\"parameters\": {\"binary_data_output\": true}".into()),
+            1 => top.push("\"parameters\": {\"binary_data_output\": null, \"x\": 1}".into()),
+            2 => top.push("\"parameters\": {\"binary_data_output\": 1}".into()),
+            _ => {}
+        }
+        match r.below(if noisy { 7 } else { 2 }) {
+            0 => top.push("\"outputs\": [{\"name\": \"flag\"}, {\"name\": \"y\", \"parameters\": {\"binary_data\": true}}]".into()),
+            1 => top.push("\"outputs\": null".into()),
+            2 => top.push("\"outputs\": [{\"name\": \"nope\"}]".into()),
+            3 => top.push("\"outputs\": [{\"name\": \"y\"}, {\"name\": \"y\"}]".into()),
+            4 => top.push("\"outputs\": [{\"name\": \"y\", \"parameters\": {\"classification\": 2}}]".into()),
+            _ => {}
+        }
+        if r.below(2) == 0 {
+            top.reverse();
+        }
+        let tail = if noisy {
+            r.pick(&["", "", "", " \n", " x", ",", "}"])
+        } else {
+            r.pick(&["", " \n"])
+        };
+        format!("{{{}}}{tail}", top.join(", "))
+    }
+
+    /// Whenever the one-pass reader takes a request, the serde reader gives the same result:
+    /// the same tensors, or the same refusal with the same message.
+    #[test]
+    fn one_pass_reader_agrees_with_the_serde_reader() {
+        let sig = wide_sig();
+        let limits = ParseLimits::default();
+        let mut r = Rng(0x5EED_1234_ABCD_0001);
+        let (mut taken, mut ok) = (0usize, 0usize);
+        let cases = 20_000;
+        for _ in 0..cases {
+            let text = random_request(&mut r);
+            let body = Bytes::from(text.clone());
+            let slow = parse_request_serde(&body, false, body.len(), &sig, &limits);
+            if let Some(fields) = fastjson::read_request(&body, limits.max_json_depth) {
+                taken += 1;
+                let fast = finish_request(fields, &body, false, body.len(), &sig);
+                assert_eq!(format!("{fast:?}"), format!("{slow:?}"), "{text}");
+            }
+            ok += usize::from(slow.is_ok());
+        }
+        // The fast path is the common path: it takes most requests, and the valid ones.
+        assert!(
+            taken > cases * 2 / 5,
+            "one-pass reader took {taken} of {cases}"
+        );
+        assert!(
+            ok > cases / 20,
+            "only {ok} of {cases} random requests were valid"
+        );
+    }
+
+    #[test]
+    fn one_pass_reader_takes_what_clients_send() {
+        let sig = wide_sig();
+        let text = r#"{"id": "1", "inputs": [
+            {"name": "x", "shape": [2, 2], "datatype": "FP32", "data": [[0.1, -2.5], [3e-3, 4]]},
+            {"name": "ids", "shape": [3], "datatype": "INT8", "data": [1, -2, 127]},
+            {"name": "mask", "shape": [2], "datatype": "BOOL", "data": [true, false]},
+            {"name": "w", "shape": [], "datatype": "FP64", "data": 0.30000000000000004},
+            {"name": "h", "shape": [2], "datatype": "FP16", "data": ["NaN", 65504]},
+            {"name": "u", "shape": [1], "datatype": "UINT64", "data": [18446744073709551615]},
+            {"data": [1, 2, 3, 4], "name": "z", "shape": [2, 2], "datatype": "FP32"}
+        ], "outputs": [{"name": "y", "parameters": {"binary_data": true}}]}"#;
+        let fields = fastjson::read_request(text.as_bytes(), 64).unwrap();
+        let body = Bytes::from(text);
+        let fast = finish_request(fields, &body, false, body.len(), &sig).unwrap();
+        let slow =
+            parse_request_serde(&body, false, body.len(), &sig, &ParseLimits::default()).unwrap();
+        assert_eq!(format!("{fast:?}"), format!("{slow:?}"));
+        let x: Vec<f32> = fast.inputs[0]
+            .data
+            .chunks(4)
+            .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+            .collect();
+        assert_eq!(x, [0.1, -2.5, 3e-3, 4.0]);
+        assert_eq!(fast.inputs[6].dtype, DType::C64);
+        assert_eq!(&fast.inputs[5].data[..], &u64::MAX.to_le_bytes());
     }
 }
