@@ -23,7 +23,7 @@ use half::{bf16, f16};
 
 use crate::signature::DType;
 
-use super::wire::push_element;
+use super::datatype::{parse_datatype, push_element};
 
 /// An input's `data` as the readers hand it on.
 #[derive(Debug)]
@@ -608,7 +608,7 @@ impl<'a> Cursor<'a> {
                     } else {
                         // Decode now when the datatype and shape came first (as every client
                         // writes them); otherwise keep the checked text.
-                        let wire = match (datatype.and_then(super::wire::parse_datatype), &shape) {
+                        let wire = match (datatype.and_then(parse_datatype), &shape) {
                             (Some(d), Some(s)) => s
                                 .iter()
                                 .map(|&x| u64::try_from(x).ok())

@@ -49,6 +49,7 @@
 
 pub mod batch;
 mod cli;
+mod datatype;
 pub mod error;
 mod fastjson;
 pub mod metrics;
