@@ -12,10 +12,10 @@
 //!
 //! # Numbers
 //! JSON numbers are scanned once into a 19-digit decimal significand and an exponent (eight
-//! digits at a time where eight are there). FP32 is computed through one to three rounded f64
-//! operations — at most three f64 ulps from the exact value — and rounded to f32 unless that
-//! f64 lies within 16 ulps of an FP32 rounding boundary (one value in 2^24), where Rust's
-//! correctly rounded `str::parse::<f32>` decides. FP64 takes Clinger's exact fast path (at most
+//! digits at a time where eight are there). FP32 is computed as one f64 product of the
+//! significand and a correctly rounded power of ten — three roundings, under two f64 ulps from
+//! the exact value — and rounded to f32 unless that f64 lies within 16 ulps of an FP32 rounding
+//! boundary (one value in 2^24), where Rust's correctly rounded `str::parse::<f32>` decides. FP64 takes Clinger's exact fast path (at most
 //! 15 digits and |exponent| ≤ 22) or `str::parse::<f64>`. Integers are exact. Anything unusual
 //! (strings, literals) goes through the same element reader the serde path uses.
 
@@ -119,6 +119,22 @@ const POW10: [f64; 23] = [
     1e17, 1e18, 1e19, 1e20, 1e21, 1e22,
 ];
 
+/// `10^k` for `k` in 0..40, each correctly rounded to f64 (exact up to `1e22`).
+const POS_POW10: [f64; 40] = [
+    1e0, 1e1, 1e2, 1e3, 1e4, 1e5, 1e6, 1e7, 1e8, 1e9, 1e10, 1e11, 1e12, 1e13, 1e14, 1e15, 1e16,
+    1e17, 1e18, 1e19, 1e20, 1e21, 1e22, 1e23, 1e24, 1e25, 1e26, 1e27, 1e28, 1e29, 1e30, 1e31, 1e32,
+    1e33, 1e34, 1e35, 1e36, 1e37, 1e38, 1e39,
+];
+
+/// `10^-k` for `k` in 0..66, each correctly rounded to f64.
+const NEG_POW10: [f64; 66] = [
+    1e-0, 1e-1, 1e-2, 1e-3, 1e-4, 1e-5, 1e-6, 1e-7, 1e-8, 1e-9, 1e-10, 1e-11, 1e-12, 1e-13, 1e-14,
+    1e-15, 1e-16, 1e-17, 1e-18, 1e-19, 1e-20, 1e-21, 1e-22, 1e-23, 1e-24, 1e-25, 1e-26, 1e-27,
+    1e-28, 1e-29, 1e-30, 1e-31, 1e-32, 1e-33, 1e-34, 1e-35, 1e-36, 1e-37, 1e-38, 1e-39, 1e-40,
+    1e-41, 1e-42, 1e-43, 1e-44, 1e-45, 1e-46, 1e-47, 1e-48, 1e-49, 1e-50, 1e-51, 1e-52, 1e-53,
+    1e-54, 1e-55, 1e-56, 1e-57, 1e-58, 1e-59, 1e-60, 1e-61, 1e-62, 1e-63, 1e-64, 1e-65,
+];
+
 /// `10^|e|` for `|e| ≤ 22`, exactly.
 fn pow10(e: i32) -> Option<f64> {
     usize::try_from(e.unsigned_abs())
@@ -149,19 +165,19 @@ fn parse_eight(v: u64) -> u64 {
 }
 
 impl Number {
-    /// `w * 10^exp` in f64 with at most three roundings (three ulps), or `None` when the
-    /// exponent is outside what the exact powers reach.
+    /// `w * 10^exp` in f64 with three roundings (`w`, the power, the product: under two ulps
+    /// in all), or `None` when the exponent is outside the tables.
     #[inline]
     fn approx(self) -> Option<f64> {
         #[allow(clippy::cast_precision_loss)] // rounding is what the error bound accounts for
         let w = self.w as f64;
-        let e = self.exp;
-        let v = match (e >= 0, pow10(e)) {
-            (true, Some(p)) => w * p,
-            (false, Some(p)) => w / p,
-            (true, None) => w * POW10[22] * pow10(e.checked_sub(22)?)?,
-            (false, None) => w / POW10[22] / pow10(e.checked_add(22)?)?,
+        let k = usize::try_from(self.exp.unsigned_abs()).ok()?;
+        let p = if self.exp >= 0 {
+            POS_POW10.get(k)?
+        } else {
+            NEG_POW10.get(k)?
         };
+        let v = w * p;
         Some(if self.neg { -v } else { v })
     }
 
@@ -186,7 +202,8 @@ impl Number {
         }
         let v = self.approx()?;
         let a = v.abs();
-        // Normal f32 range, away from the overflow threshold (f32::MAX + half an ulp).
+        // Normal f32 range, away from the overflow threshold (f32::MAX + half an ulp). The
+        // f64 is within two ulps of the exact value; sixteen leave room to spare.
         if !(1.2e-38..=3.4e38).contains(&a) {
             return None;
         }
@@ -776,6 +793,10 @@ impl<'a> Cursor<'a> {
 
     /// Walks the arrays of a `data` value, calling `elem` for each element that is not a string
     /// (strings — `"NaN"` and the like — go to the serde path's element reader).
+    ///
+    /// Takes arrays of arrays and arrays of elements (a run, read in a tight loop); an array
+    /// that mixes elements and arrays (which the serde path may still take, `[1, [], 2]`) is
+    /// left to the serde path.
     #[inline]
     fn elements(
         &mut self,
@@ -786,72 +807,94 @@ impl<'a> Cursor<'a> {
         mut elem: impl FnMut(&mut Self, &mut Vec<u8>) -> Option<()>,
     ) -> Option<()> {
         let rank = shape.len().max(1);
+        self.ws();
+        if self.peek()? != b'[' {
+            // A bare scalar: only for a tensor of one element.
+            if want != 1 {
+                return None;
+            }
+            return self.element(dtype, out, &mut elem);
+        }
         let mut open: Vec<u64> = Vec::new();
         let mut leaf_depth: Option<usize> = None;
         let mut count = 0usize;
-        let mut expect_value = true;
-        loop {
-            self.ws();
-            if expect_value {
-                if self.peek()? == b'[' {
-                    if let Some(top) = open.last_mut() {
-                        *top += 1;
-                    }
-                    open.push(0);
-                    self.i += 1;
-                    self.enter()?;
-                    self.ws();
-                    if self.peek()? == b']' {
-                        self.close(&mut open, leaf_depth, rank, shape)?;
-                        expect_value = false;
-                        if open.is_empty() {
-                            break;
-                        }
-                    }
-                    continue;
-                }
-                let depth = open.len();
-                match leaf_depth {
-                    None if depth == 1 || depth == rank || (depth == 0 && want == 1) => {
-                        leaf_depth = Some(depth);
-                    }
-                    Some(d) if d == depth => {}
-                    _ => return None,
-                }
+        'arrays: loop {
+            // At a `[`: open it and any arrays directly inside.
+            while self.peek()? == b'[' {
                 if let Some(top) = open.last_mut() {
                     *top += 1;
                 }
-                if count >= want {
-                    return None;
+                open.push(0);
+                self.i += 1;
+                self.enter()?;
+                self.ws();
+            }
+            if self.peek()? != b']' {
+                // A run of elements, all at this depth.
+                let depth = open.len();
+                match leaf_depth {
+                    None if depth == 1 || depth == rank => leaf_depth = Some(depth),
+                    Some(d) if d == depth => {}
+                    _ => return None,
                 }
-                if self.peek()? == b'"' {
-                    let s = self.string()?;
-                    push_element(s, true, dtype, out).ok()?;
-                } else {
-                    elem(self, out)?;
+                let mut n = 0u64;
+                loop {
+                    if count == want {
+                        return None;
+                    }
+                    self.element(dtype, out, &mut elem)?;
+                    count += 1;
+                    n += 1;
+                    self.ws();
+                    match self.peek()? {
+                        b',' => {
+                            self.i += 1;
+                            self.ws();
+                        }
+                        b']' => break,
+                        _ => return None,
+                    }
                 }
-                count += 1;
-                expect_value = false;
+                *open.last_mut()? += n;
+            }
+            // At a `]`: close it and any arrays that end with it.
+            loop {
+                self.close(&mut open, leaf_depth, rank, shape)?;
                 if open.is_empty() {
-                    break;
+                    break 'arrays;
                 }
-            } else {
+                self.ws();
                 match self.peek()? {
+                    b']' => {}
                     b',' => {
                         self.i += 1;
-                        expect_value = true;
-                    }
-                    b']' => {
-                        self.close(&mut open, leaf_depth, rank, shape)?;
-                        if open.is_empty() {
-                            break;
+                        self.ws();
+                        if self.peek()? != b'[' {
+                            return None;
                         }
+                        continue 'arrays;
                     }
                     _ => return None,
                 }
             }
         }
         (count == want).then_some(())
+    }
+
+    /// One element: a string through the serde path's element reader, anything else `elem`.
+    #[inline]
+    fn element(
+        &mut self,
+        dtype: DType,
+        out: &mut Vec<u8>,
+        elem: &mut impl FnMut(&mut Self, &mut Vec<u8>) -> Option<()>,
+    ) -> Option<()> {
+        if self.peek()? == b'"' {
+            let s = self.string()?;
+            push_element(s, true, dtype, out).ok()
+        } else {
+            elem(self, out)
+        }
     }
 
     /// Takes a `]`, checking the entry count of a nested array against the shape.
