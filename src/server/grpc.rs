@@ -915,6 +915,19 @@ impl GrpcInferenceService for Service {
     }
 }
 
+/// tonic answers a message over the size limit with `OUT_OF_RANGE`; gRPC's own implementations
+/// (and so clients and the contract) use `RESOURCE_EXHAUSTED`. No RPC here answers
+/// `OUT_OF_RANGE` itself, so every one is tonic's size check.
+async fn too_large_is_resource_exhausted(
+    mut r: axum::response::Response,
+) -> axum::response::Response {
+    let h = r.headers_mut();
+    if h.get("grpc-status").is_some_and(|v| v.as_bytes() == b"11") {
+        h.insert("grpc-status", axum::http::HeaderValue::from_static("8"));
+    }
+    r
+}
+
 /// Serves gRPC (HTTP/2) on `listener` until `shutdown` completes, then lets in-flight calls
 /// finish (up to the drain timeout). `grpc.health.v1` reports `SERVING` for the empty service
 /// name and `inference.GRPCInferenceService` once the server is ready, `NOT_SERVING` before.
@@ -948,7 +961,11 @@ pub async fn serve(
     };
     let routes = tonic::service::Routes::new(Service::server(core.clone()))
         .add_service(health_service)
-        .prepare();
+        .prepare()
+        .into_axum_router()
+        .layer(axum::middleware::map_response(
+            too_large_is_resource_exhausted,
+        ));
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     let mut http = hyper::server::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new());
     http.timer(hyper_util::rt::TokioTimer::new())
