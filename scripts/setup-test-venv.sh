@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The Python side of the server compatibility test: tritonclient[http], pinned by version and
+# The Python side of the server compatibility test: tritonclient[http] and [grpc], pinned by version and
 # sha256 (tests/requirements-tritonclient.txt), in venv-test/ (git-ignored). Idempotent: a stamp
 # holding the requirements' sha256 makes a second run a no-op.
 set -euo pipefail
@@ -16,4 +16,4 @@ rm -rf "$venv"
 "$venv/bin/python" -m pip install --quiet --disable-pip-version-check --no-deps \
   --require-hashes --only-binary=:all: -r "$req" >&2
 echo "$stamp" > "$venv/.stamp"
-echo "installed tritonclient[http] into $venv" >&2
+echo "installed tritonclient[http,grpc] into $venv" >&2

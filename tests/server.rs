@@ -70,7 +70,15 @@ fn server_metadata_health_and_routes() {
     let v = r.json();
     assert_eq!(v["name"], "xlaguard");
     assert_eq!(v["version"], env!("CARGO_PKG_VERSION"));
-    assert_eq!(v["extensions"], json!(["binary_tensor_data"]));
+    assert_eq!(
+        v["extensions"],
+        json!([
+            "binary_tensor_data",
+            "model_repository",
+            "statistics",
+            "model_configuration"
+        ])
+    );
     assert_eq!(get(addr, "/v2/health/live").status, 200);
     assert_eq!(get(addr, "/v2/health/ready").status, 200);
 

@@ -29,16 +29,15 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use axum::http::StatusCode;
 use tokio::sync::{mpsc, oneshot, Notify, Semaphore};
 
 use crate::engine::Model;
 use crate::signature::{DType, Dim, Signature, TensorSpec};
 use crate::tensor::{byte_len, Tensor, TensorRef};
 
-use super::error::ApiError;
+use super::fault::{CoreError, ErrorKind};
 pub use super::metrics::BatchMetrics;
-use super::wire::{EncodedResponse, InputTensor};
+use super::wire::InputTensor;
 
 /// What padding rows hold.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -237,7 +236,7 @@ impl Runner {
     ///
     /// # Errors
     /// Invalid input (400), or the execution's error.
-    pub fn run(&self, inputs: &[TensorRef<'_>]) -> Result<Vec<Tensor>, ApiError> {
+    pub fn run(&self, inputs: &[TensorRef<'_>]) -> Result<Vec<Tensor>, CoreError> {
         match self {
             Runner::Model(m) => Ok(m.run(inputs)?),
             Runner::Bundle(b) => {
@@ -275,15 +274,15 @@ fn list(sizes: &[u64]) -> String {
         .join(", ")
 }
 
-fn bad_rows(message: String) -> ApiError {
-    ApiError {
+fn bad_rows(message: String) -> CoreError {
+    CoreError {
         rejection: Some(("batch", String::new())),
-        ..ApiError::new(StatusCode::BAD_REQUEST, message)
+        ..CoreError::new(ErrorKind::InvalidInput, message)
     }
 }
 
 /// The rows of a request: the size at `dim`, the same in every input.
-fn rows_of(sig: &Signature, inputs: &[TensorRef<'_>], dim: usize) -> Result<u64, ApiError> {
+fn rows_of(sig: &Signature, inputs: &[TensorRef<'_>], dim: usize) -> Result<u64, CoreError> {
     let mut rows: Option<(u64, &str)> = None;
     for (spec, t) in sig.inputs.iter().zip(inputs) {
         let n = t.shape.get(dim).copied().unwrap_or(0);
@@ -421,7 +420,7 @@ pub fn admit(
     runner: &Runner,
     config: &BatchConfig,
     inputs: &[TensorRef<'_>],
-) -> Result<Admit, ApiError> {
+) -> Result<Admit, CoreError> {
     let sig = runner.signature();
     crate::validate::check_inputs(sig, inputs).map_err(crate::Error::from)?;
     let rows = rows_of(sig, inputs, config.batch_dim)?;
@@ -445,10 +444,10 @@ pub fn admit(
             };
             let m = b
                 .model(size)
-                .ok_or_else(|| ApiError::from(crate::Error::Internal("no export".into())))?;
+                .ok_or_else(|| CoreError::from(crate::Error::Internal("no export".into())))?;
             // Validated at the export's size, padded with its own rows (values it has).
             let padded = stack(&[inputs], &[rows], size, config.batch_dim, Pad::RepeatLast)
-                .map_err(ApiError::from)?;
+                .map_err(CoreError::from)?;
             let views: Vec<TensorRef<'_>> = padded.iter().map(Tensor::view).collect();
             m.validate(&views)?;
             Ok(Admit::Batch(rows))
@@ -704,14 +703,15 @@ pub fn gate(
 /// What a request got from its batch.
 #[derive(Debug)]
 pub struct Done {
-    /// The encoded response.
-    pub encoded: EncodedResponse,
+    /// The encoded response (of the type its frontend's encoder makes).
+    pub encoded: Box<dyn std::any::Any + Send>,
     /// Time the batch took (stack, execute, split, encode).
     pub run_time: Duration,
 }
 
 /// Encodes a request's outputs (run on the execution thread).
-pub type Finish = Box<dyn FnOnce(Vec<Tensor>) -> Result<EncodedResponse, ApiError> + Send>;
+pub type Finish =
+    Box<dyn FnOnce(Vec<Tensor>) -> Result<Box<dyn std::any::Any + Send>, CoreError> + Send>;
 
 /// One request waiting in a model's queue.
 pub struct Job {
@@ -721,7 +721,7 @@ pub struct Job {
     deadline: Instant,
     enqueued: Instant,
     finish: Finish,
-    reply: oneshot::Sender<Result<Done, ApiError>>,
+    reply: oneshot::Sender<Result<Done, CoreError>>,
 }
 
 /// What the batcher task and the request threads share.
@@ -821,7 +821,7 @@ impl Batcher {
         rows: u64,
         deadline: Instant,
         finish: Finish,
-    ) -> Result<oneshot::Receiver<Result<Done, ApiError>>, ApiError> {
+    ) -> Result<oneshot::Receiver<Result<Done, CoreError>>, CoreError> {
         let dim = self.shared.config.batch_dim;
         let key = inputs
             .iter()
@@ -846,10 +846,7 @@ impl Batcher {
         self.shared.queued.fetch_add(1, Ordering::AcqRel);
         self.tx.send(job).map_err(|_| {
             self.shared.queued.fetch_sub(1, Ordering::AcqRel);
-            ApiError::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "the model's batcher stopped",
-            )
+            CoreError::new(ErrorKind::Unavailable, "the model's batcher stopped")
         })?;
         Ok(rx)
     }
@@ -944,7 +941,7 @@ async fn batch_loop(mut rx: mpsc::UnboundedReceiver<Job>, s: Arc<Shared>) {
         pending = rest;
         s.queued.fetch_sub(batch.len(), Ordering::AcqRel);
         let shared = s.clone();
-        tokio::task::spawn_blocking(move || {
+        super::blocking::offload(move || {
             execute(&shared, batch);
             drop(permit);
             shared.done.notify_one();
@@ -979,7 +976,7 @@ fn execute(s: &Shared, batch: Vec<Job>) {
         }
         Err(e) => {
             tracing::error!(error = %e, "a batch failed");
-            let api = ApiError::from(e);
+            let api = CoreError::from(e);
             for j in batch {
                 let _ = j.reply.send(Err(api.clone()));
             }

@@ -7,8 +7,9 @@ use std::time::Duration;
 
 use crate::engine::EngineConfig;
 
+use super::config::{ModelControl, ServerConfig, ServerError};
 use super::repo::{self, ModelLimits, ModelSpec};
-use super::{Server, ServerConfig, ServerError};
+use super::Server;
 
 /// Log line format.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -29,7 +30,14 @@ pub struct ServeArgs {
     /// Address to listen on (port 0: any free port; the actual one is printed).
     #[arg(long, default_value = "127.0.0.1:8000")]
     pub addr: SocketAddr,
-    /// Largest request body accepted, in bytes (64 MiB; 1 to 4 GiB).
+    /// Address of the gRPC frontend (KServe v2 / Triton gRPC; port 0: any free port, printed
+    /// on a second stdout line `serving grpc on ADDR`).
+    #[arg(long, default_value = "127.0.0.1:8001")]
+    pub grpc_addr: SocketAddr,
+    /// Serve HTTP only.
+    #[arg(long)]
+    pub no_grpc: bool,
+    /// Largest request body accepted (and largest gRPC message), in bytes (64 MiB; 1 to 4 GiB).
     #[arg(long, default_value_t = 64 << 20, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=1u64 << 32))]
     pub max_body_bytes: usize,
     /// Deepest JSON nesting accepted in a request (1 to 1024).
@@ -71,6 +79,12 @@ pub struct ServeArgs {
     /// Readiness needs every model loaded (true) or only loading finished (false).
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
     pub strict_readiness: bool,
+    /// Model control: `none` (every model loads at start; load and unload requests are
+    /// refused) or `explicit` (every model loads at start, and `POST
+    /// /v2/repository/models/{m}/load` and `/unload`, or their gRPC RPCs, reload and unload
+    /// models by name).
+    #[arg(long, value_enum, default_value_t = ModelControl::None)]
+    pub model_control: ModelControl,
     /// Log format (the level comes from RUST_LOG, default info).
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
@@ -82,6 +96,7 @@ impl ServeArgs {
         let defaults = ModelLimits::default();
         ServerConfig {
             addr: self.addr,
+            grpc_addr: (!self.no_grpc).then_some(self.grpc_addr),
             max_body_bytes: self.max_body_bytes,
             max_json_depth: self.max_json_depth,
             max_concurrent_requests: self.max_concurrent_requests,
@@ -98,6 +113,7 @@ impl ServeArgs {
             },
             strict_readiness: self.strict_readiness,
             engine,
+            model_control: self.model_control,
         }
     }
 }
@@ -177,6 +193,10 @@ pub fn serve_command(
         tracing::info!(%addr, "serving");
         // The one line on stdout, for scripts and tests that asked for port 0.
         println!("serving on http://{addr}");
+        if let Some(g) = server.grpc_addr() {
+            tracing::info!(addr = %g, "serving gRPC");
+            println!("serving grpc on {g}");
+        }
         server.run(shutdown_signal()).await
     });
     // Work abandoned at its deadline may still be running on the blocking pool: do not wait

@@ -5,42 +5,29 @@ use axum::response::{IntoResponse, Response};
 
 use crate::error::Error;
 
+use super::fault::{kind_for, CoreError, ErrorKind};
 use super::wire::BadRequest;
 
-/// The HTTP status of each library error. The one place that decides it: a new [`Error`]
-/// variant fails to compile here until it is given a status.
-pub fn status_for(e: &Error) -> StatusCode {
-    match e {
-        // The caller's input does not match the model, or breaks its value policy.
-        Error::InvalidInput(_) | Error::Tensor(_) | Error::PolicyViolation(_) => {
-            StatusCode::BAD_REQUEST
-        }
-        // The model (or its policy file) cannot be run as given.
-        Error::Artifact(_)
-        | Error::CompileRejected(_)
-        | Error::Policy(_)
-        | Error::Params(_)
-        | Error::Bind(_) => StatusCode::UNPROCESSABLE_ENTITY,
-        // No device to run on.
-        Error::PluginNotFound(_) | Error::PluginLoad(_) | Error::ClientCreate { .. } => {
+/// The HTTP status of each kind of core error.
+pub fn http_status(kind: ErrorKind) -> StatusCode {
+    match kind {
+        ErrorKind::InvalidInput => StatusCode::BAD_REQUEST,
+        ErrorKind::NotFound => StatusCode::NOT_FOUND,
+        ErrorKind::Unprocessable => StatusCode::UNPROCESSABLE_ENTITY,
+        ErrorKind::Unavailable | ErrorKind::Overloaded | ErrorKind::Deadline => {
             StatusCode::SERVICE_UNAVAILABLE
         }
-        // The compiler is saturated, or a compile ran out of time.
-        Error::Busy { .. } => StatusCode::SERVICE_UNAVAILABLE,
-        Error::Timeout(_) | Error::ExecutionTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
-        Error::MemoryBudget { .. } => StatusCode::PAYLOAD_TOO_LARGE,
-        Error::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
-        // Failures on our side.
-        Error::Plugin(_)
-        | Error::Io { .. }
-        | Error::Internal(_)
-        | Error::WorkerCrashed(_)
-        | Error::ExecutionFailed(_)
-        | Error::SandboxViolation(_)
-        | Error::Config(_) => StatusCode::INTERNAL_SERVER_ERROR,
-        #[cfg(feature = "cuda")]
-        Error::Cuda(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        ErrorKind::QueueFull => StatusCode::TOO_MANY_REQUESTS,
+        ErrorKind::ExecutionTimeout => StatusCode::GATEWAY_TIMEOUT,
+        ErrorKind::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+        ErrorKind::NotAllowed => StatusCode::FORBIDDEN,
+        ErrorKind::Internal => StatusCode::INTERNAL_SERVER_ERROR,
     }
+}
+
+/// The HTTP status of each library error (through [`kind_for`]).
+pub fn status_for(e: &Error) -> StatusCode {
+    http_status(kind_for(e))
 }
 
 /// An HTTP error response: status, message, and whether to send `Retry-After`.
@@ -77,23 +64,6 @@ impl ApiError {
         self
     }
 
-    /// 404 for a model (or version) the server does not have.
-    pub fn unknown_model(name: &str, version: Option<&str>) -> ApiError {
-        let cut = |s: &str| -> String {
-            if s.chars().count() > 128 {
-                format!("{}...", s.chars().take(128).collect::<String>())
-            } else {
-                s.to_string()
-            }
-        };
-        let (name, version) = (cut(name), version.map(cut));
-        let what = match version {
-            Some(v) => format!("unknown model '{name}' version '{v}'"),
-            None => format!("unknown model '{name}'"),
-        };
-        ApiError::new(StatusCode::NOT_FOUND, what)
-    }
-
     /// An overload answer with `Retry-After`.
     pub fn overloaded(status: StatusCode, message: impl Into<String>) -> ApiError {
         ApiError {
@@ -103,37 +73,27 @@ impl ApiError {
     }
 }
 
-impl From<BadRequest> for ApiError {
-    fn from(b: BadRequest) -> ApiError {
+impl From<CoreError> for ApiError {
+    fn from(e: CoreError) -> ApiError {
         ApiError {
-            status: StatusCode::BAD_REQUEST,
-            message: b.message,
-            retry_after: false,
-            rejection: Some((b.rule, b.input.unwrap_or_default())),
+            status: http_status(e.kind),
+            message: e.message,
+            retry_after: e.retry_after,
+            rejection: e.rejection,
             close: false,
         }
     }
 }
 
+impl From<BadRequest> for ApiError {
+    fn from(b: BadRequest) -> ApiError {
+        ApiError::from(CoreError::from(b))
+    }
+}
+
 impl From<Error> for ApiError {
     fn from(e: Error) -> ApiError {
-        let status = status_for(&e);
-        let rejection = match &e {
-            Error::InvalidInput(i) => {
-                let (rule, input) = super::wire::input_error_rule(i);
-                Some((rule, input.unwrap_or_default().to_string()))
-            }
-            Error::Tensor(_) => Some(("tensor", String::new())),
-            Error::PolicyViolation(v) => Some((v.rule.key(), v.input.clone().unwrap_or_default())),
-            _ => None,
-        };
-        ApiError {
-            status,
-            message: e.to_string(),
-            retry_after: false,
-            rejection,
-            close: false,
-        }
+        ApiError::from(CoreError::from(e))
     }
 }
 

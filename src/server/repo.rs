@@ -148,6 +148,9 @@ pub struct ModelSpec {
     /// A bundle of static exports per batch size (`model.b8.jaxexport`): (size, file),
     /// ascending; empty for a single artifact.
     pub bundle: Vec<(u64, PathBuf)>,
+    /// The model folder it was read from (`None`: given directly). A repository load request
+    /// reads it again.
+    pub dir: Option<PathBuf>,
 }
 
 impl ModelSpec {
@@ -170,6 +173,7 @@ impl ModelSpec {
             shapes: std::collections::BTreeMap::new(),
             batching: None,
             bundle: Vec::new(),
+            dir: None,
         }
     }
 
@@ -417,6 +421,7 @@ fn parse_device(s: &str) -> Result<DeviceKind, String> {
 /// Reads one model folder. Problems are recorded in [`ModelSpec::problem`].
 pub fn read_model_dir(dir: &Path, name: &str) -> ModelSpec {
     let mut spec = ModelSpec::from_file(name, dir.join("model.jaxexport"));
+    spec.dir = Some(dir.to_path_buf());
     let files: Vec<String> = match std::fs::read_dir(dir) {
         Ok(rd) => {
             let mut v: Vec<String> = rd

@@ -487,11 +487,14 @@ pub fn wait_loaded(addr: SocketAddr) {
 pub struct Binary {
     pub child: Child,
     pub addr: SocketAddr,
+    /// The gRPC address (`None` with `--no-grpc`).
+    pub grpc: Option<SocketAddr>,
 }
 
 impl Binary {
-    /// Starts `xlaguard serve --addr 127.0.0.1:0 ARGS...` on the pinned plugin and reads the
-    /// address from its stdout; waits until loading has finished.
+    /// Starts `xlaguard serve --addr 127.0.0.1:0 --grpc-addr 127.0.0.1:0 ARGS...` on the pinned
+    /// plugin (no `--grpc-addr` when ARGS have one or `--no-grpc`) and reads the addresses from
+    /// its stdout; waits until loading has finished.
     pub fn start(args: &[&str]) -> Binary {
         Binary::start_logging(args, "warn", Stdio::inherit())
     }
@@ -507,11 +510,20 @@ impl Binary {
     }
 
     fn spawn(program: &str, args: &[&str], level: &str, stderr: Stdio) -> Binary {
+        let grpc_default = !args
+            .iter()
+            .any(|a| *a == "--grpc-addr" || *a == "--no-grpc");
+        let grpc_on = !args.contains(&"--no-grpc");
         let mut child = Command::new(program)
             .current_dir(crate::common::root())
             .arg("--plugin")
             .arg(crate::common::plugin())
             .args(["serve", "--addr", "127.0.0.1:0"])
+            .args(if grpc_default {
+                &["--grpc-addr", "127.0.0.1:0"][..]
+            } else {
+                &[][..]
+            })
             .args(args)
             .env("RUST_LOG", level)
             .stdout(Stdio::piped())
@@ -527,12 +539,21 @@ impl Binary {
             .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
             .parse()
             .unwrap();
+        let grpc = grpc_on.then(|| {
+            let mut line = String::new();
+            out.read_line(&mut line).unwrap();
+            line.trim()
+                .strip_prefix("serving grpc on ")
+                .unwrap_or_else(|| panic!("unexpected second line {line:?}"))
+                .parse()
+                .unwrap()
+        });
         // Keep draining stdout so the child never blocks on a full pipe.
         std::thread::spawn(move || {
             let _ = std::io::copy(&mut out, &mut std::io::sink());
         });
         wait_loaded(addr);
-        Binary { child, addr }
+        Binary { child, addr, grpc }
     }
 
     /// Sends a signal and waits (up to `limit`) for the exit status.
