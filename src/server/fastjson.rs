@@ -142,16 +142,8 @@ fn pow10(e: i32) -> Option<f64> {
         .and_then(|e| POW10.get(e).copied())
 }
 
-/// Whether the eight bytes of `v` (little-endian) are all ASCII digits.
-#[inline]
-fn eight_digits(v: u64) -> bool {
-    let a = v.wrapping_add(0x4646_4646_4646_4646);
-    let b = v.wrapping_sub(0x3030_3030_3030_3030);
-    (a | b) & 0x8080_8080_8080_8080 == 0
-}
-
 /// The value of eight ASCII digits read little-endian (first digit in the low byte).
-#[inline]
+#[inline(always)]
 fn parse_eight(v: u64) -> u64 {
     const MASK: u64 = 0x0000_00FF_0000_00FF;
     const MUL1: u64 = 0x000F_4240_0000_0064;
@@ -164,10 +156,101 @@ fn parse_eight(v: u64) -> u64 {
         >> 32
 }
 
+/// `10^k` for `k` in 0..=8, as integers.
+const POW10_U64: [u64; 9] = [
+    1,
+    10,
+    100,
+    1_000,
+    10_000,
+    100_000,
+    1_000_000,
+    10_000_000,
+    100_000_000,
+];
+
+/// The run of ASCII digits at `b[i..]`, up to eight of them: `(value, count)`. Eight bytes are
+/// classified at once (no carries between bytes).
+#[inline(always)]
+fn digit_chunk(b: &[u8], i: usize) -> (u64, u32) {
+    let mut bytes = [0u8; 8];
+    match b.get(i..i + 8) {
+        Some(chunk) => bytes.copy_from_slice(chunk),
+        None => {
+            // The last few bytes, padded with NULs (not digits).
+            let rest = b.get(i..).unwrap_or_default();
+            bytes
+                .get_mut(..rest.len())
+                .unwrap_or_default()
+                .copy_from_slice(rest);
+        }
+    }
+    let v = u64::from_le_bytes(bytes);
+    // Per byte: digits are 0x30..=0x39, so `v ^ 0x30` is 0..=9 exactly for them; a high nibble,
+    // or a low nibble above 9 (which `+ 6` carries into the high nibble, within the byte),
+    // marks anything else.
+    let t = v ^ 0x3030_3030_3030_3030;
+    let other = (t & 0xF0F0_F0F0_F0F0_F0F0)
+        | ((t & 0x0F0F_0F0F_0F0F_0F0F).wrapping_add(0x0606_0606_0606_0606) & 0xF0F0_F0F0_F0F0_F0F0);
+    let count = other.trailing_zeros() / 8;
+    match count {
+        0 => (0, 0),
+        8 => (parse_eight(v), 8),
+        k => {
+            // Move the k digits to the top and fill the bytes below with '0'.
+            let shift = 8 * (8 - k);
+            let filled = (v << shift) | (0x3030_3030_3030_3030 >> (64 - shift));
+            (parse_eight(filled), k)
+        }
+    }
+}
+
 impl Number {
+    /// Takes the digits at `b[i..]` into the significand (at most 19; later ones move the
+    /// exponent in an integer part, and only mark `truncated`), returns the index after them.
+    #[inline(always)]
+    fn digits_at(&mut self, b: &[u8], mut i: usize, fraction: bool) -> usize {
+        loop {
+            let (value, k) = digit_chunk(b, i);
+            let (Some(&scale), Ok(width)) = (POW10_U64.get(k as usize), usize::try_from(k)) else {
+                return i;
+            };
+            if k == 0 {
+                return i;
+            }
+            if self.digits + k <= 19 {
+                self.w = self.w * scale + value;
+                self.digits += k;
+                if fraction {
+                    self.exp = self.exp.saturating_sub_unsigned(k);
+                }
+            } else {
+                for &c in b.get(i..i + width).unwrap_or_default() {
+                    let d = u64::from(c - b'0');
+                    if self.digits < 19 {
+                        self.w = self.w * 10 + d;
+                        self.digits += 1;
+                        if fraction {
+                            self.exp = self.exp.saturating_sub(1);
+                        }
+                    } else {
+                        if !fraction {
+                            self.exp = self.exp.saturating_add(1);
+                        }
+                        self.truncated |= d != 0;
+                    }
+                }
+            }
+            i += width;
+            if k < 8 {
+                return i;
+            }
+        }
+    }
+
     /// `w * 10^exp` in f64 with three roundings (`w`, the power, the product: under two ulps
     /// in all), or `None` when the exponent is outside the tables.
-    #[inline]
+    #[inline(always)]
     fn approx(self) -> Option<f64> {
         #[allow(clippy::cast_precision_loss)] // rounding is what the error bound accounts for
         let w = self.w as f64;
@@ -195,7 +278,7 @@ impl Number {
     }
 
     /// The correctly rounded f32, when the f64 approximation decides it.
-    #[inline]
+    #[inline(always)]
     fn f32(self) -> Option<f32> {
         if self.w == 0 {
             return Some(if self.neg { -0.0 } else { 0.0 });
@@ -217,15 +300,135 @@ impl Number {
     }
 }
 
+/// How one non-string element of a datatype is read and appended.
+trait Elem {
+    /// Reads the element at the cursor (whitespace skipped) and appends its bytes, or `None`
+    /// when the serde path must judge it.
+    fn put(c: &mut Cursor<'_>, out: &mut Vec<u8>) -> Option<()>;
+}
+
+/// FP32: parsed as FP32 (see the module's notes on rounding).
+struct F32;
+impl Elem for F32 {
+    #[inline(always)]
+    fn put(c: &mut Cursor<'_>, out: &mut Vec<u8>) -> Option<()> {
+        let start = c.i;
+        let n = c.number()?;
+        let x = match n.f32() {
+            Some(x) => x,
+            None => c.token(start)?.parse::<f32>().ok()?,
+        };
+        x.is_finite()
+            .then(|| out.extend_from_slice(&x.to_le_bytes()))
+    }
+}
+
+/// A float type read as the serde path does: the correctly rounded f64, then converted.
+trait FromF64: Sized {
+    fn put_f64(v: f64, out: &mut Vec<u8>) -> Option<()>;
+}
+impl FromF64 for f64 {
+    #[inline(always)]
+    fn put_f64(v: f64, out: &mut Vec<u8>) -> Option<()> {
+        out.extend_from_slice(&v.to_le_bytes());
+        Some(())
+    }
+}
+impl FromF64 for f16 {
+    #[inline(always)]
+    fn put_f64(v: f64, out: &mut Vec<u8>) -> Option<()> {
+        let x = f16::from_f64(v);
+        x.is_finite()
+            .then(|| out.extend_from_slice(&x.to_le_bytes()))
+    }
+}
+impl FromF64 for bf16 {
+    #[inline(always)]
+    fn put_f64(v: f64, out: &mut Vec<u8>) -> Option<()> {
+        let x = bf16::from_f64(v);
+        x.is_finite()
+            .then(|| out.extend_from_slice(&x.to_le_bytes()))
+    }
+}
+
+/// FP64, FP16, BF16.
+struct Wide<T>(std::marker::PhantomData<T>);
+impl<T: FromF64> Elem for Wide<T> {
+    #[inline(always)]
+    fn put(c: &mut Cursor<'_>, out: &mut Vec<u8>) -> Option<()> {
+        let start = c.i;
+        let n = c.number()?;
+        let v = match n.exact_f64() {
+            Some(v) => v,
+            None => c.token(start)?.parse::<f64>().ok()?,
+        };
+        if !v.is_finite() {
+            return None;
+        }
+        T::put_f64(v, out)
+    }
+}
+
+/// BOOL: `true` or `false`.
+struct Bool;
+impl Elem for Bool {
+    #[inline(always)]
+    fn put(c: &mut Cursor<'_>, out: &mut Vec<u8>) -> Option<()> {
+        let v = c.boolean()?;
+        out.push(u8::from(v));
+        Some(())
+    }
+}
+
+/// An integer type: exact, in range, no fraction or exponent.
+trait FromI64: Sized {
+    const DTYPE: DType;
+    fn put_i64(v: i64, out: &mut Vec<u8>) -> Option<()>;
+}
+macro_rules! from_i64 {
+    ($($t:ty => $d:expr),*) => {$(
+        impl FromI64 for $t {
+            const DTYPE: DType = $d;
+            #[inline(always)]
+            fn put_i64(v: i64, out: &mut Vec<u8>) -> Option<()> {
+                out.extend_from_slice(&<$t>::try_from(v).ok()?.to_le_bytes());
+                Some(())
+            }
+        }
+    )*};
+}
+from_i64!(i8 => DType::I8, i16 => DType::I16, i32 => DType::I32, i64 => DType::I64,
+          u8 => DType::U8, u16 => DType::U16, u32 => DType::U32, u64 => DType::U64);
+
+struct Int<T>(std::marker::PhantomData<T>);
+impl<T: FromI64> Elem for Int<T> {
+    #[inline(always)]
+    fn put(c: &mut Cursor<'_>, out: &mut Vec<u8>) -> Option<()> {
+        let start = c.i;
+        let n = c.number()?;
+        if !n.integer || n.digits > 18 {
+            // The serde path's reader tells range from syntax.
+            return push_element(c.token(start)?, false, T::DTYPE, out).ok();
+        }
+        #[allow(clippy::cast_possible_wrap)] // w < 10^18
+        let v = if n.neg { -(n.w as i64) } else { n.w as i64 };
+        T::put_i64(v, out)
+    }
+}
+
 impl<'a> Cursor<'a> {
-    #[inline]
+    #[inline(always)]
     fn peek(&self) -> Option<u8> {
         self.b.get(self.i).copied()
     }
 
-    #[inline]
+    #[inline(always)]
     fn ws(&mut self) {
-        while let Some(b' ' | b'\t' | b'\n' | b'\r') = self.peek() {
+        // Most bytes after a token are not whitespace: one comparison for them.
+        while let Some(&c) = self.b.get(self.i) {
+            if c > b' ' || !matches!(c, b' ' | b'\t' | b'\n' | b'\r') {
+                return;
+            }
             self.i += 1;
         }
     }
@@ -276,11 +479,19 @@ impl<'a> Cursor<'a> {
         }
     }
 
+    #[inline(always)]
     fn boolean(&mut self) -> Option<bool> {
         self.ws();
-        match self.peek()? {
-            b't' => self.literal(b"true").map(|()| true),
-            b'f' => self.literal(b"false").map(|()| false),
+        let i = self.i;
+        match self.b.get(i..i + 4)? {
+            b"true" => {
+                self.i = i + 4;
+                Some(true)
+            }
+            b"fals" if self.b.get(i + 4) == Some(&b'e') => {
+                self.i = i + 5;
+                Some(false)
+            }
             _ => None,
         }
     }
@@ -295,7 +506,7 @@ impl<'a> Cursor<'a> {
 
     /// Scans a JSON number (strict grammar: no `+`, no leading zeros, digits after `.` and
     /// `e`). The caller has skipped whitespace.
-    #[inline]
+    #[inline(always)]
     fn number(&mut self) -> Option<Number> {
         let b = self.b;
         let mut i = self.i;
@@ -303,10 +514,14 @@ impl<'a> Cursor<'a> {
         if neg {
             i += 1;
         }
-        let mut w: u64 = 0;
-        let mut digits: u32 = 0;
-        let mut exp: i32 = 0;
-        let mut truncated = false;
+        let mut n = Number {
+            neg,
+            w: 0,
+            exp: 0,
+            digits: 0,
+            truncated: false,
+            integer: true,
+        };
         match b.get(i)? {
             b'0' => {
                 i += 1;
@@ -314,72 +529,27 @@ impl<'a> Cursor<'a> {
                     return None;
                 }
             }
-            b'1'..=b'9' => {
-                while let Some(&c) = b.get(i) {
-                    let d = c.wrapping_sub(b'0');
-                    if d > 9 {
-                        break;
-                    }
-                    if digits < 19 {
-                        w = w * 10 + u64::from(d);
-                        digits += 1;
-                    } else {
-                        exp = exp.saturating_add(1);
-                        truncated |= d != 0;
-                    }
-                    i += 1;
-                }
-            }
+            b'1'..=b'9' => i = n.digits_at(b, i, false),
             _ => return None,
         }
-        let mut integer = true;
         if b.get(i) == Some(&b'.') {
-            integer = false;
+            n.integer = false;
             i += 1;
             let first = i;
             // Leading zeros of the fraction are not significant.
-            if w == 0 {
+            if n.w == 0 {
                 while b.get(i) == Some(&b'0') {
                     i += 1;
-                    exp = exp.saturating_sub(1);
+                    n.exp = n.exp.saturating_sub(1);
                 }
             }
-            // Eight digits at a time while the significand has room.
-            while digits + 8 <= 19 {
-                let Some(chunk) = b.get(i..i + 8) else { break };
-                let mut bytes = [0u8; 8];
-                bytes.copy_from_slice(chunk);
-                let v = u64::from_le_bytes(bytes);
-                if !eight_digits(v) {
-                    break;
-                }
-                w = w * 100_000_000 + parse_eight(v);
-                digits += 8;
-                exp = exp.saturating_sub(8);
-                i += 8;
-            }
-            while let Some(&c) = b.get(i) {
-                let d = c.wrapping_sub(b'0');
-                if d > 9 {
-                    break;
-                }
-                if digits < 19 {
-                    if w != 0 || d != 0 {
-                        w = w * 10 + u64::from(d);
-                        digits += 1;
-                    }
-                    exp = exp.saturating_sub(1);
-                } else {
-                    truncated |= d != 0;
-                }
-                i += 1;
-            }
+            i = n.digits_at(b, i, true);
             if i == first {
                 return None;
             }
         }
         if let Some(b'e' | b'E') = b.get(i) {
-            integer = false;
+            n.integer = false;
             i += 1;
             let eneg = match b.get(i) {
                 Some(b'-') => {
@@ -405,21 +575,14 @@ impl<'a> Cursor<'a> {
             if i == first {
                 return None;
             }
-            exp = if eneg {
-                exp.saturating_sub(e)
+            n.exp = if eneg {
+                n.exp.saturating_sub(e)
             } else {
-                exp.saturating_add(e)
+                n.exp.saturating_add(e)
             };
         }
         self.i = i;
-        Some(Number {
-            neg,
-            w,
-            exp,
-            digits,
-            truncated,
-            integer,
-        })
+        Some(n)
     }
 
     /// The text of the token from `start` to the cursor.
@@ -708,103 +871,42 @@ impl<'a> Cursor<'a> {
         let left = self.b.len().saturating_sub(self.i);
         let mut out = Vec::with_capacity(want.min(left / 2 + 1).saturating_mul(dtype.size()));
         macro_rules! run {
-            ($elem:expr) => {
-                self.elements(shape, want, dtype, &mut out, $elem)
+            ($elem:ty) => {
+                self.elements::<$elem>(shape, want, dtype, &mut out)
             };
         }
         match dtype {
-            DType::F32 => run!(|c: &mut Self, out: &mut Vec<u8>| {
-                let start = c.i;
-                let n = c.number()?;
-                let x = match n.f32() {
-                    Some(x) => x,
-                    None => c.token(start)?.parse::<f32>().ok()?,
-                };
-                x.is_finite()
-                    .then(|| out.extend_from_slice(&x.to_le_bytes()))
-            }),
-            DType::F64 | DType::F16 | DType::BF16 => run!(|c: &mut Self, out: &mut Vec<u8>| {
-                let start = c.i;
-                let n = c.number()?;
-                let v = match n.exact_f64() {
-                    Some(v) => v,
-                    None => c.token(start)?.parse::<f64>().ok()?,
-                };
-                if !v.is_finite() {
-                    return None;
-                }
-                match dtype {
-                    DType::F64 => out.extend_from_slice(&v.to_le_bytes()),
-                    DType::F16 => {
-                        let x = f16::from_f64(v);
-                        x.is_finite()
-                            .then(|| out.extend_from_slice(&x.to_le_bytes()))?;
-                    }
-                    _ => {
-                        let x = bf16::from_f64(v);
-                        x.is_finite()
-                            .then(|| out.extend_from_slice(&x.to_le_bytes()))?;
-                    }
-                }
-                Some(())
-            }),
-            DType::Bool => run!(|c: &mut Self, out: &mut Vec<u8>| {
-                let v = c.boolean()?;
-                out.push(u8::from(v));
-                Some(())
-            }),
-            DType::I8
-            | DType::I16
-            | DType::I32
-            | DType::I64
-            | DType::U8
-            | DType::U16
-            | DType::U32
-            | DType::U64 => run!(|c: &mut Self, out: &mut Vec<u8>| {
-                let start = c.i;
-                let n = c.number()?;
-                if !n.integer || n.digits > 18 {
-                    // The serde path's reader tells range from syntax.
-                    return push_element(c.token(start)?, false, dtype, out).ok();
-                }
-                #[allow(clippy::cast_possible_wrap)] // w < 10^18
-                let v = if n.neg { -(n.w as i64) } else { n.w as i64 };
-                macro_rules! put {
-                    ($t:ty) => {
-                        out.extend_from_slice(&<$t>::try_from(v).ok()?.to_le_bytes())
-                    };
-                }
-                match dtype {
-                    DType::I8 => put!(i8),
-                    DType::I16 => put!(i16),
-                    DType::I32 => put!(i32),
-                    DType::I64 => put!(i64),
-                    DType::U8 => put!(u8),
-                    DType::U16 => put!(u16),
-                    DType::U32 => put!(u32),
-                    _ => put!(u64),
-                }
-                Some(())
-            }),
+            DType::F32 => run!(F32),
+            DType::F64 => run!(Wide<f64>),
+            DType::F16 => run!(Wide<f16>),
+            DType::BF16 => run!(Wide<bf16>),
+            DType::Bool => run!(Bool),
+            DType::I8 => run!(Int<i8>),
+            DType::I16 => run!(Int<i16>),
+            DType::I32 => run!(Int<i32>),
+            DType::I64 => run!(Int<i64>),
+            DType::U8 => run!(Int<u8>),
+            DType::U16 => run!(Int<u16>),
+            DType::U32 => run!(Int<u32>),
+            DType::U64 => run!(Int<u64>),
             _ => None,
         }?;
         Some(out)
     }
 
-    /// Walks the arrays of a `data` value, calling `elem` for each element that is not a string
+    /// Walks the arrays of a `data` value, reading each element that is not a string with `E`
     /// (strings — `"NaN"` and the like — go to the serde path's element reader).
     ///
     /// Takes arrays of arrays and arrays of elements (a run, read in a tight loop); an array
     /// that mixes elements and arrays (which the serde path may still take, `[1, [], 2]`) is
     /// left to the serde path.
     #[inline]
-    fn elements(
+    fn elements<E: Elem>(
         &mut self,
         shape: &[u64],
         want: usize,
         dtype: DType,
         out: &mut Vec<u8>,
-        mut elem: impl FnMut(&mut Self, &mut Vec<u8>) -> Option<()>,
     ) -> Option<()> {
         let rank = shape.len().max(1);
         self.ws();
@@ -813,7 +915,7 @@ impl<'a> Cursor<'a> {
             if want != 1 {
                 return None;
             }
-            return self.element(dtype, out, &mut elem);
+            return self.element::<E>(dtype, out);
         }
         let mut open: Vec<u64> = Vec::new();
         let mut leaf_depth: Option<usize> = None;
@@ -842,7 +944,7 @@ impl<'a> Cursor<'a> {
                     if count == want {
                         return None;
                     }
-                    self.element(dtype, out, &mut elem)?;
+                    self.element::<E>(dtype, out)?;
                     count += 1;
                     n += 1;
                     self.ws();
@@ -881,19 +983,14 @@ impl<'a> Cursor<'a> {
         (count == want).then_some(())
     }
 
-    /// One element: a string through the serde path's element reader, anything else `elem`.
-    #[inline]
-    fn element(
-        &mut self,
-        dtype: DType,
-        out: &mut Vec<u8>,
-        elem: &mut impl FnMut(&mut Self, &mut Vec<u8>) -> Option<()>,
-    ) -> Option<()> {
+    /// One element: a string through the serde path's element reader, anything else `E`.
+    #[inline(always)]
+    fn element<E: Elem>(&mut self, dtype: DType, out: &mut Vec<u8>) -> Option<()> {
         if self.peek()? == b'"' {
             let s = self.string()?;
             push_element(s, true, dtype, out).ok()
         } else {
-            elem(self, out)
+            E::put(self, out)
         }
     }
 
@@ -1076,6 +1173,31 @@ mod tests {
             decode_data("[127, -128]", DType::I8, &[2]),
             Some(vec![127, 128])
         );
+    }
+
+    #[test]
+    fn digit_chunks_match_a_byte_by_byte_count() {
+        let mut r = Rng(3);
+        let alphabet = b"0123456789/:.,e-]\x00\xff9";
+        for _ in 0..200_000 {
+            let len = (r.next() % 12) as usize;
+            let b: Vec<u8> = (0..len)
+                .map(|_| alphabet[(r.next() % alphabet.len() as u64) as usize])
+                .collect();
+            let at = (r.next() as usize) % (len + 1);
+            let run: Vec<u8> = b[at..]
+                .iter()
+                .take(8)
+                .take_while(|c| c.is_ascii_digit())
+                .copied()
+                .collect();
+            let value = run.iter().fold(0u64, |a, &c| a * 10 + u64::from(c - b'0'));
+            assert_eq!(
+                digit_chunk(&b, at),
+                (value, run.len() as u32),
+                "{b:?} at {at}"
+            );
+        }
     }
 
     #[test]

@@ -1618,6 +1618,29 @@ mod tests {
     }
 
     #[test]
+    fn one_pass_reader_takes_compact_and_spaced_requests() {
+        for n in [1usize, 7, 1000] {
+            for (dt, dtype, tok) in [("BOOL", DType::Bool, "true"), ("FP32", DType::F32, "-0.25")] {
+                let sig = Signature {
+                    inputs: vec![TensorSpec::new("x", dtype, &[n as u64])],
+                    outputs: vec![TensorSpec::new("y", dtype, &[1])],
+                };
+                for sep in [",", ", "] {
+                    let data = vec![tok; n].join(sep);
+                    let text = format!(
+                        "{{\"inputs\":[{{\"name\":\"x\",\"shape\":[{n}],\"datatype\":\"{dt}\",\"data\":[{data}]}}]}}"
+                    );
+                    let body = Bytes::from(text);
+                    let fields = fastjson::read_request(&body, 64);
+                    assert!(fields.is_some(), "{:?}", body.slice(..body.len().min(300)));
+                    let r = finish_request(fields.unwrap(), &body, false, body.len(), &sig);
+                    assert_eq!(r.unwrap().inputs[0].data.len(), n * dtype.size());
+                }
+            }
+        }
+    }
+
+    #[test]
     fn one_pass_reader_takes_what_clients_send() {
         let sig = wide_sig();
         let text = r#"{"id": "1", "inputs": [
