@@ -612,3 +612,86 @@ pub fn scan_repository(dir: &Path) -> Result<Vec<ModelSpec>, RepositoryError> {
         .map(|n| read_model_dir(&dir.join(n), n))
         .collect())
 }
+
+/// Why `--models DIR` and `--model-name` do not fit together.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum LayoutError {
+    /// DIR holds an artifact itself (a single-model folder) and no name was given.
+    #[error(
+        "{} holds an artifact itself ({artifact}), so it is one model (the single-model \
+         layout): name it with --model-name NAME",
+        dir.display()
+    )]
+    NameNeeded {
+        /// The folder.
+        dir: PathBuf,
+        /// The first artifact file found in it.
+        artifact: String,
+    },
+    /// A name was given for a repository, whose models are named after their folders.
+    #[error(
+        "--model-name {name}: {} holds no artifact itself, so it is a repository of model \
+         folders, each named after its folder; --model-name names the model of a folder that \
+         holds an artifact directly",
+        dir.display()
+    )]
+    NameForRepository {
+        /// The name given.
+        name: String,
+        /// The folder.
+        dir: PathBuf,
+    },
+    /// The folder could not be read.
+    #[error(transparent)]
+    Repository(#[from] RepositoryError),
+}
+
+/// The first file directly in `dir` that is an artifact (by [`ARTIFACT_KINDS`]' endings),
+/// `None` when there is none: `dir` is then a repository.
+///
+/// # Errors
+/// [`RepositoryError`] when the folder cannot be read.
+pub fn artifact_in(dir: &Path) -> Result<Option<String>, RepositoryError> {
+    let err = |source| RepositoryError {
+        path: dir.to_path_buf(),
+        error: source,
+    };
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir(dir).map_err(err)? {
+        let entry = entry.map_err(err)?;
+        if !entry.path().is_file() {
+            continue;
+        }
+        if let Ok(n) = entry.file_name().into_string() {
+            if ARTIFACT_KINDS.iter().any(|k| n.ends_with(k)) {
+                found.push(n);
+            }
+        }
+    }
+    found.sort();
+    Ok(found.into_iter().next())
+}
+
+/// Reads what `serve --models DIR` serves. A folder that holds an artifact itself (what
+/// KServe's storage initializer puts at `/mnt/models`) is one model, served under `name`
+/// (required: the folder's own name says nothing there); any other folder is a repository
+/// (see [`scan_repository`]), whose models are named after their folders, and `name` must be
+/// `None`.
+///
+/// # Errors
+/// [`LayoutError`] when the folder cannot be read or `name` does not fit the layout.
+pub fn read_models(dir: &Path, name: Option<&str>) -> Result<Vec<ModelSpec>, LayoutError> {
+    match (artifact_in(dir)?, name) {
+        (Some(_), Some(n)) => Ok(vec![read_model_dir(dir, n)]),
+        (Some(artifact), None) => Err(LayoutError::NameNeeded {
+            dir: dir.to_path_buf(),
+            artifact,
+        }),
+        (None, Some(n)) => Err(LayoutError::NameForRepository {
+            name: n.to_string(),
+            dir: dir.to_path_buf(),
+        }),
+        (None, None) => Ok(scan_repository(dir)?),
+    }
+}
