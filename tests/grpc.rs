@@ -157,6 +157,31 @@ fn tritonclient_grpc_against_jax_errors_and_repository() {
         .unwrap();
     assert!(n > 150, "{n} checks\n{text}");
 
+    // Every call counted by method and status code in /metrics, tonic's own size check
+    // (RESOURCE_EXHAUSTED) included.
+    let metrics = get(s.addr, "/metrics").text();
+    let calls = |method: &str, code: &str| -> u64 {
+        let key = format!("xlaguard_grpc_requests_total{{method=\"{method}\",code=\"{code}\"}} ");
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(&key)?.parse().ok())
+            .unwrap_or(0)
+    };
+    let infer = "GRPCInferenceService/ModelInfer";
+    assert!(calls(infer, "OK") >= 2 * GOLDEN.len() as u64, "{metrics}");
+    for code in [
+        "INVALID_ARGUMENT",
+        "NOT_FOUND",
+        "UNAVAILABLE",
+        "RESOURCE_EXHAUSTED",
+        "DEADLINE_EXCEEDED",
+    ] {
+        assert!(calls(infer, code) >= 1, "{code}: {metrics}");
+    }
+    assert!(calls("GRPCInferenceService/ModelStreamInfer", "OK") == 0);
+    assert!(calls("GRPCInferenceService/RepositoryModelLoad", "OK") >= 1, "{metrics}");
+    assert!(calls("Health/Check", "OK") >= 1, "{metrics}");
+
     // The same server's HTTP side: the gRPC requests are in the shared statistics.
     let st = get(s.addr, "/v2/models/digits/stats").json();
     let d = &st["model_stats"][0];
