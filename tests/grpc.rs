@@ -179,7 +179,10 @@ fn tritonclient_grpc_against_jax_errors_and_repository() {
         assert!(calls(infer, code) >= 1, "{code}: {metrics}");
     }
     assert!(calls("GRPCInferenceService/ModelStreamInfer", "OK") == 0);
-    assert!(calls("GRPCInferenceService/RepositoryModelLoad", "OK") >= 1, "{metrics}");
+    assert!(
+        calls("GRPCInferenceService/RepositoryModelLoad", "OK") >= 1,
+        "{metrics}"
+    );
     assert!(calls("Health/Check", "OK") >= 1, "{metrics}");
 
     // The same server's HTTP side: the gRPC requests are in the shared statistics.

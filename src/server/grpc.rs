@@ -1043,7 +1043,10 @@ pub async fn serve(
         .layer(axum::middleware::map_response(
             too_large_is_resource_exhausted,
         ))
-        .layer(axum::middleware::from_fn_with_state(core.clone(), count_call));
+        .layer(axum::middleware::from_fn_with_state(
+            core.clone(),
+            count_call,
+        ));
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     let mut http = hyper::server::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new());
     http.timer(hyper_util::rt::TokioTimer::new())
