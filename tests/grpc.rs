@@ -318,3 +318,42 @@ fn load_and_unload_are_refused_without_explicit_model_control() {
     }
     assert_eq!(get(s.addr, "/v2/models/tiny/ready").status, 200);
 }
+
+/// `--max-connections-per-client` holds for the gRPC frontend too: one address's connection
+/// past the limit is closed at accept and counted; once one closes, a new one is served.
+#[test]
+fn grpc_connections_per_client_are_limited() {
+    use std::io::Read;
+    let s = Binary::start(&["--max-connections-per-client", "2"]);
+    let grpc = s.grpc.expect("gRPC on by default");
+    let open = || {
+        let c = std::net::TcpStream::connect(grpc).unwrap();
+        c.set_read_timeout(Some(std::time::Duration::from_secs(5)))
+            .unwrap();
+        c
+    };
+    // Served: the server opens with its HTTP/2 SETTINGS frame.
+    let (a, b) = (open(), open());
+    let mut buf = [0u8; 16];
+    for mut c in [&a, &b] {
+        assert!(c.read(&mut buf).unwrap() > 0);
+    }
+    // The third is closed by the server at accept: end of stream (or a reset), no SETTINGS.
+    let mut third = open();
+    match third.read(&mut buf) {
+        Ok(0) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {}
+        other => panic!("third connection not closed: {other:?}"),
+    }
+    let metrics = get(s.addr, "/metrics").text();
+    assert!(
+        metrics.contains("xlaguard_admission_rejections_total{reason=\"client_connections\"} 1"),
+        "{metrics}"
+    );
+    // One closes: a new connection from the address is served again.
+    drop(a);
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let mut again = open();
+    assert!(again.read(&mut buf).unwrap() > 0);
+    drop(b);
+}

@@ -1058,6 +1058,7 @@ pub async fn serve(
     let connections = Arc::new(tokio::sync::Semaphore::new(
         core.config.max_connections.max(1),
     ));
+    let clients = Arc::new(super::ClientCounts::default());
     tokio::pin!(shutdown);
     loop {
         let accepted = tokio::select! {
@@ -1077,6 +1078,13 @@ pub async fn serve(
             drop(stream);
             continue;
         };
+        // One client address may hold only its share of the connections, as over HTTP.
+        let Some(per_client) = clients.admit(peer.ip(), core.config.max_connections_per_client)
+        else {
+            core.metrics.rejected("client_connections");
+            drop(stream);
+            continue;
+        };
         let _ = stream.set_nodelay(true);
         let io = hyper_util::rt::TokioIo::new(stream);
         let svc = hyper_util::service::TowerToHyperService::new(routes.clone());
@@ -1085,6 +1093,7 @@ pub async fn serve(
             if let Err(e) = conn.await {
                 tracing::debug!(%peer, error = %e, "gRPC connection ended with an error");
             }
+            drop(per_client);
             drop(permit);
         });
     }
