@@ -567,6 +567,16 @@ fn model_name_and_layout_must_agree() {
         )),
         "{err}"
     );
+    // A repository with a stray artifact at its top (as tests/fixtures/ has) stays a
+    // repository when no name is given.
+    copy_into(
+        &fixture("tiny").join("model.jaxexport"),
+        repo.path(),
+        "stray.mlirbc",
+    );
+    let specs = xlaguard::server::repo::read_models(repo.path(), None).unwrap();
+    let names: Vec<&str> = specs.iter().map(|m| m.name.as_str()).collect();
+    assert_eq!(names, ["tiny"]);
     for bad in ["", ".hidden", "a/b", "white space"] {
         let (code, err) = run(&["--models", &d, "--model-name", bad]);
         assert_eq!(code, Some(2), "{bad:?}: {err}");

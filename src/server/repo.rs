@@ -673,25 +673,44 @@ pub fn artifact_in(dir: &Path) -> Result<Option<String>, RepositoryError> {
     Ok(found.into_iter().next())
 }
 
-/// Reads what `serve --models DIR` serves. A folder that holds an artifact itself (what
-/// KServe's storage initializer puts at `/mnt/models`) is one model, served under `name`
-/// (required: the folder's own name says nothing there); any other folder is a repository
-/// (see [`scan_repository`]), whose models are named after their folders, and `name` must be
-/// `None`.
+/// Reads what `serve --models DIR` serves. With `name`, DIR is one model's folder (what
+/// KServe's storage initializer puts at `/mnt/models`): it must hold an artifact itself, and is
+/// read like a repository's model folder, served under `name`. Without it, DIR is a repository
+/// (see [`scan_repository`]), whose models are named after their folders; a DIR that holds an
+/// artifact itself and no sub-folder holding one is a single model left unnamed, an error (the
+/// folder's own name says nothing at `/mnt/models`). A repository with a stray artifact at its
+/// top (beside model folders) stays a repository; the file is ignored, with a warning.
 ///
 /// # Errors
 /// [`LayoutError`] when the folder cannot be read or `name` does not fit the layout.
 pub fn read_models(dir: &Path, name: Option<&str>) -> Result<Vec<ModelSpec>, LayoutError> {
     match (artifact_in(dir)?, name) {
         (Some(_), Some(n)) => Ok(vec![read_model_dir(dir, n)]),
-        (Some(artifact), None) => Err(LayoutError::NameNeeded {
-            dir: dir.to_path_buf(),
-            artifact,
-        }),
         (None, Some(n)) => Err(LayoutError::NameForRepository {
             name: n.to_string(),
             dir: dir.to_path_buf(),
         }),
         (None, None) => Ok(scan_repository(dir)?),
+        (Some(artifact), None) => {
+            let models = scan_repository(dir)?;
+            let with_artifact = models.iter().any(|m| {
+                m.dir
+                    .as_deref()
+                    .is_some_and(|d| matches!(artifact_in(d), Ok(Some(_))))
+            });
+            if !with_artifact {
+                return Err(LayoutError::NameNeeded {
+                    dir: dir.to_path_buf(),
+                    artifact,
+                });
+            }
+            tracing::warn!(
+                dir = %dir.display(),
+                file = %artifact,
+                "the repository holds an artifact at its top as well as model folders: serving \
+                 the folders; give --model-name to serve the folder itself as one model"
+            );
+            Ok(models)
+        }
     }
 }
