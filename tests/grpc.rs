@@ -157,6 +157,34 @@ fn tritonclient_grpc_against_jax_errors_and_repository() {
         .unwrap();
     assert!(n > 150, "{n} checks\n{text}");
 
+    // Every call counted by method and status code in /metrics, tonic's own size check
+    // (RESOURCE_EXHAUSTED) included.
+    let metrics = get(s.addr, "/metrics").text();
+    let calls = |method: &str, code: &str| -> u64 {
+        let key = format!("xlaguard_grpc_requests_total{{method=\"{method}\",code=\"{code}\"}} ");
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(&key)?.parse().ok())
+            .unwrap_or(0)
+    };
+    let infer = "GRPCInferenceService/ModelInfer";
+    assert!(calls(infer, "OK") >= 2 * GOLDEN.len() as u64, "{metrics}");
+    for code in [
+        "INVALID_ARGUMENT",
+        "NOT_FOUND",
+        "UNAVAILABLE",
+        "RESOURCE_EXHAUSTED",
+        "DEADLINE_EXCEEDED",
+    ] {
+        assert!(calls(infer, code) >= 1, "{code}: {metrics}");
+    }
+    assert!(calls("GRPCInferenceService/ModelStreamInfer", "OK") == 0);
+    assert!(
+        calls("GRPCInferenceService/RepositoryModelLoad", "OK") >= 1,
+        "{metrics}"
+    );
+    assert!(calls("Health/Check", "OK") >= 1, "{metrics}");
+
     // The same server's HTTP side: the gRPC requests are in the shared statistics.
     let st = get(s.addr, "/v2/models/digits/stats").json();
     let d = &st["model_stats"][0];
@@ -289,4 +317,43 @@ fn load_and_unload_are_refused_without_explicit_model_control() {
         );
     }
     assert_eq!(get(s.addr, "/v2/models/tiny/ready").status, 200);
+}
+
+/// `--max-connections-per-client` holds for the gRPC frontend too: one address's connection
+/// past the limit is closed at accept and counted; once one closes, a new one is served.
+#[test]
+fn grpc_connections_per_client_are_limited() {
+    use std::io::Read;
+    let s = Binary::start(&["--max-connections-per-client", "2"]);
+    let grpc = s.grpc.expect("gRPC on by default");
+    let open = || {
+        let c = std::net::TcpStream::connect(grpc).unwrap();
+        c.set_read_timeout(Some(std::time::Duration::from_secs(5)))
+            .unwrap();
+        c
+    };
+    // Served: the server opens with its HTTP/2 SETTINGS frame.
+    let (a, b) = (open(), open());
+    let mut buf = [0u8; 16];
+    for mut c in [&a, &b] {
+        assert!(c.read(&mut buf).unwrap() > 0);
+    }
+    // The third is closed by the server at accept: end of stream (or a reset), no SETTINGS.
+    let mut third = open();
+    match third.read(&mut buf) {
+        Ok(0) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {}
+        other => panic!("third connection not closed: {other:?}"),
+    }
+    let metrics = get(s.addr, "/metrics").text();
+    assert!(
+        metrics.contains("xlaguard_admission_rejections_total{reason=\"client_connections\"} 1"),
+        "{metrics}"
+    );
+    // One closes: a new connection from the address is served again.
+    drop(a);
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let mut again = open();
+    assert!(again.read(&mut buf).unwrap() > 0);
+    drop(b);
 }

@@ -414,3 +414,178 @@ fn a_device_the_named_plugin_does_not_drive_is_refused() {
         idx.text()
     );
 }
+
+/// KServe's layout: `--models DIR` where DIR holds the artifact itself (what the storage
+/// initializer puts at `/mnt/models`) is one model, served under `--model-name` (not the
+/// folder's name), with its config.toml and params; a sub-folder is not a model. Over HTTP
+/// (bit for bit against JAX), over gRPC with tritonclient.grpc, and reloaded from the same
+/// folder under `--model-control explicit`.
+#[test]
+fn a_folder_holding_an_artifact_is_one_model_named_by_model_name() {
+    let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("single/mnt/models");
+    let _ = std::fs::remove_dir_all(&dir);
+    for f in ["model.jaxexport", "params.safetensors"] {
+        copy_into(&fixture("params_eqx").join(f), &dir, f);
+    }
+    std::fs::write(dir.join("config.toml"), "version = \"3\"\n").unwrap();
+    copy_into(
+        &fixture("tiny").join("model.jaxexport"),
+        &dir.join("assets"),
+        "model.jaxexport",
+    );
+    let s = Binary::start(&[
+        "--models",
+        dir.to_str().unwrap(),
+        "--model-name",
+        "params_eqx",
+        "--model-control",
+        "explicit",
+    ]);
+    let meta = get(s.addr, "/v2/models/params_eqx").json();
+    assert_eq!(meta["versions"], json!(["3"]), "{meta}");
+    // Only the input clients send: the weights are bound from params.safetensors.
+    let names = served_input_names(s.addr, "params_eqx");
+    let inputs = common::numbered(&fixture("params_eqx"), "in");
+    assert_eq!(names.len(), inputs.len(), "{meta}");
+    for m in ["models", "assets", "tiny"] {
+        assert_eq!(get(s.addr, &format!("/v2/models/{m}")).status, 404, "{m}");
+    }
+    let index = request(s.addr, "POST", "/v2/repository/index", &[], b"").json();
+    assert_eq!(
+        index,
+        json!([{"name": "params_eqx", "version": "3", "state": "READY"}]),
+        "{index}"
+    );
+    let golden: Vec<u8> = common::numbered(&fixture("params_eqx"), "out")
+        .iter()
+        .flat_map(|t| t.bytes().to_vec())
+        .collect();
+    assert_eq!(infer_binary(s.addr, "params_eqx", &names, &inputs), golden);
+    // The same model over gRPC, with the official client (raw and typed contents).
+    let grpc = s.grpc.expect("gRPC on by default").to_string();
+    let out = Command::new(python())
+        .current_dir(root())
+        .args([
+            "tests/triton_grpc_client.py",
+            "--url",
+            &grpc,
+            "--fixtures",
+            "hlo",
+        ])
+        .args(["--models", "params_eqx"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && text.contains("OK "),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // Unload, then load: the load reads the same folder again.
+    let r = request(
+        s.addr,
+        "POST",
+        "/v2/repository/models/params_eqx/unload",
+        &[],
+        b"",
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    let r = post_json(
+        s.addr,
+        "/v2/models/params_eqx/infer",
+        &json!({"inputs": json_inputs(&[names[0].as_str()], &inputs[..1])}),
+    );
+    assert_eq!(r.status, 503, "{}", r.text());
+    assert_eq!(
+        r.error(),
+        "model 'params_eqx' is unloaded; a repository load request loads it"
+    );
+    let r = request(
+        s.addr,
+        "POST",
+        "/v2/repository/models/params_eqx/load",
+        &[],
+        b"",
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(infer_binary(s.addr, "params_eqx", &names, &inputs), golden);
+}
+
+/// The layout and `--model-name` must agree: a single-model folder without a name, or a name
+/// for a repository, is an error naming the folder and what to do; a name clients could not
+/// address is a usage error. Without `--models`, `--model-name` renames the embedded model.
+#[test]
+fn model_name_and_layout_must_agree() {
+    let single = tempfile::tempdir().unwrap();
+    copy_into(
+        &fixture("tiny").join("model.jaxexport"),
+        single.path(),
+        "model.jaxexport",
+    );
+    let run = |args: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_xlaguard"))
+            .arg("--plugin")
+            .arg(common::plugin())
+            .args([
+                "serve",
+                "--addr",
+                "127.0.0.1:0",
+                "--grpc-addr",
+                "127.0.0.1:0",
+            ])
+            .args(args)
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let d = single.path().display().to_string();
+    let (code, err) = run(&["--models", &d]);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(
+        err.contains(&format!(
+            "error: {d} holds an artifact itself (model.jaxexport), so it is one model (the \
+             single-model layout): name it with --model-name NAME"
+        )),
+        "{err}"
+    );
+    let repo = tempfile::tempdir().unwrap();
+    copy_into(
+        &fixture("tiny").join("model.jaxexport"),
+        &repo.path().join("tiny"),
+        "model.jaxexport",
+    );
+    let r = repo.path().display().to_string();
+    let (code, err) = run(&["--models", &r, "--model-name", "tiny"]);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(
+        err.contains(&format!(
+            "error: --model-name tiny: {r} holds no artifact itself, so it is a repository of \
+             model folders, each named after its folder"
+        )),
+        "{err}"
+    );
+    // A repository with a stray artifact at its top (as tests/fixtures/ has) stays a
+    // repository when no name is given.
+    copy_into(
+        &fixture("tiny").join("model.jaxexport"),
+        repo.path(),
+        "stray.mlirbc",
+    );
+    let specs = xlaguard::server::repo::read_models(repo.path(), None).unwrap();
+    let names: Vec<&str> = specs.iter().map(|m| m.name.as_str()).collect();
+    assert_eq!(names, ["tiny"]);
+    for bad in ["", ".hidden", "a/b", "white space"] {
+        let (code, err) = run(&["--models", &d, "--model-name", bad]);
+        assert_eq!(code, Some(2), "{bad:?}: {err}");
+        assert!(
+            err.contains("--model-name") && err.contains("a model name is letters, digits"),
+            "{bad:?}: {err}"
+        );
+    }
+    let s = Binary::start(&["--model-name", "mnist"]);
+    assert_eq!(get(s.addr, "/v2/models/mnist/ready").status, 200);
+    assert_eq!(get(s.addr, "/v2/models/digits").status, 404);
+}

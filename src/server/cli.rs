@@ -23,10 +23,16 @@ pub enum LogFormat {
 /// Arguments of `xlaguard serve`.
 #[derive(Clone, Debug, clap::Args)]
 pub struct ServeArgs {
-    /// Model repository: one folder per model (artifact, optional config.toml and policy.toml).
-    /// Without it, the embedded digits classifier is served as `digits`.
+    /// Model repository: one folder per model (artifact, optional config.toml and policy.toml);
+    /// or one model's folder, holding its artifact directly (KServe's `/mnt/models`), served
+    /// under --model-name. Without it, the embedded digits classifier is served as `digits`.
     #[arg(long, value_name = "DIR")]
     pub models: Option<PathBuf>,
+    /// The name of the one model served when --models DIR holds an artifact directly
+    /// (required there; refused for a repository, whose models are named after their
+    /// folders); without --models, the embedded model's name (default `digits`).
+    #[arg(long, value_name = "NAME", value_parser = parse_model_name)]
+    pub model_name: Option<String>,
     /// Address to listen on (port 0: any free port; the actual one is printed).
     #[arg(long, default_value = "127.0.0.1:8000")]
     pub addr: SocketAddr,
@@ -118,6 +124,18 @@ impl ServeArgs {
     }
 }
 
+fn parse_model_name(s: &str) -> Result<String, String> {
+    if repo::valid_model_name(s) {
+        Ok(s.to_string())
+    } else {
+        Err(
+            "a model name is letters, digits, '_', '-', '.' (1 to 128 bytes, not starting \
+             with '.')"
+                .into(),
+        )
+    }
+}
+
 fn init_logging(format: LogFormat) {
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
@@ -171,14 +189,14 @@ pub fn serve_command(
     let config = args.config(engine);
     let models = match &args.models {
         Some(dir) => {
-            let m = repo::scan_repository(dir)?;
+            let m = repo::read_models(dir, args.model_name.as_deref())?;
             if m.is_empty() {
                 tracing::warn!(dir = %dir.display(), "the model repository has no model folders");
             }
             m
         }
         None => vec![ModelSpec::from_bytes(
-            "digits",
+            args.model_name.as_deref().unwrap_or("digits"),
             Arc::<[u8]>::from(default_model),
         )],
     };

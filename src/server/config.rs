@@ -102,6 +102,10 @@ pub enum ServerError {
     /// The model repository could not be read.
     #[error(transparent)]
     Repository(#[from] repo::RepositoryError),
+    /// `--models` and `--model-name` do not fit together (a single-model folder without a
+    /// name, or a name for a repository).
+    #[error(transparent)]
+    Layout(#[from] repo::LayoutError),
     /// The async runtime could not start.
     #[error("cannot start the async runtime: {0}")]
     Runtime(std::io::Error),

@@ -928,6 +928,83 @@ async fn too_large_is_resource_exhausted(
     r
 }
 
+/// The methods counted in `xlaguard_grpc_requests_total` (a fixed list, so a client cannot
+/// make up label values): every RPC of Triton's service and of `grpc.health.v1`.
+const METHODS: [&str; 22] = [
+    "GRPCInferenceService/ServerLive",
+    "GRPCInferenceService/ServerReady",
+    "GRPCInferenceService/ModelReady",
+    "GRPCInferenceService/ServerMetadata",
+    "GRPCInferenceService/ModelMetadata",
+    "GRPCInferenceService/ModelInfer",
+    "GRPCInferenceService/ModelStreamInfer",
+    "GRPCInferenceService/ModelConfig",
+    "GRPCInferenceService/ModelStatistics",
+    "GRPCInferenceService/RepositoryIndex",
+    "GRPCInferenceService/RepositoryModelLoad",
+    "GRPCInferenceService/RepositoryModelUnload",
+    "GRPCInferenceService/SystemSharedMemoryStatus",
+    "GRPCInferenceService/SystemSharedMemoryRegister",
+    "GRPCInferenceService/SystemSharedMemoryUnregister",
+    "GRPCInferenceService/CudaSharedMemoryStatus",
+    "GRPCInferenceService/CudaSharedMemoryRegister",
+    "GRPCInferenceService/CudaSharedMemoryUnregister",
+    "GRPCInferenceService/TraceSetting",
+    "GRPCInferenceService/LogSettings",
+    "Health/Check",
+    "Health/Watch",
+];
+
+/// The canonical name of a gRPC status code (as gRPC's own implementations write it).
+fn code_name(code: &[u8]) -> &'static str {
+    match code {
+        b"0" => "OK",
+        b"1" => "CANCELLED",
+        b"2" => "UNKNOWN",
+        b"3" => "INVALID_ARGUMENT",
+        b"4" => "DEADLINE_EXCEEDED",
+        b"5" => "NOT_FOUND",
+        b"6" => "ALREADY_EXISTS",
+        b"7" => "PERMISSION_DENIED",
+        b"8" => "RESOURCE_EXHAUSTED",
+        b"9" => "FAILED_PRECONDITION",
+        b"10" => "ABORTED",
+        b"11" => "OUT_OF_RANGE",
+        b"12" => "UNIMPLEMENTED",
+        b"13" => "INTERNAL",
+        b"14" => "UNAVAILABLE",
+        b"15" => "DATA_LOSS",
+        b"16" => "UNAUTHENTICATED",
+        _ => "other",
+    }
+}
+
+/// Counts each call in `xlaguard_grpc_requests_total`: its method (`other` for a path not in
+/// [`METHODS`]) and the status of its answer. An error is answered in the headers
+/// (trailers-only, as tonic does for every failed unary call, its own size checks included);
+/// an answer whose headers carry no status is a unary call's success, `OK`.
+async fn count_call(
+    axum::extract::State(core): axum::extract::State<Arc<Core>>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    let path = req.uri().path();
+    let tail = path
+        .strip_prefix("/inference.")
+        .or_else(|| path.strip_prefix("/grpc.health.v1."));
+    let method = tail
+        .and_then(|t| METHODS.iter().find(|m| **m == t))
+        .copied()
+        .unwrap_or("other");
+    let r = next.run(req).await;
+    let code = r
+        .headers()
+        .get("grpc-status")
+        .map_or("OK", |v| code_name(v.as_bytes()));
+    core.metrics.grpc(method, code);
+    r
+}
+
 /// Serves gRPC (HTTP/2) on `listener` until `shutdown` completes, then lets in-flight calls
 /// finish (up to the drain timeout). `grpc.health.v1` reports `SERVING` for the empty service
 /// name and `inference.GRPCInferenceService` once the server is ready, `NOT_SERVING` before.
@@ -965,6 +1042,10 @@ pub async fn serve(
         .into_axum_router()
         .layer(axum::middleware::map_response(
             too_large_is_resource_exhausted,
+        ))
+        .layer(axum::middleware::from_fn_with_state(
+            core.clone(),
+            count_call,
         ));
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     let mut http = hyper::server::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new());
@@ -977,6 +1058,7 @@ pub async fn serve(
     let connections = Arc::new(tokio::sync::Semaphore::new(
         core.config.max_connections.max(1),
     ));
+    let clients = Arc::new(super::ClientCounts::default());
     tokio::pin!(shutdown);
     loop {
         let accepted = tokio::select! {
@@ -996,6 +1078,13 @@ pub async fn serve(
             drop(stream);
             continue;
         };
+        // One client address may hold only its share of the connections, as over HTTP.
+        let Some(per_client) = clients.admit(peer.ip(), core.config.max_connections_per_client)
+        else {
+            core.metrics.rejected("client_connections");
+            drop(stream);
+            continue;
+        };
         let _ = stream.set_nodelay(true);
         let io = hyper_util::rt::TokioIo::new(stream);
         let svc = hyper_util::service::TowerToHyperService::new(routes.clone());
@@ -1004,6 +1093,7 @@ pub async fn serve(
             if let Err(e) = conn.await {
                 tracing::debug!(%peer, error = %e, "gRPC connection ended with an error");
             }
+            drop(per_client);
             drop(permit);
         });
     }

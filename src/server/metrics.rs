@@ -108,6 +108,7 @@ impl ModelMetrics {
 #[derive(Debug, Default)]
 pub struct ServerMetrics {
     http: Mutex<BTreeMap<String, BTreeMap<u16, u64>>>,
+    grpc: Mutex<BTreeMap<(&'static str, &'static str), u64>>,
     rejected: Mutex<BTreeMap<&'static str, u64>>,
     compiles: Mutex<BTreeMap<&'static str, u64>>,
     compile_time: Histogram,
@@ -123,6 +124,24 @@ impl ServerMetrics {
             };
             *codes.entry(code).or_default() += 1;
         }
+    }
+
+    /// Counts one gRPC call by method (`Service/Method`, from a fixed list) and status code
+    /// name (`OK`, `INVALID_ARGUMENT`, ...).
+    pub fn grpc(&self, method: &'static str, code: &'static str) {
+        if let Ok(mut m) = self.grpc.lock() {
+            *m.entry((method, code)).or_default() += 1;
+        }
+    }
+
+    /// gRPC calls counted for `method` with `code` so far.
+    pub fn grpc_calls(&self, method: &str, code: &str) -> u64 {
+        self.grpc.lock().map_or(0, |m| {
+            m.iter()
+                .filter(|((a, b), _)| *a == method && *b == code)
+                .map(|(_, n)| *n)
+                .sum()
+        })
     }
 
     /// Counts a request refused by admission control (`queue_full`, `overloaded`,
@@ -422,6 +441,20 @@ pub fn render(server: &ServerMetrics, models: &[ModelGauges<'_>], uptime: Durati
                     escape(route)
                 );
             }
+        }
+    }
+    help(
+        &mut out,
+        "xlaguard_grpc_requests_total",
+        "counter",
+        "gRPC calls by method and status code.",
+    );
+    if let Ok(g) = server.grpc.lock() {
+        for ((method, code), n) in g.iter() {
+            let _ = writeln!(
+                out,
+                "xlaguard_grpc_requests_total{{method=\"{method}\",code=\"{code}\"}} {n}"
+            );
         }
     }
     help(

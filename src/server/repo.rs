@@ -612,3 +612,105 @@ pub fn scan_repository(dir: &Path) -> Result<Vec<ModelSpec>, RepositoryError> {
         .map(|n| read_model_dir(&dir.join(n), n))
         .collect())
 }
+
+/// Why `--models DIR` and `--model-name` do not fit together.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum LayoutError {
+    /// DIR holds an artifact itself (a single-model folder) and no name was given.
+    #[error(
+        "{} holds an artifact itself ({artifact}), so it is one model (the single-model \
+         layout): name it with --model-name NAME",
+        dir.display()
+    )]
+    NameNeeded {
+        /// The folder.
+        dir: PathBuf,
+        /// The first artifact file found in it.
+        artifact: String,
+    },
+    /// A name was given for a repository, whose models are named after their folders.
+    #[error(
+        "--model-name {name}: {} holds no artifact itself, so it is a repository of model \
+         folders, each named after its folder; --model-name names the model of a folder that \
+         holds an artifact directly",
+        dir.display()
+    )]
+    NameForRepository {
+        /// The name given.
+        name: String,
+        /// The folder.
+        dir: PathBuf,
+    },
+    /// The folder could not be read.
+    #[error(transparent)]
+    Repository(#[from] RepositoryError),
+}
+
+/// The first file directly in `dir` that is an artifact (by [`ARTIFACT_KINDS`]' endings),
+/// `None` when there is none: `dir` is then a repository.
+///
+/// # Errors
+/// [`RepositoryError`] when the folder cannot be read.
+pub fn artifact_in(dir: &Path) -> Result<Option<String>, RepositoryError> {
+    let err = |source| RepositoryError {
+        path: dir.to_path_buf(),
+        error: source,
+    };
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir(dir).map_err(err)? {
+        let entry = entry.map_err(err)?;
+        if !entry.path().is_file() {
+            continue;
+        }
+        if let Ok(n) = entry.file_name().into_string() {
+            if ARTIFACT_KINDS.iter().any(|k| n.ends_with(k)) {
+                found.push(n);
+            }
+        }
+    }
+    found.sort();
+    Ok(found.into_iter().next())
+}
+
+/// Reads what `serve --models DIR` serves. With `name`, DIR is one model's folder (what
+/// KServe's storage initializer puts at `/mnt/models`): it must hold an artifact itself, and is
+/// read like a repository's model folder, served under `name`. Without it, DIR is a repository
+/// (see [`scan_repository`]), whose models are named after their folders; a DIR that holds an
+/// artifact itself and no sub-folder holding one is a single model left unnamed, an error (the
+/// folder's own name says nothing at `/mnt/models`). A repository with a stray artifact at its
+/// top (beside model folders) stays a repository; the file is ignored, with a warning.
+///
+/// # Errors
+/// [`LayoutError`] when the folder cannot be read or `name` does not fit the layout.
+pub fn read_models(dir: &Path, name: Option<&str>) -> Result<Vec<ModelSpec>, LayoutError> {
+    match (artifact_in(dir)?, name) {
+        (Some(_), Some(n)) => Ok(vec![read_model_dir(dir, n)]),
+        (None, Some(n)) => Err(LayoutError::NameForRepository {
+            name: n.to_string(),
+            dir: dir.to_path_buf(),
+        }),
+        (None, None) => Ok(scan_repository(dir)?),
+        (Some(artifact), None) => {
+            let models = scan_repository(dir)?;
+            let with_artifact = models.iter().any(|m| {
+                m.dir
+                    .as_deref()
+                    .is_some_and(|d| matches!(artifact_in(d), Ok(Some(_))))
+            });
+            if !with_artifact {
+                return Err(LayoutError::NameNeeded {
+                    dir: dir.to_path_buf(),
+                    artifact,
+                });
+            }
+            tracing::warn!(
+                dir = %dir.display(),
+                file = %artifact,
+                "the repository holds an artifact at its top as well as model folders: serving \
+                 the folders; give --model-name to serve the folder itself as one model"
+            );
+            Ok(models)
+        }
+    }
+}
