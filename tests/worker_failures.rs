@@ -153,3 +153,28 @@ fn a_compile_over_the_memory_limit_fails() {
     assert!(f.to_string().contains("ran out of memory"), "{f}");
     assert_eq!(failed_record(&log, f.pid)["outcome"], "crashed");
 }
+
+#[test]
+fn a_refused_module_is_audited_with_the_worker_that_refused_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("audit.jsonl");
+    let e = engine_with_audit(&log, |_| {});
+    // The plugin refuses it (the add's type does not match its operands): a typed refusal from
+    // a worker that stays alive, not a crash.
+    let bad = TINY.replace(": tensor<4xf32>\n  return", ": tensor<5xf32>\n  return");
+    let err = e.load_bytes(bad.as_bytes()).unwrap_err();
+    assert!(matches!(err, Error::CompileRejected(_)), "{err}");
+    let lines = common::audit_lines(&log);
+    let r = lines
+        .iter()
+        .find(|l| l["event"] == "compile_failed")
+        .expect("a compile_failed record");
+    assert_eq!(r["outcome"], "rejected", "{r}");
+    // The worker's pid and what it used are kept, as for a worker that crashed.
+    assert!(r["worker_pid"].as_u64().is_some_and(|p| p > 1), "{r}");
+    assert!(
+        r["peak_rss_bytes"].as_u64().is_some_and(|b| b > 1 << 20),
+        "{r}"
+    );
+    assert!(r["cpu_user_ms"].as_f64().is_some(), "{r}");
+}

@@ -786,8 +786,10 @@ impl Compiler {
         self.stats.bump(Counter::Started);
         self.audit("compile_start", base.clone());
         let t = Instant::now();
+        // The worker that answered (pid, resource usage), also when it refused the module.
+        let mut answered = None;
         let result = match &self.pool {
-            Some(pool) => self.compile_in_worker(pool, client, input, &options),
+            Some(pool) => self.compile_in_worker(pool, client, input, &options, &mut answered),
             None => self.compile_in_thread(client, input),
         };
         let wall = t.elapsed();
@@ -851,13 +853,25 @@ impl Compiler {
                         Some(f.usage.peak_rss_bytes),
                     );
                 }
+                // A failed worker's own record, else the worker that answered with a refusal.
+                let (pid, usage) = match fail {
+                    Some(f) => (Some(f.pid), Some(f.usage)),
+                    None => (answered.map(|(p, _)| p), answered.map(|(_, u)| u)),
+                };
+                if let (None, Some(u)) = (fail, usage) {
+                    self.stats.observe(
+                        wall.as_secs_f64(),
+                        Some((u.user + u.sys).as_secs_f64()),
+                        Some(u.peak_rss_bytes),
+                    );
+                }
                 let fields = with(json!({
                     "outcome": outcome,
                     "duration_ms": wall.as_secs_f64() * 1e3,
-                    "worker_pid": fail.map(|f| f.pid),
-                    "cpu_user_ms": fail.map(|f| f.usage.user.as_secs_f64() * 1e3),
-                    "cpu_sys_ms": fail.map(|f| f.usage.sys.as_secs_f64() * 1e3),
-                    "peak_rss_bytes": fail.map(|f| f.usage.peak_rss_bytes),
+                    "worker_pid": pid,
+                    "cpu_user_ms": usage.map(|u| u.user.as_secs_f64() * 1e3),
+                    "cpu_sys_ms": usage.map(|u| u.sys.as_secs_f64() * 1e3),
+                    "peak_rss_bytes": usage.map(|u| u.peak_rss_bytes),
                     "exit": fail.and_then(|f| f.exit).map(|x| x.to_string()),
                     "error": e.to_string(),
                     "stderr_tail": fail.map(|f| f.stderr_tail.chars().rev().take(2000).collect::<String>().chars().rev().collect::<String>()),
@@ -883,6 +897,7 @@ impl Compiler {
         client: &Client,
         input: &CompileInput<'_>,
         options: &[u8],
+        answered: &mut Option<(u32, ChildUsage)>,
     ) -> Result<(LoadedExecutable, CompileSummary, Option<Vec<u8>>), Error> {
         // One copy of the module: straight into the frame written to the worker.
         let frame = protocol::encode_compile_frame(
@@ -893,6 +908,7 @@ impl Compiler {
             input.program,
         );
         let done = pool.run_encoded(frame).map_err(pool_error)?;
+        *answered = Some((done.pid, done.usage));
         self.finish_worker_reply(client, done)
     }
 
