@@ -10,9 +10,9 @@ use crate::compile::{
     TrustedExecutable,
 };
 use crate::dims::DimExpr;
-use crate::kernels::CpuKernels;
 use crate::error::{BindError, Error};
 use crate::exec::{ExecConfig, ExecSnapshot, Execution, Remote, RemoteModel};
+use crate::kernels::CpuKernels;
 use crate::pjrt::deps::preload_nvidia_libraries;
 use crate::pjrt::{
     Api, Buffer, Client, ClientOptions, CompiledMemoryStats, ErrorCode, LoadError,

@@ -175,7 +175,11 @@ pub fn golden_difference(
                 }
                 _ => (f64::NAN, 0),
             };
-            d.max_abs = if abs.is_nan() { f64::NAN } else { d.max_abs.max(abs) };
+            d.max_abs = if abs.is_nan() {
+                f64::NAN
+            } else {
+                d.max_abs.max(abs)
+            };
             d.max_ulp = d.max_ulp.max(ulp);
         }
     }

@@ -574,7 +574,9 @@ fn inspect(
         let calls = m.library_calls().ok()?;
         let calls: Vec<(String, serde_json::Value)> =
             calls.into_iter().map(|(n, c)| (n, c.into())).collect();
-        let dir = Path::new(model).parent().filter(|_| Path::new(model).is_file());
+        let dir = Path::new(model)
+            .parent()
+            .filter(|_| Path::new(model).is_file());
         let golden = match dir.map(|d| xlaguard::kernels::golden_difference(m, d)) {
             Some(Ok(Some(d))) => serde_json::to_value(d).unwrap_or_default(),
             Some(Err(e)) => serde_json::json!({"error": e.to_string()}),
@@ -733,7 +735,11 @@ fn inspect(
         println!(
             "cpu kernels: {} (library calls: {})",
             cfg.cpu_kernels,
-            if calls.is_empty() { "none".to_string() } else { calls.join(", ") }
+            if calls.is_empty() {
+                "none".to_string()
+            } else {
+                calls.join(", ")
+            }
         );
         match golden {
             serde_json::Value::Null => {}

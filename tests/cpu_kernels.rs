@@ -41,7 +41,10 @@ fn each_setting_runs_and_xla_is_jax_bit_for_bit() {
             eprintln!("{name} {k}: {:?} {:?}", m.library_calls().unwrap(), d);
             assert!(d.elements > 0, "{name} {k}");
             if k == CpuKernels::Xla {
-                assert_eq!(d.differing, 0, "{name}: JAX's options differ from JAX: {d:?}");
+                assert_eq!(
+                    d.differing, 0,
+                    "{name}: JAX's options differ from JAX: {d:?}"
+                );
             } else {
                 assert!(d.max_abs <= TOLERANCE, "{name} {k}: {d:?}");
             }
@@ -51,7 +54,11 @@ fn each_setting_runs_and_xla_is_jax_bit_for_bit() {
                     // Under JAX's options convolutions go to YNNPACK.
                     CpuKernels::Xla => assert!(ynn > 0, "{:?}", m.library_calls()),
                     CpuKernels::Onednn => {
-                        assert!(calls(&m, "__onednn$convolution") > 0, "{:?}", m.library_calls())
+                        assert!(
+                            calls(&m, "__onednn$convolution") > 0,
+                            "{:?}",
+                            m.library_calls()
+                        )
                     }
                     CpuKernels::Xnnpack | CpuKernels::YnnOff => {
                         assert_eq!(ynn, 0, "{k}: {:?}", m.library_calls())
@@ -65,6 +72,9 @@ fn each_setting_runs_and_xla_is_jax_bit_for_bit() {
 #[test]
 fn bad_setting_names_the_choices() {
     let e = "fast".parse::<CpuKernels>().unwrap_err();
-    assert!(e.to_string().contains("xla, xnnpack, onednn, ynn_off"), "{e}");
+    assert!(
+        e.to_string().contains("xla, xnnpack, onednn, ynn_off"),
+        "{e}"
+    );
     assert!(e.to_string().contains("'fast'"), "{e}");
 }

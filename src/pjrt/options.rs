@@ -83,7 +83,13 @@ fn common_prefix(names: &[&str]) -> usize {
     let first = names.first().copied().unwrap_or("");
     let mut len = first.len();
     for n in names {
-        len = len.min(first.bytes().zip(n.bytes()).take_while(|(a, b)| a == b).count());
+        len = len.min(
+            first
+                .bytes()
+                .zip(n.bytes())
+                .take_while(|(a, b)| a == b)
+                .count(),
+        );
     }
     first[..len].rfind('_').map_or(0, |i| i + 1)
 }
@@ -132,7 +138,11 @@ const FLAG_FIELDS: &[(&str, u32, FlagKind)] = &[
         400,
         FlagKind::EnumList(LIBRARY_FUSION_TYPE),
     ),
-    ("xla_cpu_experimental_onednn_custom_call", 412, FlagKind::Bool),
+    (
+        "xla_cpu_experimental_onednn_custom_call",
+        412,
+        FlagKind::Bool,
+    ),
     (
         "xla_cpu_experimental_ynn_fusion_type",
         422,
@@ -367,8 +377,9 @@ impl CompileOptions {
                     // Packed, as XLA's serializer writes repeated enums; empty: no field.
                     let mut packed = Vec::new();
                     for s in v.unwrap_or("").split(',').filter(|s| !s.is_empty()) {
-                        let n = enum_number(names, s)
-                            .ok_or_else(|| bad("a comma-separated list of the enum's value names"))?;
+                        let n = enum_number(names, s).ok_or_else(|| {
+                            bad("a comma-separated list of the enum's value names")
+                        })?;
                         encode_varint(n, &mut packed);
                     }
                     if packed.is_empty() {
