@@ -12,6 +12,7 @@ use crate::compile::{
 use crate::dims::DimExpr;
 use crate::error::{BindError, Error};
 use crate::exec::{ExecConfig, ExecSnapshot, Execution, Remote, RemoteModel};
+use crate::kernels::CpuKernels;
 use crate::pjrt::deps::preload_nvidia_libraries;
 use crate::pjrt::{
     Api, Buffer, Client, ClientOptions, CompiledMemoryStats, ErrorCode, LoadError,
@@ -45,6 +46,9 @@ pub struct EngineConfig {
     /// Where models execute (in this process by default, or in jailed execution workers), and
     /// the memory budget every model is admitted against at load.
     pub execution: ExecConfig,
+    /// CPU kernel libraries every compile may call ([`CpuKernels::Xla`]: JAX's choice);
+    /// [`Engine::with_cpu_kernels`] changes it for the models loaded through the copy.
+    pub cpu_kernels: CpuKernels,
 }
 
 /// Bounds of a shape-polymorphic model's in-memory executables, one per concrete shape.
@@ -88,6 +92,8 @@ pub struct Engine {
     compiler: Arc<Compiler>,
     shapes: ShapeCacheConfig,
     exec: Arc<ExecSetup>,
+    /// Edits the compile options of this engine's models ([`EngineConfig::cpu_kernels`]).
+    cpu_kernels: CpuKernels,
 }
 
 /// An engine's execution settings, and how to start its execution workers (built on first
@@ -221,7 +227,36 @@ impl Engine {
             shapes: config.shapes,
             compiler: Arc::new(compiler),
             exec: Arc::new(exec),
+            cpu_kernels: config.cpu_kernels,
         })
+    }
+
+    /// This engine, compiling the models loaded through it with the CPU kernel libraries
+    /// `kernels` (the same plugin, client, compiler and workers: cloning is cheap). The models
+    /// keep the setting for every later compile (a new shape, baked params).
+    pub fn with_cpu_kernels(&self, kernels: CpuKernels) -> Engine {
+        Engine {
+            cpu_kernels: kernels,
+            ..self.clone()
+        }
+    }
+
+    /// The CPU kernel libraries this engine's compiles may call.
+    pub fn cpu_kernels(&self) -> CpuKernels {
+        self.cpu_kernels
+    }
+
+    /// The options a compile sends: JAX's, with `XLA_FLAGS`, then the CPU kernel setting.
+    fn compile_options(&self) -> Result<std::borrow::Cow<'_, crate::pjrt::CompileOptions>, Error> {
+        let base = self.compiler.options();
+        if self.cpu_kernels == CpuKernels::Xla {
+            return Ok(std::borrow::Cow::Borrowed(base));
+        }
+        let mut o = base.clone();
+        self.cpu_kernels
+            .apply(&mut o)
+            .map_err(|e| Error::Internal(format!("cpu_kernels {}: {e}", self.cpu_kernels)))?;
+        Ok(std::borrow::Cow::Owned(o))
     }
 
     /// How models of this engine execute by default, and their memory budget.
@@ -399,12 +434,13 @@ impl Engine {
             .as_ref()
             .map(|s| s.inputs.iter().map(TensorSpec::type_string).collect())
             .unwrap_or_default();
+        let options = self.compile_options()?;
         let (exe, summary, serialized) = self.compiler.compile(
             &self.client,
             &CompileInput {
                 program: &a.program,
                 format,
-                options: self.compiler.options(),
+                options: &options,
                 inputs,
                 refine: None,
                 bake: None,
@@ -1155,12 +1191,13 @@ impl Model {
         };
         let engine = self.engine.clone();
         let started = std::time::Instant::now();
+        let options = engine.compile_options()?;
         let (exe, summary, serialized) = engine.compiler.compile(
             &engine.client,
             &CompileInput {
                 program,
                 format: "mlir",
-                options: engine.compiler.options(),
+                options: &options,
                 inputs: unbound.inputs.iter().map(TensorSpec::type_string).collect(),
                 refine: None,
                 bake: Some((&spec, &constants)),
@@ -1221,6 +1258,16 @@ impl Model {
     /// The engine this model runs on.
     pub fn engine(&self) -> &Engine {
         &self.engine
+    }
+
+    /// The library kernels the optimized module calls, with how many instructions call each
+    /// ([`crate::artifact::hlo::library_calls`]: `__ynn_fusion`, `__onednn$convolution`, ...).
+    ///
+    /// # Errors
+    /// As [`Model::executable`]; the plugin's error if it cannot give the optimized module.
+    pub fn library_calls(&self) -> Result<Vec<(String, usize)>, Error> {
+        let module = optimized_module(self.executable()?)?;
+        Ok(artifact::hlo::library_calls(&module)?)
     }
 
     /// The compiled executable.
@@ -1530,12 +1577,13 @@ impl Model {
         };
         let engine = &self.engine;
         let started = std::time::Instant::now();
+        let options = engine.compile_options()?;
         let (exe, summary, serialized) = engine.compiler.compile(
             &engine.client,
             &CompileInput {
                 program: &poly.program,
                 format: "mlir",
-                options: engine.compiler.options(),
+                options: &options,
                 inputs,
                 refine: Some(&refinement),
                 bake: None,

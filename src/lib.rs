@@ -24,6 +24,7 @@ pub mod dims;
 mod engine;
 mod error;
 pub mod exec;
+pub mod kernels;
 #[cfg(feature = "lapack")]
 pub mod lapack;
 pub mod pjrt;
@@ -39,6 +40,7 @@ pub use artifact::params::{BindReport, Mismatch, Params, ParamsError};
 pub use engine::{BoundParams, Engine, EngineConfig, Model, ModelInfo};
 pub use error::{BindError, Error};
 pub use exec::{ExecConfig, ExecSnapshot, Execution};
+pub use kernels::CpuKernels;
 pub use signature::{DType, Dim, Signature, TensorSpec};
 pub use tensor::{Tensor, TensorRef};
 pub use validate::{Policy, PolicyObserver, PolicyViolation, RunReport};

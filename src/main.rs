@@ -54,6 +54,11 @@ struct Cli {
     /// killed at a request's deadline (`serve`: per model, `config.toml` `execution` wins).
     #[arg(long, global = true, value_parser = ["in-process", "process"])]
     execution: Option<String>,
+    /// CPU kernel libraries compiles may call: `xla` (JAX's choice, default), `xnnpack`,
+    /// `onednn`, `ynn_off` (see docs/cpu_kernels.md; `serve`: `config.toml` `cpu_kernels`
+    /// wins). `inspect` shows the kernels used and the difference to JAX's goldens.
+    #[arg(long, global = true, value_parser = xlaguard::CpuKernels::NAMES)]
+    cpu_kernels: Option<String>,
     /// Cache compiled executables (authenticated) in this folder.
     #[arg(long, global = true)]
     cache_dir: Option<PathBuf>,
@@ -232,6 +237,9 @@ fn config(cli: &Cli) -> Result<EngineConfig> {
     };
     if cli.isolation.as_deref() == Some("thread") {
         c.compile.isolation(Isolation::Thread);
+    }
+    if let Some(k) = &cli.cpu_kernels {
+        c.cpu_kernels = k.parse()?;
     }
     if let Some(e) = cli
         .execution
@@ -560,6 +568,22 @@ fn inspect(
         Err(e) if unsupported.is_none() => note = Some(format!("not compiled: {e}")),
         Err(_) => {}
     }
+    // Which library kernels the optimized module calls, and (goldens beside the artifact)
+    // how far its outputs are from JAX's.
+    let kernels = bound.as_ref().and_then(|m| {
+        let calls = m.library_calls().ok()?;
+        let calls: Vec<(String, serde_json::Value)> =
+            calls.into_iter().map(|(n, c)| (n, c.into())).collect();
+        let dir = Path::new(model)
+            .parent()
+            .filter(|_| Path::new(model).is_file());
+        let golden = match dir.map(|d| xlaguard::kernels::golden_difference(m, d)) {
+            Some(Ok(Some(d))) => serde_json::to_value(d).unwrap_or_default(),
+            Some(Err(e)) => serde_json::json!({"error": e.to_string()}),
+            _ => serde_json::Value::Null,
+        };
+        Some((calls, golden))
+    });
     let runnable = bound.is_some();
     // A model folder: its batching, as `serve` sets it up (the gate runs here too).
     #[cfg(feature = "server")]
@@ -607,6 +631,11 @@ fn inspect(
                 v
             }),
             "compile": jail.as_ref().map(|(i, r)| serde_json::json!({"isolation": i.name(), "jail": r})),
+            "cpu_kernels": kernels.as_ref().map(|(calls, golden)| serde_json::json!({
+                "setting": cfg.cpu_kernels.name(),
+                "library_calls": calls.iter().cloned().collect::<serde_json::Map<_, _>>(),
+                "golden": golden,
+            })),
             "batching": batching,
             "execution": bound.as_ref().map(|m| {
                 let report = m.execution_report();
@@ -701,6 +730,22 @@ fn inspect(
         println!("calling convention: {v}");
     }
     println!("plugin: {plugin_desc}");
+    if let Some((calls, golden)) = &kernels {
+        let calls: Vec<String> = calls.iter().map(|(n, c)| format!("{n} x{c}")).collect();
+        println!(
+            "cpu kernels: {} (library calls: {})",
+            cfg.cpu_kernels,
+            if calls.is_empty() {
+                "none".to_string()
+            } else {
+                calls.join(", ")
+            }
+        );
+        match golden {
+            serde_json::Value::Null => {}
+            g => println!("  vs JAX's goldens: {g}"),
+        }
+    }
     if let Some((isolation, r)) = &jail {
         match isolation {
             Isolation::Process => {

@@ -40,7 +40,8 @@ struct HloComputationProto {
     id: i64,
 }
 
-/// `xla.HloInstructionProto`: `name` (1), `opcode` (2), `metadata` (7), `parameter_number` (9).
+/// `xla.HloInstructionProto`: `name` (1), `opcode` (2), `metadata` (7), `parameter_number` (9),
+/// `custom_call_target` (28), `backend_config` (43).
 #[derive(Clone, PartialEq, Message)]
 struct HloInstructionProto {
     #[prost(string, tag = "1")]
@@ -51,6 +52,10 @@ struct HloInstructionProto {
     metadata: Option<OpMetadata>,
     #[prost(int64, tag = "9")]
     parameter_number: i64,
+    #[prost(string, tag = "28")]
+    custom_call_target: String,
+    #[prost(bytes = "vec", tag = "43")]
+    backend_config: Vec<u8>,
 }
 
 /// `xla.OpMetadata`: `op_name` (2).
@@ -278,6 +283,57 @@ pub fn program_shape(hlo_module_proto: &[u8]) -> Result<Signature, ArtifactError
              neither",
         )),
     }
+}
+
+/// The library kernels an optimized module calls, by name, with how many instructions call
+/// each: fusions XLA's CPU backend hands to a library (`__ynn_fusion`, `__xnn_fusion`,
+/// `__onednn_fusion`: the `kind` of their backend config's `fusion_config`) and custom calls
+/// to one (targets starting `__onednn$`, `__xnn`, `__ynn`). Sorted by name.
+///
+/// # Errors
+/// [`ArtifactError::Truncated`] / [`ArtifactError::Corrupt`] when the bytes do not decode.
+pub fn library_calls(hlo_module_proto: &[u8]) -> Result<Vec<(String, usize)>, ArtifactError> {
+    let m = match HloModuleProto::decode(hlo_module_proto) {
+        Ok(m) if !m.computations.is_empty() => m,
+        plain => match HloModuleProtoWithConfig::decode(hlo_module_proto) {
+            Ok(HloModuleProtoWithConfig {
+                hlo_module: Some(m),
+            }) => m,
+            _ => plain.map_err(decode_err)?,
+        },
+    };
+    let mut counts = std::collections::BTreeMap::<String, usize>::new();
+    for i in m.computations.iter().flat_map(|c| &c.instructions) {
+        let name = match i.opcode.as_str() {
+            "fusion" => fusion_kind(&i.backend_config),
+            "custom-call"
+                if LIBRARY_PREFIXES
+                    .iter()
+                    .any(|p| i.custom_call_target.starts_with(p)) =>
+            {
+                Some(i.custom_call_target.clone())
+            }
+            _ => None,
+        };
+        if let Some(n) = name {
+            *counts.entry(n).or_default() += 1;
+        }
+    }
+    Ok(counts.into_iter().collect())
+}
+
+/// How the CPU backend's library fusion kinds and custom-call targets start.
+const LIBRARY_PREFIXES: &[&str] = &["__onednn", "__xnn", "__ynn"];
+
+/// A library fusion's kind (`"fusion_config":{"kind":"__ynn_fusion"}`), if the backend config
+/// names one.
+fn fusion_kind(backend_config: &[u8]) -> Option<String> {
+    let v: serde_json::Value = serde_json::from_slice(backend_config).ok()?;
+    let kind = v.get("fusion_config")?.get("kind")?.as_str()?;
+    LIBRARY_PREFIXES
+        .iter()
+        .any(|p| kind.starts_with(p))
+        .then(|| kind.to_string())
 }
 
 /// What a compiled module says about one entry parameter's name.

@@ -44,6 +44,54 @@ enum FlagKind {
     Str,
     /// A repeated string field, given as a comma-separated list.
     StrList,
+    /// An enum field: its value names, by number.
+    Enum(&'static [&'static str]),
+    /// A repeated (packed) enum field, given as a comma-separated list of value names.
+    EnumList(&'static [&'static str]),
+}
+
+/// `DebugOptions.XnnGraphFusionMode`, by number.
+const XNN_GRAPH_FUSION_MODE: &[&str] = &[
+    "XNN_GRAPH_FUSION_MODE_DISABLED",
+    "XNN_GRAPH_FUSION_MODE_GREEDY",
+    "XNN_GRAPH_FUSION_MODE_GREEDY_SLINKY",
+    "XNN_GRAPH_FUSION_MODE_BYPASS_COST_MODEL",
+];
+
+/// `DebugOptions.LibraryFusionType`, by number.
+const LIBRARY_FUSION_TYPE: &[&str] = &[
+    "LIBRARY_FUSION_TYPE_INVALID",
+    "LIBRARY_FUSION_TYPE_DOT",
+    "LIBRARY_FUSION_TYPE_ELTWISE",
+    "LIBRARY_FUSION_TYPE_REDUCE",
+    "LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT",
+    "LIBRARY_FUSION_TYPE_INDIVIDUAL_CONVOLUTION",
+];
+
+/// The number of enum value `name`: the full name, or the part after the prefix all the
+/// values share, in any case (`LIBRARY_FUSION_TYPE_DOT`, `dot`).
+fn enum_number(names: &[&str], name: &str) -> Option<u64> {
+    let cut = common_prefix(names);
+    names
+        .iter()
+        .position(|n| n.eq_ignore_ascii_case(name) || n[cut..].eq_ignore_ascii_case(name))
+        .map(|i| i as u64)
+}
+
+/// The length of the prefix that all `names` share, cut after an underscore.
+fn common_prefix(names: &[&str]) -> usize {
+    let first = names.first().copied().unwrap_or("");
+    let mut len = first.len();
+    for n in names {
+        len = len.min(
+            first
+                .bytes()
+                .zip(n.bytes())
+                .take_while(|(a, b)| a == b)
+                .count(),
+        );
+    }
+    first[..len].rfind('_').map_or(0, |i| i + 1)
 }
 
 /// The `DebugOptions` fields that the allowed `XLA_FLAGS` set: flag name, field number, kind.
@@ -73,7 +121,33 @@ const FLAG_FIELDS: &[(&str, u32, FlagKind)] = &[
     ("xla_cpu_prefer_vector_width", 308, FlagKind::Int32),
     ("xla_cpu_parallel_codegen_split_count", 323, FlagKind::Int32),
     ("xla_cpu_max_isa", 333, FlagKind::Str),
+    ("xla_cpu_use_onednn", 97, FlagKind::Bool),
     ("xla_cpu_use_xnnpack", 359, FlagKind::Bool),
+    (
+        "xla_cpu_experimental_xnn_graph_fusion_mode",
+        365,
+        FlagKind::Enum(XNN_GRAPH_FUSION_MODE),
+    ),
+    (
+        "xla_cpu_experimental_onednn_fusion_type",
+        399,
+        FlagKind::EnumList(LIBRARY_FUSION_TYPE),
+    ),
+    (
+        "xla_cpu_experimental_xnn_fusion_type",
+        400,
+        FlagKind::EnumList(LIBRARY_FUSION_TYPE),
+    ),
+    (
+        "xla_cpu_experimental_onednn_custom_call",
+        412,
+        FlagKind::Bool,
+    ),
+    (
+        "xla_cpu_experimental_ynn_fusion_type",
+        422,
+        FlagKind::EnumList(LIBRARY_FUSION_TYPE),
+    ),
 ];
 
 /// One protobuf field value, as it travels on the wire.
@@ -294,6 +368,26 @@ impl CompileOptions {
                     .filter(|s| !s.is_empty())
                     .map(|s| Value::Bytes(s.as_bytes().to_vec()))
                     .collect(),
+                (FlagKind::Enum(names), Some(v)) => match enum_number(names, v) {
+                    Some(n) => vec![Value::Varint(n)],
+                    None => return Err(bad("one of the enum's value names")),
+                },
+                (FlagKind::Enum(_), None) => return Err(bad("one of the enum's value names")),
+                (FlagKind::EnumList(names), v) => {
+                    // Packed, as XLA's serializer writes repeated enums; empty: no field.
+                    let mut packed = Vec::new();
+                    for s in v.unwrap_or("").split(',').filter(|s| !s.is_empty()) {
+                        let n = enum_number(names, s).ok_or_else(|| {
+                            bad("a comma-separated list of the enum's value names")
+                        })?;
+                        encode_varint(n, &mut packed);
+                    }
+                    if packed.is_empty() {
+                        Vec::new()
+                    } else {
+                        vec![Value::Bytes(packed)]
+                    }
+                }
             };
             let same_as_jax = jax
                 .iter()
@@ -505,11 +599,14 @@ mod tests {
                 .unwrap_or_else(|| panic!("{name} is not a DebugOptions field"));
             assert_eq!(f["number"], *number, "{name}");
             // descriptor.proto types: 5 int32, 8 bool, 9 string.
+            // descriptor.proto types: 14 enum.
             let (ty, repeated) = match kind {
                 FlagKind::Bool => (8, false),
                 FlagKind::Int32 => (5, false),
                 FlagKind::Str => (9, false),
                 FlagKind::StrList => (9, true),
+                FlagKind::Enum(_) => (14, false),
+                FlagKind::EnumList(_) => (14, true),
             };
             assert_eq!(
                 (f["type"].clone(), f["repeated"].clone()),
@@ -517,6 +614,42 @@ mod tests {
                 "{name}"
             );
         }
+    }
+
+    #[test]
+    fn enum_flags_encode_as_xla_does() {
+        // JAX's own YNN fusion types, given by name, equal JAX's packed bytes.
+        let mut o = CompileOptions::new();
+        o.xla_flags(
+            "--xla_cpu_experimental_ynn_fusion_type=individual_dot,\
+             LIBRARY_FUSION_TYPE_INDIVIDUAL_CONVOLUTION,reduce \
+             --xla_cpu_experimental_xnn_graph_fusion_mode=XNN_GRAPH_FUSION_MODE_DISABLED",
+        )
+        .unwrap();
+        assert_eq!(o, CompileOptions::new());
+        o.xla_flags(
+            "--xla_cpu_experimental_ynn_fusion_type= \
+             --xla_cpu_experimental_xnn_fusion_type=dot,eltwise \
+             --xla_cpu_experimental_xnn_graph_fusion_mode=greedy",
+        )
+        .unwrap();
+        let debug = sub_message(
+            &sub_message(&parse(&o.encode()).unwrap(), COMPILE_BUILD_OPTIONS).unwrap(),
+            BUILD_DEBUG_OPTIONS,
+        )
+        .unwrap();
+        assert!(!debug.iter().any(|(n, _)| *n == 422));
+        assert!(debug.contains(&(400, Value::Bytes(vec![1, 2]))));
+        assert!(debug.contains(&(365, Value::Varint(1))));
+        assert_eq!(CompileOptions::decode(&o.encode()), Some(o.clone()));
+        let e = o
+            .xla_flags("--xla_cpu_experimental_xnn_fusion_type=dot,conv")
+            .unwrap_err();
+        assert_eq!(e.value, "dot,conv");
+        assert_eq!(
+            e.expected,
+            "a comma-separated list of the enum's value names"
+        );
     }
 
     #[test]

@@ -32,7 +32,10 @@
 //! batch_dim = 0
 //! ```
 //! and at the top level `execution = "process"` (run in jailed execution workers, killed at
-//! the request's deadline) or `"in-process"`; default: the server's `--execution`.
+//! the request's deadline) or `"in-process"`; default: the server's `--execution`; and
+//! `cpu_kernels = "xla"` (JAX's kernel choice, the default), `"xnnpack"`, `"onednn"` or
+//! `"ynn_off"`: the CPU kernel libraries the model's compiles may call
+//! ([`crate::CpuKernels`], `docs/cpu_kernels.md`).
 //!
 //! A bundle of static exports of one function at several batch sizes (`model.b1.jaxexport`,
 //! `model.b8.jaxexport`, ...: every `.jaxexport` in the folder named `<stem>.b<N>.jaxexport`
@@ -138,6 +141,9 @@ pub struct ModelSpec {
     pub params_bake: bool,
     /// Where the model executes (`config.toml` `execution`; `None`: the engine's setting).
     pub execution: Option<crate::exec::Execution>,
+    /// CPU kernel libraries for the model's compiles (`config.toml` `cpu_kernels`; `None`:
+    /// the engine's setting).
+    pub cpu_kernels: Option<crate::CpuKernels>,
     /// Why this model cannot be loaded, found while reading its folder (reported, not fatal).
     pub problem: Option<String>,
     /// Shape-polymorphic models: values of dimension variables to compile at load
@@ -169,6 +175,7 @@ impl ModelSpec {
             params_rename: std::collections::BTreeMap::new(),
             params_bake: false,
             execution: None,
+            cpu_kernels: None,
             problem: None,
             shapes: std::collections::BTreeMap::new(),
             batching: None,
@@ -205,6 +212,8 @@ struct ConfigFile {
     params: Option<ParamsFile>,
     #[serde(default)]
     execution: Option<String>,
+    #[serde(default)]
+    cpu_kernels: Option<String>,
     #[serde(default)]
     batching: Option<BatchingFile>,
 }
@@ -498,6 +507,15 @@ pub fn read_model_dir(dir: &Path, name: &str) -> ModelSpec {
         }
         if let Some(s) = &c.shapes {
             spec.shapes.clone_from(s);
+        }
+        if let Some(k) = &c.cpu_kernels {
+            match k.parse::<crate::CpuKernels>() {
+                Ok(k) => spec.cpu_kernels = Some(k),
+                Err(e) => {
+                    spec.problem = Some(format!("config.toml: {e}"));
+                    return spec;
+                }
+            }
         }
         if let Some(e) = &c.execution {
             match crate::exec::Execution::parse(e) {

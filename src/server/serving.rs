@@ -1159,6 +1159,14 @@ fn load_model(
     source: &ArtifactSource,
     exec: ExecLimits,
 ) -> Result<(Model, &'static str), String> {
+    let with_kernels;
+    let engine = match spec.cpu_kernels {
+        Some(k) if k != engine.cpu_kernels() => {
+            with_kernels = engine.with_cpu_kernels(k);
+            &with_kernels
+        }
+        _ => engine,
+    };
     let a = match source {
         ArtifactSource::File(p) => artifact::load_file(p),
         ArtifactSource::Bytes(b) => artifact::load(b),

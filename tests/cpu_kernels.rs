@@ -1,0 +1,80 @@
+//! Per-model CPU kernel settings on the real plugin: each compiles and runs `hlo/conv` and
+//! `hlo/keras_mobilenet`; `xla` (JAX's options) equals JAX's goldens bit for bit; the others
+//! call the kernels they name and stay within a tolerance of JAX.
+
+mod common;
+
+use std::path::Path;
+
+use xlaguard::kernels::golden_difference;
+use xlaguard::CpuKernels;
+
+/// Largest absolute difference to JAX accepted from another kernel library. The outputs are
+/// softmax probabilities / logits of magnitude at most a few units; another library sums a
+/// convolution's products in another order (and may fuse multiply-adds), which changes each
+/// f32 sum by at most K·eps relative for K products (K ≤ 3·3·576 here, eps = 2^-24 ≈ 6e-8:
+/// ≤ 3e-4 relative in the worst case, with random signs ~1e-6 in practice). 1e-4 absolute is
+/// far above what a different summation order gives and far below what a wrong kernel (a
+/// transposed filter, a missing bias) gives: those change outputs by 1e-2 or more.
+const TOLERANCE: f64 = 1e-4;
+
+fn calls(m: &xlaguard::Model, prefix: &str) -> usize {
+    m.library_calls()
+        .unwrap()
+        .iter()
+        .filter(|(n, _)| n.starts_with(prefix))
+        .map(|(_, c)| c)
+        .sum()
+}
+
+#[test]
+fn each_setting_runs_and_xla_is_jax_bit_for_bit() {
+    let engine = common::engine();
+    for name in ["keras_mobilenet", "conv"] {
+        let dir = common::root().join("hlo").join(name);
+        for k in CpuKernels::ALL {
+            let e = engine.with_cpu_kernels(k);
+            let m = e
+                .load_file(&dir.join("model.jaxexport"))
+                .unwrap_or_else(|err| panic!("{name} {k}: {err}"));
+            let d = golden_difference(&m, Path::new(&dir)).unwrap().unwrap();
+            eprintln!("{name} {k}: {:?} {:?}", m.library_calls().unwrap(), d);
+            assert!(d.elements > 0, "{name} {k}");
+            if k == CpuKernels::Xla {
+                assert_eq!(
+                    d.differing, 0,
+                    "{name}: JAX's options differ from JAX: {d:?}"
+                );
+            } else {
+                assert!(d.max_abs <= TOLERANCE, "{name} {k}: {d:?}");
+            }
+            if name == "keras_mobilenet" {
+                let ynn = calls(&m, "__ynn");
+                match k {
+                    // Under JAX's options convolutions go to YNNPACK.
+                    CpuKernels::Xla => assert!(ynn > 0, "{:?}", m.library_calls()),
+                    CpuKernels::Onednn => {
+                        assert!(
+                            calls(&m, "__onednn$convolution") > 0,
+                            "{:?}",
+                            m.library_calls()
+                        )
+                    }
+                    CpuKernels::Xnnpack | CpuKernels::YnnOff => {
+                        assert_eq!(ynn, 0, "{k}: {:?}", m.library_calls())
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn bad_setting_names_the_choices() {
+    let e = "fast".parse::<CpuKernels>().unwrap_err();
+    assert!(
+        e.to_string().contains("xla, xnnpack, onednn, ynn_off"),
+        "{e}"
+    );
+    assert!(e.to_string().contains("'fast'"), "{e}");
+}
