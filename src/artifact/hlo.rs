@@ -316,7 +316,8 @@ pub fn library_calls(hlo_module_proto: &[u8]) -> Result<Vec<(String, usize)>, Ar
             _ => None,
         };
         if let Some(n) = name {
-            *counts.entry(n).or_default() += 1;
+            let c = counts.entry(n).or_default();
+            *c = c.saturating_add(1);
         }
     }
     Ok(counts.into_iter().collect())
