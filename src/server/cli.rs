@@ -91,6 +91,11 @@ pub struct ServeArgs {
     /// models by name).
     #[arg(long, value_enum, default_value_t = ModelControl::None)]
     pub model_control: ModelControl,
+    /// In-process models whose requests take at most this many microseconds (a per-model
+    /// moving average of the measured time) run inline on the async worker that read the
+    /// request, with no hand-off to the blocking pool; 0: never (0 to 10,000).
+    #[arg(long, default_value_t = 50, value_parser = clap::builder::RangedU64ValueParser::<u64>::new().range(0..=10_000))]
+    pub inline_execution_us: u64,
     /// Log format (the level comes from RUST_LOG, default info).
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
@@ -120,6 +125,7 @@ impl ServeArgs {
             strict_readiness: self.strict_readiness,
             engine,
             model_control: self.model_control,
+            inline_execution: Duration::from_micros(self.inline_execution_us),
         }
     }
 }

@@ -57,6 +57,11 @@ pub struct ServerConfig {
     pub engine: EngineConfig,
     /// Whether clients may load and unload models (default [`ModelControl::None`]).
     pub model_control: ModelControl,
+    /// In-process models whose requests take at most this long (decode, validate, run,
+    /// encode: a per-model moving average of the measured time) run inline on the async
+    /// worker that read the request instead of on the blocking pool (default 50 µs;
+    /// `Duration::ZERO`: never). See `docs/serving.md`.
+    pub inline_execution: Duration,
 }
 
 impl Default for ServerConfig {
@@ -77,6 +82,7 @@ impl Default for ServerConfig {
             strict_readiness: true,
             engine: EngineConfig::default(),
             model_control: ModelControl::None,
+            inline_execution: Duration::from_micros(50),
         }
     }
 }
