@@ -82,6 +82,12 @@ fn inline_execution_zero_hands_every_request_to_the_pool() {
     });
     check_digits(s.addr, 10);
     assert_eq!(sync_counts(s.addr, "digits"), (0, 10));
+    // Process execution: the whole request (round trip included) on the pool too.
+    let p = InProcess::start(vec![digits(Execution::Process)], |c| {
+        c.inline_execution = Duration::ZERO;
+    });
+    check_digits(p.addr, 10);
+    assert_eq!(sync_counts(p.addr, "digits"), (0, 10));
 }
 
 #[test]

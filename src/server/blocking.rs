@@ -61,6 +61,11 @@ impl Cost {
         }
     }
 
+    /// Whether inlining is on at all (a threshold above zero).
+    pub fn enabled(&self) -> bool {
+        self.threshold_ns > 0
+    }
+
     /// Whether the next request runs inline.
     pub fn inline(&self) -> bool {
         let e = self.ewma_ns.load(Ordering::Relaxed);

@@ -93,7 +93,8 @@ pub struct ServeArgs {
     pub model_control: ModelControl,
     /// In-process models whose requests take at most this many microseconds (a per-model
     /// moving average of the measured time) run inline on the async worker that read the
-    /// request, with no hand-off to the blocking pool; 0: never (0 to 10,000).
+    /// request, with no hand-off to the blocking pool, and process-execution models wait for
+    /// their worker in the reactor; 0: every request on the blocking pool (0 to 10,000).
     #[arg(long, default_value_t = 50, value_parser = clap::builder::RangedU64ValueParser::<u64>::new().range(0..=10_000))]
     pub inline_execution_us: u64,
     /// Log format (the level comes from RUST_LOG, default info).

@@ -59,8 +59,9 @@ pub struct ServerConfig {
     pub model_control: ModelControl,
     /// In-process models whose requests take at most this long (decode, validate, run,
     /// encode: a per-model moving average of the measured time) run inline on the async
-    /// worker that read the request instead of on the blocking pool (default 50 µs;
-    /// `Duration::ZERO`: never). See `docs/serving.md`.
+    /// worker that read the request instead of on the blocking pool, and process-execution
+    /// models wait for their worker's answer in the reactor (default 50 µs;
+    /// `Duration::ZERO`: every request on the blocking pool). See `docs/serving.md`.
     pub inline_execution: Duration,
 }
 

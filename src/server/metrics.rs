@@ -180,9 +180,9 @@ pub struct ModelGauges<'a> {
     pub batch: Option<&'a BatchMetrics>,
     /// Where the model executes (`None` until loaded), and its execution workers' counters.
     pub execution: Option<(crate::exec::Execution, Option<crate::exec::ExecSnapshot>)>,
-    /// Where its requests' synchronous part ran (inline, blocking pool) and the estimate of
-    /// how long it takes (`None` until loaded).
-    pub sync: Option<&'a super::blocking::Cost>,
+    /// Requests' synchronous parts run inline and on the blocking pool, and the estimate of
+    /// how long one takes (`None` until loaded).
+    pub sync: Option<(u64, u64, Option<Duration>)>,
 }
 
 fn help(out: &mut String, name: &str, kind: &str, text: &str) {
@@ -351,8 +351,7 @@ pub fn render(server: &ServerMetrics, models: &[ModelGauges<'_>], uptime: Durati
         "Requests whose decoding, execution and encoding ran where=\"inline\" (on the async worker) or \"pool\" (the blocking pool).",
     );
     for g in models {
-        if let Some(c) = g.sync {
-            let (inline, pool) = c.counts();
+        if let Some((inline, pool, _)) = g.sync {
             for (at, n) in [("inline", inline), ("pool", pool)] {
                 let _ = writeln!(
                     out,
@@ -369,7 +368,7 @@ pub fn render(server: &ServerMetrics, models: &[ModelGauges<'_>], uptime: Durati
         "The moving estimate of how long one request's decoding, execution and encoding take (inline below --inline-execution-us).",
     );
     for g in models {
-        if let Some(e) = g.sync.and_then(super::blocking::Cost::estimate) {
+        if let Some((_, _, Some(e))) = g.sync {
             let _ = writeln!(
                 out,
                 "xlaguard_model_sync_estimate_seconds{{{}}} {}",

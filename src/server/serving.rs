@@ -311,7 +311,10 @@ impl Slot {
                 }
                 batch::Runner::Bundle(_) => None,
             }),
-            sync: loaded.map(Loaded::cost),
+            sync: loaded.map(|l| {
+                let ((a, b), (c, d)) = (l.cost.counts(), l.flight.counts());
+                (a + c, b + d, l.cost().estimate())
+            }),
         }
     }
 
@@ -641,7 +644,8 @@ impl Core {
         let queue_time = queued.elapsed();
 
         if let batch::Runner::Model(m) = &*loaded.runner {
-            if m.execution() == crate::exec::Execution::Process {
+            // `--inline-execution-us 0`: the whole request on the blocking pool, as before.
+            if m.execution() == crate::exec::Execution::Process && loaded.flight.enabled() {
                 return self
                     .infer_flight(slot, loaded, worker, queue_time, deadline, decode, encode)
                     .await;
