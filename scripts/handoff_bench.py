@@ -64,6 +64,8 @@ def usage(pid):
 def start(binary, execution, inline_us, cpu):
     cmd = ["taskset", "-c", cpu, binary, "--execution", execution, "serve",
            "--addr", "127.0.0.1:0", "--no-grpc", "--inline-execution-us", str(inline_us)]
+    if execution == "in-process":
+        cmd.append("--inline-in-process")
     p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     line = p.stdout.readline()
     if "serving on http://" not in line:

@@ -61,6 +61,7 @@ fn short_in_process_requests_run_inline_and_give_jaxs_outputs() {
         // Generous for a debug build on a loaded machine: the point is that a measured model
         // moves inline, not the release build's cost.
         c.inline_execution = Duration::from_millis(5);
+        c.inline_in_process = true;
     });
     check_digits(s.addr, 20);
     let (inline, pool) = sync_counts(s.addr, "digits");
@@ -76,9 +77,19 @@ fn short_in_process_requests_run_inline_and_give_jaxs_outputs() {
 }
 
 #[test]
+fn in_process_executions_stay_on_the_pool_unless_asked() {
+    let s = InProcess::start(vec![digits(Execution::InProcess)], |c| {
+        c.inline_execution = Duration::from_millis(5);
+    });
+    check_digits(s.addr, 5);
+    assert_eq!(sync_counts(s.addr, "digits"), (0, 5));
+}
+
+#[test]
 fn inline_execution_zero_hands_every_request_to_the_pool() {
     let s = InProcess::start(vec![digits(Execution::InProcess)], |c| {
         c.inline_execution = Duration::ZERO;
+        c.inline_in_process = true;
     });
     check_digits(s.addr, 10);
     assert_eq!(sync_counts(s.addr, "digits"), (0, 10));
@@ -123,6 +134,7 @@ fn one_slow_request_sends_the_model_back_to_the_pool() {
     m.execution = Some(Execution::InProcess);
     let s = InProcess::start(vec![m], |c| {
         c.inline_execution = Duration::from_millis(5);
+        c.inline_in_process = true;
     });
     let ok = |n: i32| {
         let r = post_json(s.addr, "/v2/models/spin/infer", &spin(n));

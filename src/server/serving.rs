@@ -1287,11 +1287,13 @@ fn load_into_slot(core: &Core, spec: &ModelSpec) {
                     Batching::Refused { config, reason }
                 }
             };
-            // Only in-process executions run inline as a whole: a process execution's round
-            // trip waits on its worker, which an async worker must not do (it waits in the
-            // reactor instead, with the parts around it inline when short).
+            // A process execution's round trip waits in the reactor, with the parts around it
+            // (bounded by the request's size) inline when short. An in-process execution runs
+            // inline as a whole only when asked: it cannot be stopped, so one request far
+            // longer than the model's average would hold an async worker and answer after its
+            // deadline instead of at it.
             let limit = core.config.inline_execution;
-            let inline = if runner.in_process() {
+            let inline = if runner.in_process() && core.config.inline_in_process {
                 limit
             } else {
                 Duration::ZERO
