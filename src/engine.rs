@@ -2259,7 +2259,7 @@ impl Model {
         };
         let _ = self.policy.recycle(prepared);
         Ok(Some(match remote.begin(frame, Some(deadline)) {
-            Ok(flight) => Begun::Flight(remote, flight),
+            Ok(flight) => Begun::Flight(remote, Box::new(flight)),
             Err(frame) => Begun::Wait(remote, frame),
         }))
     }
@@ -2295,7 +2295,7 @@ impl Model {
 /// A process execution started by [`Model::begin_remote`].
 pub(crate) enum Begun {
     /// Running in an idle worker; drive it with [`crate::exec::InFlight::step`].
-    Flight(Arc<Remote>, crate::exec::InFlight),
+    Flight(Arc<Remote>, Box<crate::exec::InFlight>),
     /// No worker was idle: the request frame, for [`Remote::call`].
     Wait(Arc<Remote>, Vec<u8>),
 }
