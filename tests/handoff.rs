@@ -67,7 +67,7 @@ fn short_in_process_requests_run_inline_and_give_jaxs_outputs() {
     let (inline, pool) = sync_counts(s.addr, "digits");
     assert_eq!(inline + pool, 20);
     // The first request is measured on the pool; the rest run inline.
-    assert!(pool >= 1 && pool <= 2, "pool {pool}");
+    assert!((1..=2).contains(&pool), "pool {pool}");
     assert!(inline >= 18, "inline {inline}");
     let t = get(s.addr, "/metrics").text();
     assert!(

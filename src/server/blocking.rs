@@ -210,6 +210,7 @@ pub(crate) async fn drive(flight: &mut crate::exec::InFlight) -> std::io::Result
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::panic)]
 mod tests {
     use super::*;
 
