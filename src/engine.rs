@@ -2234,8 +2234,17 @@ impl Model {
                 .map_err(|e| Error::Internal(e.to_string()))?
         };
         let report = self.policy.recycle(prepared);
-        let mut bytes = remote.call(&frame, deadline)?;
+        let bytes = remote.call(&frame, deadline)?;
         drop(frame);
+        Ok((self.remote_outputs(&remote, bytes)?, report))
+    }
+
+    /// The outputs of a process execution, from the worker's reply (its size checked).
+    pub(crate) fn remote_outputs(
+        &self,
+        remote: &Remote,
+        mut bytes: Vec<u8>,
+    ) -> Result<Vec<Tensor>, Error> {
         let lens = remote.out_lens();
         let mut outs = Vec::with_capacity(lens.len());
         let mut at = 0usize;
@@ -2251,7 +2260,56 @@ impl Model {
             at += len;
             outs.push(Tensor::new(spec.dtype, shape, data)?);
         }
-        Ok((outs, report))
+        Ok(outs)
+    }
+
+    /// [`Model::run_until`] for a statically shaped model in process execution, without
+    /// waiting for anything: validates and sanitizes, builds the request, and starts it on an
+    /// idle execution worker ([`Begun::Flight`], driven by the caller's event loop), or hands
+    /// back the request when none is idle ([`Begun::Wait`], for [`Remote::call`], which waits
+    /// for one). `None`: the model is not one of those (in-process, shape-polymorphic, or its
+    /// workers are not started): use [`Model::run_until`].
+    ///
+    /// # Errors
+    /// As [`Model::run`] before anything runs.
+    pub(crate) fn begin_remote(
+        &self,
+        inputs: &[TensorRef<'_>],
+        deadline: std::time::Instant,
+    ) -> Result<Option<Begun>, Error> {
+        if self.poly.is_some() || self.exec.execution != Execution::Process {
+            return Ok(None);
+        }
+        let Some(remote) = self
+            .remote
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+        else {
+            return Ok(None);
+        };
+        let prepared = self.policy.apply(inputs, self.observer.as_deref())?;
+        let frame = {
+            let parts: Vec<&[u8]> = self
+                .to_upload(inputs, &prepared)
+                .into_iter()
+                .map(|(_, d)| d)
+                .collect();
+            let len: usize = parts.iter().map(|p| p.len()).sum();
+            if len != remote.request_len() {
+                return Err(Error::Internal(format!(
+                    "a request of {len} bytes for an execution worker expecting {}",
+                    remote.request_len()
+                )));
+            }
+            crate::compile::protocol::encode_parts(crate::compile::protocol::Kind::Execute, &parts)
+                .map_err(|e| Error::Internal(e.to_string()))?
+        };
+        let _ = self.policy.recycle(prepared);
+        Ok(Some(match remote.begin(frame, Some(deadline)) {
+            Ok(flight) => Begun::Flight(remote, Box::new(flight)),
+            Err(frame) => Begun::Wait(remote, frame),
+        }))
     }
 
     /// [`Model::run`], also returning what sanitization changed (counts per input and rule).
@@ -2280,6 +2338,14 @@ impl Model {
         let ordered = validate::order_named(&self.signature, inputs)?;
         self.run(&ordered)
     }
+}
+
+/// A process execution started by [`Model::begin_remote`].
+pub(crate) enum Begun {
+    /// Running in an idle worker; drive it with [`crate::exec::InFlight::step`].
+    Flight(Arc<Remote>, Box<crate::exec::InFlight>),
+    /// No worker was idle: the request frame, for [`Remote::call`].
+    Wait(Arc<Remote>, Vec<u8>),
 }
 
 /// Bytes one execution needs by the compiled memory statistics, and the parts in words.

@@ -175,24 +175,6 @@ impl Proc {
         }
     }
 
-    /// Fills `buf` from stdout before `deadline`.
-    fn read_until(&mut self, buf: &mut [u8], deadline: Instant) -> Result<(), Broken> {
-        let mut at = 0usize;
-        while at < buf.len() {
-            match self.stdout.read(&mut buf[at..]) {
-                Ok(0) => return Err(Broken::Eof),
-                Ok(n) => at += n,
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                    let fd = self.stdout.as_raw_fd();
-                    self.wait_for(fd, libc::POLLIN, deadline)?;
-                }
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(Broken::Io(e)),
-            }
-        }
-        Ok(())
-    }
-
     /// Kills (if still running) and reaps.
     pub(crate) fn kill_and_reap(&mut self) -> Option<(ExitInfo, ChildUsage)> {
         if self.reaped.is_none() {
@@ -333,30 +315,130 @@ pub(crate) fn call(
     deadline: Instant,
     max: &dyn Fn(Kind) -> usize,
 ) -> Result<Frame, Broken> {
-    p.drain_stderr_now();
-    let mut at = 0usize;
-    while at < send.len() {
+    let mut c = Call::default();
+    finish(p, &mut c, send, deadline, max)
+}
+
+/// Drives `c` to its end, waiting (poll) as needed, before `deadline`.
+pub(crate) fn finish(
+    p: &mut Proc,
+    c: &mut Call,
+    send: &[u8],
+    deadline: Instant,
+    max: &dyn Fn(Kind) -> usize,
+) -> Result<Frame, Broken> {
+    loop {
+        match step(p, c, send, max)? {
+            Step::Write(fd) => p.wait_for(fd, libc::POLLOUT, deadline)?,
+            Step::Read(fd) => p.wait_for(fd, libc::POLLIN, deadline)?,
+            Step::Done(f) => return Ok(f),
+        }
+    }
+}
+
+/// One request to a long-lived worker in progress: how much of the frame is written and of the
+/// reply read. Driven by [`step`] without blocking, so that a caller can wait for the pipes in
+/// its own event loop (the server's async workers) instead of in a blocked thread.
+#[derive(Debug, Default)]
+pub(crate) struct Call {
+    begun: bool,
+    sent: usize,
+    head: [u8; protocol::HEADER_LEN],
+    head_at: usize,
+    kind: Option<Kind>,
+    payload: Vec<u8>,
+    at: usize,
+}
+
+/// What a [`Call`] needs next.
+#[derive(Debug)]
+pub(crate) enum Step {
+    /// The worker's stdin (this descriptor) to be writable.
+    Write(std::os::fd::RawFd),
+    /// Its stdout (this descriptor) to be readable.
+    Read(std::os::fd::RawFd),
+    /// The reply.
+    Done(Frame),
+}
+
+/// Advances `c` as far as the pipes allow now, without blocking.
+pub(crate) fn step(
+    p: &mut Proc,
+    c: &mut Call,
+    send: &[u8],
+    max: &dyn Fn(Kind) -> usize,
+) -> Result<Step, Broken> {
+    if !c.begun {
+        c.begun = true;
+        p.drain_stderr_now();
+    }
+    while c.sent < send.len() {
         let Some(w) = p.stdin.as_mut() else {
             return Err(Broken::Eof);
         };
-        match w.write(&send[at..]) {
+        match w.write(&send[c.sent..]) {
             Ok(0) => return Err(Broken::Eof),
-            Ok(n) => at += n,
+            Ok(n) => c.sent += n,
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                let fd = w.as_raw_fd();
-                p.wait_for(fd, libc::POLLOUT, deadline)?;
+                return Ok(Step::Write(w.as_raw_fd()))
             }
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
             // The worker is gone (EPIPE): its exit tells why.
             Err(_) => return Err(Broken::Eof),
         }
     }
-    let mut h = [0u8; protocol::HEADER_LEN];
-    p.read_until(&mut h, deadline)?;
-    let (kind, len) = protocol::parse_header(&h, max).map_err(Broken::Protocol)?;
-    let mut payload = vec![0u8; len];
-    p.read_until(&mut payload, deadline)?;
-    Ok(Frame { kind, payload })
+    let kind = loop {
+        if let Some(k) = c.kind {
+            break k;
+        }
+        if c.head_at == c.head.len() {
+            let (kind, len) = protocol::parse_header(&c.head, max).map_err(Broken::Protocol)?;
+            c.payload = vec![0u8; len];
+            c.kind = Some(kind);
+            continue;
+        }
+        match p.stdout.read(&mut c.head[c.head_at..]) {
+            Ok(0) => return Err(Broken::Eof),
+            Ok(n) => c.head_at += n,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                return Ok(Step::Read(p.stdout.as_raw_fd()))
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(Broken::Io(e)),
+        }
+    };
+    while c.at < c.payload.len() {
+        match p.stdout.read(&mut c.payload[c.at..]) {
+            Ok(0) => return Err(Broken::Eof),
+            Ok(n) => c.at += n,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                return Ok(Step::Read(p.stdout.as_raw_fd()))
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(Broken::Io(e)),
+        }
+    }
+    Ok(Step::Done(Frame {
+        kind,
+        payload: std::mem::take(&mut c.payload),
+    }))
+}
+
+impl Proc {
+    /// A duplicate of the worker's stdout (`write` false) or stdin (`write` true), to wait on
+    /// in an event loop: it stays open as long as the caller holds it, whatever happens to
+    /// the worker.
+    pub(crate) fn dup_pipe(&self, write: bool) -> std::io::Result<std::os::fd::OwnedFd> {
+        use std::os::fd::AsFd;
+        if write {
+            match &self.stdin {
+                Some(w) => w.as_fd().try_clone_to_owned(),
+                None => Err(std::io::ErrorKind::BrokenPipe.into()),
+            }
+        } else {
+            self.stdout.as_fd().try_clone_to_owned()
+        }
+    }
 }
 
 /// Messages that look like an allocation failure in the compiler.

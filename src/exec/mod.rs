@@ -584,15 +584,74 @@ impl Remote {
         let deadline = deadline.or_else(|| self.deadline.map(|d| started + d));
         let mut w = self.acquire(deadline)?;
         let t = Instant::now();
+        let max = self.reply_max();
+        let far = t + Duration::from_secs(365 * 24 * 3600);
+        let result = pool::call(&mut w.proc, frame, deadline.unwrap_or(far), &max);
+        self.conclude(w, result, started, t, deadline)
+    }
+
+    /// The largest frame of each kind a worker may answer with.
+    fn reply_max(&self) -> impl Fn(Kind) -> usize {
         let total: usize = self.out_lens.iter().sum();
-        let max = move |k: Kind| match k {
+        move |k: Kind| match k {
             Kind::Executed => total,
             _ => MAX_SMALL,
+        }
+    }
+
+    /// Starts one request on an idle worker without waiting for anything; when no worker is
+    /// idle (all busy, starting or being replaced) the frame comes back and the caller uses
+    /// [`Remote::call`], which waits. The returned [`InFlight`] is driven by its
+    /// [`InFlight::step`] from the caller's own event loop.
+    pub(crate) fn begin(
+        self: &Arc<Self>,
+        frame: Vec<u8>,
+        deadline: Option<Instant>,
+    ) -> Result<InFlight, Vec<u8>> {
+        let started = Instant::now();
+        let deadline = deadline.or_else(|| self.deadline.map(|d| started + d));
+        let w = {
+            let mut s = lock(&self.state);
+            // Only a worker known alive: one that died while idle is left for `acquire`,
+            // which counts it and starts its replacement.
+            let Some(w) = s.idle.pop() else {
+                return Err(frame);
+            };
+            match crate::compile::sandbox::wait4(w.proc.pid, false) {
+                Ok(None) => {
+                    s.busy.push(u32::try_from(w.proc.pid).unwrap_or(0));
+                    w
+                }
+                _ => {
+                    s.idle.push(w);
+                    return Err(frame);
+                }
+            }
         };
-        let far = t + Duration::from_secs(365 * 24 * 3600);
+        Ok(InFlight {
+            remote: self.clone(),
+            worker: Some(w),
+            frame,
+            call: pool::Call::default(),
+            ended: None,
+            started,
+            deadline,
+        })
+    }
+
+    /// Ends a request: the worker goes back to the idle ones after a well-formed reply;
+    /// after anything else it is killed (reaped, audited, replaced) and the error says why.
+    fn conclude(
+        self: &Arc<Self>,
+        mut w: Live,
+        result: Result<protocol::Frame, Broken>,
+        started: Instant,
+        t: Instant,
+        deadline: Option<Instant>,
+    ) -> Result<Vec<u8>, Error> {
+        let total: usize = self.out_lens.iter().sum();
         let limits = &self.spawner.setup.limits;
         let pid = w.proc.pid;
-        let result = pool::call(&mut w.proc, frame, deadline.unwrap_or(far), &max);
         let broken = match result {
             Ok(f) if f.kind == Kind::Executed && f.payload.len() == total => {
                 self.release(w);
@@ -645,6 +704,151 @@ impl Remote {
         } else {
             Error::ExecutionFailed(failure)
         })
+    }
+}
+
+/// What an [`InFlight`] request waits for next.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Wait {
+    /// The worker's stdin to be writable.
+    Write,
+    /// Its stdout to be readable.
+    Read,
+}
+
+/// One request running in an execution worker, driven without a blocked thread: the caller
+/// calls [`InFlight::step`] until it says the exchange has ended, waiting between steps for
+/// the pipe it names ([`InFlight::pipe`] gives a duplicate to register with an event loop),
+/// then takes the outputs with [`InFlight::finish`]; when the deadline passes first it calls
+/// [`InFlight::expire`]. Stderr is drained when the exchange starts (a worker that writes
+/// more than a pipe's buffer to stderr during one request stalls until its deadline, and is
+/// killed then, with the text in its failure report). Dropped unfinished
+/// (the caller went away), the request is finished on a thread of its own: the worker's answer
+/// is read and the worker reused, or it is killed at the deadline, as for [`Remote::call`].
+pub(crate) struct InFlight {
+    remote: Arc<Remote>,
+    worker: Option<Live>,
+    frame: Vec<u8>,
+    call: pool::Call,
+    /// How the exchange ended, once it has.
+    ended: Option<Result<protocol::Frame, Broken>>,
+    started: Instant,
+    deadline: Option<Instant>,
+}
+
+impl std::fmt::Debug for InFlight {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("InFlight")
+            .field("pid", &self.worker.as_ref().map(|w| w.proc.pid))
+            .finish()
+    }
+}
+
+impl InFlight {
+    /// A duplicate of the pipe `wait` names, to wait on in an event loop (it stays open while
+    /// held, whatever happens to the worker).
+    ///
+    /// # Errors
+    /// The system's (`dup`), or a broken pipe when the request has ended.
+    pub(crate) fn pipe(&self, wait: &Wait) -> std::io::Result<std::os::fd::OwnedFd> {
+        match &self.worker {
+            Some(w) => w.proc.dup_pipe(matches!(wait, Wait::Write)),
+            None => Err(std::io::ErrorKind::BrokenPipe.into()),
+        }
+    }
+
+    /// Advances the exchange as far as the pipes allow now: `Ok(())` once it has ended (call
+    /// [`InFlight::finish`]), else what to wait for.
+    ///
+    /// # Errors
+    /// The descriptor to wait for ([`Wait`]), not a failure.
+    pub(crate) fn step(&mut self) -> Result<(), Wait> {
+        if self.ended.is_some() {
+            return Ok(());
+        }
+        let Some(w) = self.worker.as_mut() else {
+            return Ok(());
+        };
+        let max = self.remote.reply_max();
+        let r = match pool::step(&mut w.proc, &mut self.call, &self.frame, &max) {
+            Ok(pool::Step::Write(_)) => return Err(Wait::Write),
+            Ok(pool::Step::Read(_)) => return Err(Wait::Read),
+            Ok(pool::Step::Done(f)) => Ok(f),
+            Err(b) => Err(b),
+        };
+        self.ended = Some(r);
+        Ok(())
+    }
+
+    /// The outputs' bytes once [`InFlight::step`] said the exchange ended, or the error
+    /// [`Remote::call`] would give (the worker then killed and replaced).
+    ///
+    /// # Errors
+    /// As [`Remote::call`].
+    pub(crate) fn finish(mut self) -> Result<Vec<u8>, Error> {
+        let r = self
+            .ended
+            .take()
+            .unwrap_or(Err(Broken::Protocol(ProtocolError::Malformed {
+                kind: Kind::Executed,
+                detail: "the request was finished before its reply".into(),
+            })));
+        self.end(r)
+    }
+
+    /// The deadline passed: the worker is killed and replaced, and the error says so.
+    pub(crate) fn expire(mut self) -> Error {
+        match self.end(Err(Broken::Timeout)) {
+            Err(e) => e,
+            Ok(_) => Error::Internal("an expired execution request gave outputs".into()),
+        }
+    }
+
+    fn end(&mut self, result: Result<protocol::Frame, Broken>) -> Result<Vec<u8>, Error> {
+        match self.worker.take() {
+            Some(w) => self
+                .remote
+                .conclude(w, result, self.started, self.started, self.deadline),
+            None => Err(Error::Internal("an execution request ended twice".into())),
+        }
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        let Some(mut w) = self.worker.take() else {
+            return;
+        };
+        let remote = self.remote.clone();
+        let frame = std::mem::take(&mut self.frame);
+        let mut call = std::mem::take(&mut self.call);
+        let (started, deadline) = (self.started, self.deadline);
+        let pid = w.proc.pid;
+        let far = Instant::now() + Duration::from_secs(365 * 24 * 3600);
+        let ended = self.ended.take();
+        let finish = move || {
+            let max = remote.reply_max();
+            let r = match ended {
+                Some(r) => r,
+                None => pool::finish(
+                    &mut w.proc,
+                    &mut call,
+                    &frame,
+                    deadline.unwrap_or(far),
+                    &max,
+                ),
+            };
+            let _ = remote.conclude(w, r, started, started, deadline);
+        };
+        if std::thread::Builder::new()
+            .name("xlaguard-exec-finish".into())
+            .spawn(finish)
+            .is_err()
+        {
+            // No thread: the worker cannot be waited for. It was killed and reaped with the
+            // closure that held it; count it out and start a replacement.
+            self.remote.lost(pid);
+        }
     }
 }
 

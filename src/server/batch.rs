@@ -224,6 +224,15 @@ impl Runner {
         }
     }
 
+    /// Whether every model runs in this process (none in execution workers).
+    pub fn in_process(&self) -> bool {
+        let here = |m: &Model| m.execution() == crate::exec::Execution::InProcess;
+        match self {
+            Runner::Model(m) => here(m),
+            Runner::Bundle(b) => b.models.iter().all(|(_, m)| here(m)),
+        }
+    }
+
     /// Every model (to set a policy or bind params on each).
     pub fn models_mut(&mut self) -> Vec<&mut Model> {
         match self {

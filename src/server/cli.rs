@@ -91,6 +91,17 @@ pub struct ServeArgs {
     /// models by name).
     #[arg(long, value_enum, default_value_t = ModelControl::None)]
     pub model_control: ModelControl,
+    /// Request parts that take at most this many microseconds (a per-model moving average)
+    /// run inline on the async worker that read the request, with no hand-off to the
+    /// blocking pool; process-execution models wait for their worker in the reactor; 0:
+    /// every request on the blocking pool (0 to 10,000).
+    #[arg(long, default_value_t = 50, value_parser = clap::builder::RangedU64ValueParser::<u64>::new().range(0..=10_000))]
+    pub inline_execution_us: u64,
+    /// In-process models' short requests run inline too, execution included (their runs
+    /// cannot be stopped: a request far longer than the model's average holds an async
+    /// worker and answers after its deadline).
+    #[arg(long)]
+    pub inline_in_process: bool,
     /// Log format (the level comes from RUST_LOG, default info).
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
@@ -120,6 +131,8 @@ impl ServeArgs {
             strict_readiness: self.strict_readiness,
             engine,
             model_control: self.model_control,
+            inline_execution: Duration::from_micros(self.inline_execution_us),
+            inline_in_process: self.inline_in_process,
         }
     }
 }

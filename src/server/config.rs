@@ -57,6 +57,19 @@ pub struct ServerConfig {
     pub engine: EngineConfig,
     /// Whether clients may load and unload models (default [`ModelControl::None`]).
     pub model_control: ModelControl,
+    /// Parts of a request that take at most this long (a per-model moving average of the
+    /// measured time) run inline on the async worker that read the request instead of on the
+    /// blocking pool: for process-execution models, decoding and validation before the round
+    /// trip and encoding after it, the round trip itself awaited in the reactor; with
+    /// [`ServerConfig::inline_in_process`], in-process models' whole requests. Default 50 µs;
+    /// `Duration::ZERO`: every request on the blocking pool, round trip included. See
+    /// `docs/serving.md`.
+    pub inline_execution: Duration,
+    /// Whether in-process models' requests (execution included) may run inline (default
+    /// false): an in-process execution cannot be stopped, so a request far longer than the
+    /// model's average then holds an async worker and answers after its deadline rather than
+    /// at it. For trusted models whose run time does not depend on their inputs.
+    pub inline_in_process: bool,
 }
 
 impl Default for ServerConfig {
@@ -77,6 +90,8 @@ impl Default for ServerConfig {
             strict_readiness: true,
             engine: EngineConfig::default(),
             model_control: ModelControl::None,
+            inline_execution: Duration::from_micros(50),
+            inline_in_process: false,
         }
     }
 }

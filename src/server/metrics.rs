@@ -180,6 +180,9 @@ pub struct ModelGauges<'a> {
     pub batch: Option<&'a BatchMetrics>,
     /// Where the model executes (`None` until loaded), and its execution workers' counters.
     pub execution: Option<(crate::exec::Execution, Option<crate::exec::ExecSnapshot>)>,
+    /// Requests' synchronous parts run inline and on the blocking pool, and the estimate of
+    /// how long one takes (`None` until loaded).
+    pub sync: Option<(u64, u64, Option<Duration>)>,
 }
 
 fn help(out: &mut String, name: &str, kind: &str, text: &str) {
@@ -338,6 +341,39 @@ pub fn render(server: &ServerMetrics, models: &[ModelGauges<'_>], uptime: Durati
                 "xlaguard_model_execution{{{},mode=\"{}\"}} 1",
                 m(g),
                 mode.name()
+            );
+        }
+    }
+    help(
+        &mut out,
+        "xlaguard_model_sync_requests_total",
+        "counter",
+        "Requests whose decoding, execution and encoding ran where=\"inline\" (on the async worker) or \"pool\" (the blocking pool).",
+    );
+    for g in models {
+        if let Some((inline, pool, _)) = g.sync {
+            for (at, n) in [("inline", inline), ("pool", pool)] {
+                let _ = writeln!(
+                    out,
+                    "xlaguard_model_sync_requests_total{{{},where=\"{at}\"}} {n}",
+                    m(g)
+                );
+            }
+        }
+    }
+    help(
+        &mut out,
+        "xlaguard_model_sync_estimate_seconds",
+        "gauge",
+        "The moving estimate of how long one request's decoding, execution and encoding take (inline below --inline-execution-us).",
+    );
+    for g in models {
+        if let Some((_, _, Some(e))) = g.sync {
+            let _ = writeln!(
+                out,
+                "xlaguard_model_sync_estimate_seconds{{{}}} {}",
+                m(g),
+                e.as_secs_f64()
             );
         }
     }

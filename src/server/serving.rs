@@ -7,8 +7,9 @@
 //! map errors and encode. Both share one [`Core`]: one set of models, limits and metrics.
 //!
 //! Decoding and encoding of tensor contents are the frontends' own, but they run where the
-//! core puts them: on a blocking thread next to the execution (see [`offload`]), never on the
-//! async workers.
+//! core puts them, next to the execution: on a blocking thread (see [`offload`]), or inline on
+//! the async worker when the model's measured cost says its requests are short (see
+//! [`super::blocking`]).
 
 use std::any::Any;
 use std::collections::{BTreeMap, HashMap};
@@ -26,6 +27,7 @@ use crate::Tensor;
 
 use super::batch;
 pub use super::blocking::offload;
+use super::blocking::{Cost, Ran};
 use super::config::ModelControl;
 use super::config::{ServerConfig, ServerError};
 pub use super::fault::{kind_for, CoreError, ErrorKind};
@@ -48,9 +50,25 @@ pub struct Loaded {
     /// `jax_export`, `stablehlo` or `hlo`.
     pub platform: &'static str,
     pub(crate) batching: Batching,
+    /// How long its requests hold a thread (inline or on the blocking pool): in-process
+    /// models only (never inline otherwise).
+    pub(crate) cost: Arc<Cost>,
+    /// Process execution: how long the parts before and after the execution worker's round
+    /// trip hold a thread (decode and validate; outputs and encode).
+    pub(crate) flight: Arc<Cost>,
 }
 
 impl Loaded {
+    /// How long this model's requests hold a thread, and whether they run inline (process
+    /// execution: the parts before and after the round trip to the execution worker).
+    pub fn cost(&self) -> &Cost {
+        if self.runner.in_process() {
+            &self.cost
+        } else {
+            &self.flight
+        }
+    }
+
     /// The signature clients see.
     pub fn signature(&self) -> &Signature {
         self.runner.signature()
@@ -292,6 +310,10 @@ impl Slot {
                     Some((m.execution(), m.execution_report().map(|(_, s)| s)))
                 }
                 batch::Runner::Bundle(_) => None,
+            }),
+            sync: loaded.map(|l| {
+                let ((a, b), (c, d)) = (l.cost.counts(), l.flight.counts());
+                (a + c, b + d, l.cost().estimate())
             }),
         }
     }
@@ -621,27 +643,175 @@ impl Core {
         };
         let queue_time = queued.elapsed();
 
+        if let batch::Runner::Model(m) = &*loaded.runner {
+            // `--inline-execution-us 0`: the whole request on the blocking pool, as before.
+            if m.execution() == crate::exec::Execution::Process && loaded.flight.enabled() {
+                return self
+                    .infer_flight(slot, loaded, worker, queue_time, deadline, decode, encode)
+                    .await;
+            }
+        }
         let name = slot.name.clone();
         let version = slot.version.clone();
         let until = deadline.at;
-        let job = offload(move || {
+        let cost = loaded.cost.clone();
+        let job = move || {
             let _worker = worker;
             run_one(&loaded, decode, encode, &name, &version, until)
-        });
-        match tokio::time::timeout_at(deadline.tokio(), job).await {
-            Ok(Ok(r)) => r.map(|(r, mut t)| {
+        };
+        match super::blocking::run(&cost, deadline.tokio(), job).await {
+            Ran::Done(r) => r.map(|(r, mut t)| {
                 t.queue = queue_time;
                 (r, t)
             }),
-            Ok(Err(join)) => {
-                tracing::error!(model = %slot.name, error = %join, "inference task failed");
+            Ran::Failed => {
+                tracing::error!(model = %slot.name, "inference task failed");
                 Err(CoreError::internal(
                     "internal error: the inference task failed",
                 ))
             }
-            Err(_) => {
+            Ran::Late => {
                 Err(self.deadline_passed(&deadline, format!("model '{}' was running", slot.name)))
             }
+        }
+    }
+
+    /// A request to a model in process execution (not batching): decoded, validated and
+    /// sent to an idle execution worker, inline when short (else on the blocking pool); the
+    /// worker's answer is awaited in the reactor, with no thread blocked; then the outputs
+    /// are encoded, inline when short. Without an idle worker (one being replaced) or for a
+    /// shape-polymorphic model, the round trip runs on the blocking pool as before.
+    #[allow(clippy::too_many_arguments)]
+    async fn infer_flight<R, D, E>(
+        &self,
+        slot: &Arc<Slot>,
+        loaded: Arc<Loaded>,
+        worker: tokio::sync::OwnedSemaphorePermit,
+        queue: Duration,
+        deadline: Deadline,
+        decode: D,
+        encode: E,
+    ) -> Result<(R, Timings), CoreError>
+    where
+        R: Send + 'static,
+        D: FnOnce(&Signature) -> Result<InferRequest, CoreError> + Send + 'static,
+        E: FnOnce(Picked<'_>) -> Result<R, CoreError> + Send + 'static,
+    {
+        let cost = loaded.flight.clone();
+        let until = deadline.at;
+        let running = || format!("model '{}' was running", slot.name);
+        let failed = || CoreError::internal("internal error: the inference task failed");
+        let l = loaded.clone();
+        let first = move || {
+            let started = Instant::now();
+            let req = decode(l.runner.signature())?;
+            let begun = match &*l.runner {
+                batch::Runner::Model(m) => {
+                    let views: Vec<_> = req.inputs.iter().map(InputTensor::view).collect();
+                    m.begin_remote(&views, until)?
+                }
+                batch::Runner::Bundle(_) => None,
+            };
+            Ok::<_, CoreError>((req, begun, started.elapsed()))
+        };
+        let (mut req, begun, input) =
+            match super::blocking::run(&cost, deadline.tokio(), first).await {
+                Ran::Done(r) => r?,
+                Ran::Failed => return Err(failed()),
+                Ran::Late => return Err(self.deadline_passed(&deadline, running())),
+            };
+        let started = Instant::now();
+        let outputs: Result<Vec<Tensor>, CoreError> = match begun {
+            Some(crate::engine::Begun::Flight(remote, mut flight)) => {
+                let ended =
+                    tokio::time::timeout_at(deadline.tokio(), super::blocking::drive(&mut flight))
+                        .await;
+                match ended {
+                    Ok(Ok(())) => {
+                        let bytes = flight.finish()?;
+                        self.model_of(&loaded)?
+                            .remote_outputs(&remote, bytes)
+                            .map_err(CoreError::from)
+                    }
+                    Ok(Err(io)) => {
+                        tracing::error!(model = %slot.name, error = %io, "cannot wait for an execution worker");
+                        drop(flight.expire());
+                        return Err(failed());
+                    }
+                    Err(_) => {
+                        // The worker is killed at the deadline, as on the blocking pool.
+                        drop(flight.expire());
+                        return Err(self.deadline_passed(&deadline, running()));
+                    }
+                }
+            }
+            other => {
+                // No idle worker, or not a static model in a worker: wait on the pool.
+                let l = loaded.clone();
+                let job = offload(move || {
+                    let run = || -> Result<Vec<Tensor>, CoreError> {
+                        let batch::Runner::Model(m) = &*l.runner else {
+                            return Err(CoreError::internal(
+                                "internal error: a bundle in process execution",
+                            ));
+                        };
+                        match other {
+                            Some(crate::engine::Begun::Wait(remote, frame)) => {
+                                let bytes = remote.call(&frame, Some(until))?;
+                                Ok(m.remote_outputs(&remote, bytes)?)
+                            }
+                            _ => {
+                                let views: Vec<_> =
+                                    req.inputs.iter().map(InputTensor::view).collect();
+                                Ok(m.run_until(&views, until)?)
+                            }
+                        }
+                    };
+                    let r = run();
+                    (req, r)
+                });
+                match tokio::time::timeout_at(deadline.tokio(), job).await {
+                    Ok(Ok((back, r))) => {
+                        req = back;
+                        r
+                    }
+                    Ok(Err(_)) => return Err(failed()),
+                    Err(_) => return Err(self.deadline_passed(&deadline, running())),
+                }
+            }
+        };
+        let outputs = outputs?;
+        drop(worker);
+        let infer = started.elapsed();
+        let (name, version) = (slot.name.clone(), slot.version.clone());
+        let last = move || {
+            let t0 = Instant::now();
+            let r = encode(pick(&loaded, &outputs, &req, &name, &version)?)?;
+            Ok::<_, CoreError>((r, t0.elapsed()))
+        };
+        match super::blocking::run(&cost, deadline.tokio(), last).await {
+            Ran::Done(r) => r.map(|(r, output)| {
+                (
+                    r,
+                    Timings {
+                        queue,
+                        input,
+                        infer,
+                        output,
+                    },
+                )
+            }),
+            Ran::Failed => Err(failed()),
+            Ran::Late => Err(self.deadline_passed(&deadline, running())),
+        }
+    }
+
+    fn model_of<'a>(&self, loaded: &'a Loaded) -> Result<&'a Model, CoreError> {
+        match &*loaded.runner {
+            batch::Runner::Model(m) => Ok(m),
+            batch::Runner::Bundle(_) => Err(CoreError::internal(
+                "internal error: a bundle in process execution",
+            )),
         }
     }
 
@@ -692,7 +862,8 @@ impl Core {
         let (l, c, b) = (loaded.clone(), config.clone(), batcher.clone());
         let (name, version) = (slot.name.clone(), slot.version.clone());
         let (n, v) = (name.clone(), version.clone());
-        let checked = offload(move || {
+        let cost = loaded.cost.clone();
+        let checked = move || {
             let started = Instant::now();
             let req = decode(l.runner.signature())?;
             let views: Vec<_> = req.inputs.iter().map(InputTensor::view).collect();
@@ -716,20 +887,20 @@ impl Core {
             }
             drop(views);
             Ok::<_, CoreError>(Checked::Queue(req, admit, input, encode))
-        });
+        };
         let (req, admit, input, encode) =
-            match tokio::time::timeout_at(deadline.tokio(), checked).await {
-                Ok(Ok(r)) => match r? {
+            match super::blocking::run(&cost, deadline.tokio(), checked).await {
+                Ran::Done(r) => match r? {
                     Checked::Queue(req, admit, input, encode) => (req, admit, input, encode),
                     Checked::Done(r, t) => return Ok((r, t)),
                 },
-                Ok(Err(join)) => {
-                    tracing::error!(model = %slot.name, error = %join, "request check failed");
+                Ran::Failed => {
+                    tracing::error!(model = %slot.name, "request check failed");
                     return Err(CoreError::internal(
                         "internal error: the request check failed",
                     ));
                 }
-                Err(_) => {
+                Ran::Late => {
                     return Err(self.deadline_passed(
                         &deadline,
                         format!("checking a request of model '{}'", slot.name),
@@ -789,7 +960,8 @@ impl Core {
                 };
                 let queue = waited.elapsed();
                 let b = batcher.clone();
-                let job = offload(move || {
+                let cost = loaded.cost.clone();
+                let job = move || {
                     let started = Instant::now();
                     let views: Vec<_> = req.inputs.iter().map(InputTensor::view).collect();
                     let outs = loaded.runner.run(&views);
@@ -808,13 +980,13 @@ impl Core {
                             output: t0.elapsed(),
                         },
                     ))
-                });
-                match tokio::time::timeout_at(deadline.tokio(), job).await {
-                    Ok(Ok(r)) => r,
-                    Ok(Err(_)) => Err(CoreError::internal(
+                };
+                match super::blocking::run(&cost, deadline.tokio(), job).await {
+                    Ran::Done(r) => r,
+                    Ran::Failed => Err(CoreError::internal(
                         "internal error: the inference task failed",
                     )),
-                    Err(_) => Err(self
+                    Ran::Late => Err(self
                         .deadline_passed(&deadline, format!("running of model '{}'", slot.name))),
                 }
             }
@@ -1115,10 +1287,23 @@ fn load_into_slot(core: &Core, spec: &ModelSpec) {
                     Batching::Refused { config, reason }
                 }
             };
+            // A process execution's round trip waits in the reactor, with the parts around it
+            // (bounded by the request's size) inline when short. An in-process execution runs
+            // inline as a whole only when asked: it cannot be stopped, so one request far
+            // longer than the model's average would hold an async worker and answer after its
+            // deadline instead of at it.
+            let limit = core.config.inline_execution;
+            let inline = if runner.in_process() && core.config.inline_in_process {
+                limit
+            } else {
+                Duration::ZERO
+            };
             let loaded = Loaded {
                 runner,
                 platform,
                 batching,
+                cost: Arc::new(Cost::new(inline)),
+                flight: Arc::new(Cost::new(limit)),
             };
             let sig = loaded.runner.signature();
             tracing::info!(
