@@ -1,13 +1,13 @@
 #!/usr/bin/env bash
 # CI's fuzz smoke run: builds every fuzz target with the stable toolchain (libFuzzer from the
 # libfuzzer-sys crate, coverage instrumentation by rustc flags: no cargo-fuzz, no nightly) and
-# runs each for FUZZ_SMOKE_SECONDS (default 12) on a copy of its committed corpus (fuzz/corpus/),
+# runs each for FUZZ_SMOKE_SECONDS (default 8) on a copy of its committed corpus (fuzz/corpus/),
 # with its dictionary. A crash, leak-free timeout or failed assertion fails the run; the input is
 # left in fuzz/artifacts/TARGET/. Commit it under tests/fuzz_regressions/ and fix the library.
 set -euo pipefail
 cd "$(dirname "$0")/../fuzz"
 source ../scripts/fuzz-targets.sh
-seconds=${FUZZ_SMOKE_SECONDS:-12}
+seconds=${FUZZ_SMOKE_SECONDS:-8}
 # libfuzzer-sys compiles libFuzzer (C++) from its sources.
 if ! command -v c++ >/dev/null; then
     if [[ $(id -u) == 0 ]] && command -v apt-get >/dev/null; then
@@ -21,8 +21,8 @@ host=$(rustc -vV | sed -n 's/^host: //p')
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR_FUZZ:-target/smoke}
 export RUSTFLAGS="$FUZZ_RUSTFLAGS"
 # --target: instrument the targets, not build scripts and proc macros (as cargo-fuzz does).
-cargo build --locked --release --target "$host" --bins
-bin="$CARGO_TARGET_DIR/$host/release"
+cargo build --locked --profile smoke --target "$host" --bins
+bin="$CARGO_TARGET_DIR/$host/smoke"
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 failed=()
