@@ -120,6 +120,53 @@ def main():
             put("kserve_json", f"sig{k}_nest{int(nest)}", bytes([k]) + json_request(sig, outs, nest, nest))
         head, blob = binary_request(sig)
         put("kserve_binary", f"sig{k}", bytes([k]) + struct.pack("<H", len(head)) + head + blob)
+    # gRPC ModelInferRequests: raw contents, and typed contents.
+    def varint(n):
+        n &= (1 << 64) - 1
+        out = b""
+        while True:
+            b = n & 0x7F
+            n >>= 7
+            if n:
+                out += bytes([b | 0x80])
+            else:
+                return out + bytes([b])
+
+    def field(num, wire, payload):
+        key = varint(num << 3 | wire)
+        if wire == 2:
+            return key + varint(len(payload)) + payload
+        return key + payload
+
+    def ld(num, b):
+        return field(num, 2, b)
+
+    typed_field = {"BOOL": (1, "?"), "INT8": (2, "i"), "INT16": (2, "i"), "INT32": (2, "i"),
+                   "INT64": (3, "q"), "UINT8": (4, "I"), "UINT16": (4, "I"), "UINT32": (4, "I"),
+                   "UINT64": (5, "Q"), "FP32": (6, "f"), "FP64": (7, "d")}
+    for k, (sig, outs) in enumerate(zip(SIGS, OUTS)):
+        for typed in (False, True):
+            msg = ld(1, b"m") + ld(3, b"seed")
+            raws = b""
+            for name, t, shape in sig:
+                n = count(shape)
+                tensor = ld(1, name.encode()) + ld(2, t.encode())
+                tensor += ld(3, b"".join(varint(d) for d in shape))
+                if typed and t in typed_field:
+                    num, fmt = typed_field[t]
+                    vals = [value(t, i) for i in range(n)]
+                    if fmt in "iqIQ?":
+                        packed = b"".join(varint(int(v)) for v in vals)
+                    else:
+                        packed = b"".join(struct.pack("<" + fmt, v) for v in vals)
+                    tensor += ld(5, ld(num, packed))
+                else:
+                    raws += ld(7, bytes((i % 2 if t == "BOOL" else i % 251)
+                                        for i in range(n * SIZE[t])))
+                msg += ld(5, tensor)
+            for o in outs[:2]:
+                msg += ld(6, ld(1, o.encode()))
+            put("grpc_request", f"sig{k}_{'typed' if typed else 'raw'}", bytes([k]) + msg + raws)
     # worker replies: Compiled (stats + executable), Rejected, Fatal, Described.
     def frame(kind, payload):
         return b"XLGW\x01" + bytes([kind]) + b"\x00\x00" + struct.pack("<I", len(payload)) + payload

@@ -1,12 +1,11 @@
 # Sourced by scripts/fuzz.sh and scripts/fuzz-smoke.sh: the fuzz targets and their dictionaries.
-# (The gRPC request decoder gets a target once it exists.)
 FUZZ_TARGETS=(jaxexport mlir_text hlo_proto npy policy_toml config_toml kserve_json
-              kserve_binary kserve_structured params worker_reply cache_entry)
+              kserve_binary kserve_structured grpc_request params worker_reply cache_entry)
 
 # The libFuzzer dictionary of a target, or nothing.
 fuzz_dict() {
     case "$1" in
-        kserve_json|kserve_binary) echo "-dict=dict/kserve.dict" ;;
+        kserve_json|kserve_binary|grpc_request) echo "-dict=dict/kserve.dict" ;;
         mlir_text|jaxexport) echo "-dict=dict/mlir.dict" ;;
         policy_toml|config_toml) echo "-dict=dict/toml.dict" ;;
     esac
