@@ -11,6 +11,8 @@
 #                                 minimizes them into fuzz/corpus/ (cargo fuzz cmin)
 # scripts/fuzz.sh --merge TARGET  minimizes fuzz/corpus/TARGET plus fuzz/work/TARGET back into
 #                                 fuzz/corpus/TARGET (to commit after a campaign)
+# scripts/fuzz.sh --report        the latest campaign of each target as docs/fuzzing.md's table
+#                                 rows (from fuzz/logs/)
 set -euo pipefail
 cd "$(dirname "$0")/../fuzz"
 source ../scripts/fuzz-targets.sh
@@ -40,8 +42,28 @@ case "${1:-}" in
     --merge)
         cmin_into "$2" "corpus/$2" "work/$2"
         exit 0 ;;
+    --report)
+        python3 - <<'PY'
+import glob, os, re
+rows = {}
+for log in sorted(glob.glob("logs/*.log")):
+    target = re.sub(r"-\d{8}T\d{6}Z\.log$", "", os.path.basename(log))
+    rows[target] = log  # the latest (names sort by time)
+for target, log in sorted(rows.items()):
+    text = open(log, errors="replace").read()
+    stat = lambda k: (re.findall(rf"stat::{k}:\s*(\d+)", text) or ["?"])[-1]
+    st = re.findall(r"cov: (\d+) ft: (\d+) corp: (\d+)/(\S+)", text)
+    cov, ft, corp, size = st[-1] if st else ("?",) * 4
+    done = (re.findall(r"Done \d+ runs in (\d+) second", text) or ["?"])[-1]
+    crash = "yes: " + log if re.search(r"ERROR: libFuzzer|panicked", text) else "0"
+    runs = stat("number_of_executed_units")
+    runs = f"{int(runs):,}" if runs.isdigit() else "running"
+    print(f"| {target} | {runs} | {done} s | "
+          f"{stat('average_exec_per_sec')} | {cov} | {ft} | {corp} ({size}) | {crash} |")
+PY
+        exit 0 ;;
     ""|-h|--help)
-        sed -n '2,17p' "$0"; echo "targets: ${FUZZ_TARGETS[*]}"; exit 0 ;;
+        sed -n '2,19p' "$0"; echo "targets: ${FUZZ_TARGETS[*]}"; exit 0 ;;
 esac
 target=$1
 hours=${2:?usage: scripts/fuzz.sh TARGET HOURS}
