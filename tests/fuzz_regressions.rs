@@ -6,11 +6,12 @@
 use std::path::{Path, PathBuf};
 
 use xlaguard::compile::protocol::{self, Decoder, Kind, ProtocolError, MAX_SMALL};
+use xlaguard::Params;
 
 const DIR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fuzz_regressions");
 
 /// The targets with reproducers here, each handled by a test below.
-const HANDLED: &[&str] = &["worker_reply"];
+const HANDLED: &[&str] = &["params", "worker_reply"];
 
 fn reproducers(target: &str) -> Vec<(PathBuf, Vec<u8>)> {
     let mut v: Vec<(PathBuf, Vec<u8>)> = std::fs::read_dir(Path::new(DIR).join(target))
@@ -74,5 +75,27 @@ fn worker_reply_reserved_header_bytes_are_refused() {
         h[6] = 0;
         h[7] = 0;
         assert!(protocol::parse_header(&h, max).is_ok());
+    }
+}
+
+/// params: a safetensors header whose tensors share data offsets was refused with an error that
+/// depended on a hash map's order (which tensor, even which error), so the same file gave
+/// different messages from one read to the next. Now the offsets are checked in (offsets, name)
+/// order first: one message, naming the same tensor, every time.
+#[test]
+fn params_offset_errors_are_deterministic() {
+    const NAMES: [&str; 3] = ["params.safetensors", "params.npz", "params.bin"];
+    for (path, bytes) in reproducers("params") {
+        // The target's input: byte 0 picks the file name, then the file.
+        let source = NAMES[usize::from(bytes[0]) % NAMES.len()];
+        let first = Params::from_bytes(&bytes[1..], source)
+            .expect_err("a file with overlapping tensors is refused")
+            .to_string();
+        assert!(first.contains("its data offsets are invalid"), "{first}");
+        assert!(first.contains("tensor '"), "names the tensor: {first}");
+        for _ in 0..50 {
+            let again = Params::from_bytes(&bytes[1..], source).unwrap_err().to_string();
+            assert_eq!(again, first, "{}", path.display());
+        }
     }
 }

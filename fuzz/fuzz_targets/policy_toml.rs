@@ -1,5 +1,6 @@
 //! The policy TOML binder (`Policy::from_toml`): a typed error naming a line and key, or a
-//! policy that `to_toml` writes back to an equal policy (and that writes the same text again).
+//! policy that `to_toml` writes back to an equal policy (and that writes the same text again;
+//! with a NaN in it, the same text only).
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
@@ -21,7 +22,11 @@ fuzz_target!(|data: &[u8]| {
             let written = p.to_toml();
             let back = Policy::from_toml(&written, None)
                 .unwrap_or_else(|e| panic!("to_toml output does not read back: {e}\n{written}"));
-            assert_eq!(back, p, "policy round trip via\n{written}");
+            // NaN bounds and normalize values parse (binding refuses them) and survive the trip,
+            // but NaN != NaN: such policies are checked by their text alone.
+            if !written.contains("nan") {
+                assert_eq!(back, p, "policy round trip via\n{written}");
+            }
             assert_eq!(back.to_toml(), written, "to_toml is a fixed point");
         }
     }
