@@ -94,7 +94,9 @@ fn params_offset_errors_are_deterministic() {
         assert!(first.contains("its data offsets are invalid"), "{first}");
         assert!(first.contains("tensor '"), "names the tensor: {first}");
         for _ in 0..50 {
-            let again = Params::from_bytes(&bytes[1..], source).unwrap_err().to_string();
+            let again = Params::from_bytes(&bytes[1..], source)
+                .unwrap_err()
+                .to_string();
             assert_eq!(again, first, "{}", path.display());
         }
     }
