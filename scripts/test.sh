@@ -10,3 +10,5 @@ cargo fmt --check
 # Lints cover the CUDA code too (cudarc builds without a CUDA toolkit; nothing of it runs here).
 cargo clippy --locked --all-targets --features cuda -- -D warnings
 cargo test --locked --features test-hooks "$@"
+# Every fuzz target, briefly, on its committed corpus (stable toolchain; docs/fuzzing.md).
+scripts/fuzz-smoke.sh

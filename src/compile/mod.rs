@@ -917,17 +917,16 @@ impl Compiler {
         client: &Client,
         done: pool::Done,
     ) -> Result<(LoadedExecutable, CompileSummary, Option<Vec<u8>>), Error> {
-        match done.frame.kind {
-            Kind::Compiled => {
-                let (stats, exe) = protocol::decode_compiled(&done.frame.payload)
-                    .map_err(|e| Error::WorkerCrashed(protocol_failure(&done, e)))?;
-                let worker: Option<WorkerStats> = serde_json::from_slice(stats).ok();
+        let reply = read_compile_reply(done.frame.kind, &done.frame.payload)
+            .map_err(|e| Error::WorkerCrashed(protocol_failure(&done, e)))?;
+        match reply {
+            CompileReply::Compiled { worker, executable } => {
                 // SAFETY: the bytes are the reply of our own worker process, read from its pipe
                 // moments ago; the worker is this crate's code compiling with the same plugin.
                 // (A worker compromised by the module could return hostile bytes: executables
                 // from a worker are trusted exactly as much as the jail that built them.)
-                let loaded = unsafe { client.deserialize(exe) }?;
-                let bytes = Some(exe.to_vec());
+                let loaded = unsafe { client.deserialize(executable) }?;
+                let bytes = Some(executable.to_vec());
                 Ok((
                     loaded,
                     CompileSummary {
@@ -940,54 +939,16 @@ impl Compiler {
                     bytes,
                 ))
             }
-            Kind::Rejected => {
-                let r: worker::Rejection =
-                    serde_json::from_slice(&done.frame.payload).map_err(|e| {
-                        Error::WorkerCrashed(protocol_failure(
-                            &done,
-                            ProtocolError::Malformed {
-                                kind: Kind::Rejected,
-                                detail: e.to_string(),
-                            },
-                        ))
-                    })?;
-                Err(match r.function.as_str() {
-                    worker::REFINE_ASSERTION => {
-                        Error::InvalidInput(crate::validate::InputError::Constraint {
-                            message: r.message,
-                        })
-                    }
-                    worker::REFINE_UNSUPPORTED => {
-                        Error::Artifact(crate::artifact::ArtifactError::unsupported(
-                            "a module the refiner cannot make static",
-                            r.message,
-                        ))
-                    }
-                    worker::REFINE => Error::CompileRejected(PjrtError::Call {
-                        function: worker::REFINE,
-                        code: ErrorCode::from_raw(r.code.unwrap_or(3)),
-                        message: r.message,
-                    }),
-                    _ => Error::CompileRejected(PjrtError::Call {
-                        function: "PJRT_Client_Compile",
-                        code: ErrorCode::from_raw(r.code.unwrap_or(2)),
-                        message: r.message,
-                    }),
-                })
-            }
-            Kind::Fatal => Err(Error::WorkerCrashed(Box::new(WorkerFailure {
+            CompileReply::Refused(e) => Err(e),
+            CompileReply::Fatal(message) => Err(Error::WorkerCrashed(Box::new(WorkerFailure {
                 pid: done.pid,
                 role: WorkerRole::Compile,
-                cause: FailureCause::Setup(String::from_utf8_lossy(&done.frame.payload).into()),
+                cause: FailureCause::Setup(message),
                 exit: done.exit,
                 usage: done.usage,
                 wall: done.wall,
                 stderr_tail: String::new(),
             }))),
-            k => Err(Error::WorkerCrashed(protocol_failure(
-                &done,
-                ProtocolError::Unexpected(k),
-            ))),
         }
     }
 
@@ -1139,6 +1100,78 @@ impl Compiler {
             _ => self.stats.bump(Counter::Crashed),
         }
         self.audit("compile_failed", fields);
+    }
+}
+
+/// A compile worker's reply, read by the parent ([`read_compile_reply`]).
+#[doc(hidden)]
+#[derive(Debug)]
+pub enum CompileReply<'a> {
+    /// [`Kind::Compiled`]: the serialized executable (never empty; not yet loaded) and the
+    /// worker's timings, when its statistics JSON decodes.
+    Compiled {
+        /// What the worker measured (`None`: its statistics did not decode; they are advisory).
+        worker: Option<WorkerStats>,
+        /// The serialized executable.
+        executable: &'a [u8],
+    },
+    /// [`Kind::Rejected`]: the plugin or the refiner refused the module; the error to return.
+    Refused(Error),
+    /// [`Kind::Fatal`]: the worker could not set itself up; its message.
+    Fatal(String),
+}
+
+/// Reads a compile worker's reply frame (kind and payload, as the parent's frame decoder
+/// returned them) without loading anything: the parent-side reader of what a possibly hostile
+/// worker wrote. Public (hidden) for the `worker_reply` fuzz target.
+///
+/// # Errors
+/// A [`ProtocolError`] for a reply that is not a well-formed compile reply: a malformed
+/// `Compiled` payload or `Rejected` JSON, or a kind a compile request is not answered with.
+#[doc(hidden)]
+pub fn read_compile_reply(kind: Kind, payload: &[u8]) -> Result<CompileReply<'_>, ProtocolError> {
+    match kind {
+        Kind::Compiled => {
+            let (stats, executable) = protocol::decode_compiled(payload)?;
+            Ok(CompileReply::Compiled {
+                worker: serde_json::from_slice(stats).ok(),
+                executable,
+            })
+        }
+        Kind::Rejected => {
+            let r: worker::Rejection =
+                serde_json::from_slice(payload).map_err(|e| ProtocolError::Malformed {
+                    kind: Kind::Rejected,
+                    detail: e.to_string(),
+                })?;
+            Ok(CompileReply::Refused(match r.function.as_str() {
+                worker::REFINE_ASSERTION => {
+                    Error::InvalidInput(crate::validate::InputError::Constraint {
+                        message: r.message,
+                    })
+                }
+                worker::REFINE_UNSUPPORTED => {
+                    Error::Artifact(crate::artifact::ArtifactError::unsupported(
+                        "a module the refiner cannot make static",
+                        r.message,
+                    ))
+                }
+                worker::REFINE => Error::CompileRejected(PjrtError::Call {
+                    function: worker::REFINE,
+                    code: ErrorCode::from_raw(r.code.unwrap_or(3)),
+                    message: r.message,
+                }),
+                _ => Error::CompileRejected(PjrtError::Call {
+                    function: "PJRT_Client_Compile",
+                    code: ErrorCode::from_raw(r.code.unwrap_or(2)),
+                    message: r.message,
+                }),
+            }))
+        }
+        Kind::Fatal => Ok(CompileReply::Fatal(
+            String::from_utf8_lossy(payload).into_owned(),
+        )),
+        k => Err(ProtocolError::Unexpected(k)),
     }
 }
 

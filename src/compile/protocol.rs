@@ -204,6 +204,12 @@ pub fn parse_header(
         return Err(ProtocolError::BadVersion { got: h[4] });
     }
     let kind = Kind::from_code(h[5]).ok_or(ProtocolError::UnknownKind(h[5]))?;
+    if h[6..8] != [0, 0] {
+        return Err(ProtocolError::Malformed {
+            kind,
+            detail: format!("reserved header bytes are {:02x?}, expected zero", &h[6..8]),
+        });
+    }
     let len = u32::from_le_bytes([h[8], h[9], h[10], h[11]]) as usize;
     let bound = max(kind);
     if len > bound {

@@ -432,7 +432,12 @@ fn decode_input(
 }
 
 /// Decodes a `ModelInferRequest` into typed inputs in signature order (on a blocking thread).
-fn decode_request(
+/// Public (hidden) for the `grpc_request` fuzz target.
+///
+/// # Errors
+/// A [`CoreError`] of kind bad request naming what is wrong, expected and got.
+#[doc(hidden)]
+pub fn decode_request(
     req: &proto::ModelInferRequest,
     sig: &Signature,
 ) -> Result<InferRequest, CoreError> {
