@@ -2176,11 +2176,20 @@ impl Model {
             .collect::<Result<Vec<_>, Error>>()?;
         let c = &self.engine.exec.config;
         let cap = setup.setup().address_space_cap;
+        // The worker also maps its shared-memory arena: one request's arguments and outputs.
+        let arena: u64 = args
+            .iter()
+            .filter(|a| !a.resident)
+            .map(|a| (&a.dtype, &a.dims))
+            .chain(outputs.iter().map(|o| (&o.dtype, &o.dims)))
+            .map(|(d, dims)| crate::exec::message::byte_len(d, dims).map_or(0, |n| n as u64 + 64))
+            .sum();
         let need = self
             .info
             .execution_bytes
             .unwrap_or(0)
-            .saturating_add((executable.len() as u64).saturating_mul(2));
+            .saturating_add((executable.len() as u64).saturating_mul(2))
+            .saturating_add(arena);
         let mut address_space = c
             .address_space_base
             .saturating_add(c.address_space_headroom)
@@ -2217,50 +2226,42 @@ impl Model {
     ) -> Result<(Vec<Tensor>, RunReport), Error> {
         let prepared = self.policy.apply(inputs, self.observer.as_deref())?;
         let remote = self.remote()?;
-        let frame = {
+        let bytes = {
             let parts: Vec<&[u8]> = self
                 .to_upload(inputs, &prepared)
                 .into_iter()
                 .map(|(_, d)| d)
                 .collect();
-            let len: usize = parts.iter().map(|p| p.len()).sum();
-            if len != remote.request_len() {
-                return Err(Error::Internal(format!(
-                    "a request of {len} bytes for an execution worker expecting {}",
-                    remote.request_len()
-                )));
-            }
-            crate::compile::protocol::encode_parts(crate::compile::protocol::Kind::Execute, &parts)
-                .map_err(|e| Error::Internal(e.to_string()))?
+            remote.call(&parts, deadline)
         };
         let report = self.policy.recycle(prepared);
-        let bytes = remote.call(&frame, deadline)?;
-        drop(frame);
-        Ok((self.remote_outputs(&remote, bytes)?, report))
+        Ok((self.remote_outputs(&remote, bytes?)?, report))
     }
 
-    /// The outputs of a process execution, from the worker's reply (its size checked).
+    /// The outputs of a process execution, from the bytes the worker left in its arena.
     pub(crate) fn remote_outputs(
         &self,
         remote: &Remote,
-        mut bytes: Vec<u8>,
+        bytes: Vec<Vec<u8>>,
     ) -> Result<Vec<Tensor>, Error> {
-        let lens = remote.out_lens();
-        let mut outs = Vec::with_capacity(lens.len());
-        let mut at = 0usize;
-        for (i, (spec, &len)) in self.signature.outputs.iter().zip(lens).enumerate() {
-            let shape = spec
-                .static_shape()
-                .ok_or_else(|| Error::Internal("symbolic output shape".into()))?;
-            let data = if lens.len() == 1 && i == 0 {
-                std::mem::take(&mut bytes)
-            } else {
-                bytes.get(at..at + len).unwrap_or_default().to_vec()
-            };
-            at += len;
-            outs.push(Tensor::new(spec.dtype, shape, data)?);
+        if bytes.len() != remote.out_lens().len() {
+            return Err(Error::Internal(format!(
+                "{} outputs from an execution worker, expected {}",
+                bytes.len(),
+                remote.out_lens().len()
+            )));
         }
-        Ok(outs)
+        self.signature
+            .outputs
+            .iter()
+            .zip(bytes)
+            .map(|(spec, data)| {
+                let shape = spec
+                    .static_shape()
+                    .ok_or_else(|| Error::Internal("symbolic output shape".into()))?;
+                Ok(Tensor::new(spec.dtype, shape, data)?)
+            })
+            .collect()
     }
 
     /// [`Model::run_until`] for a statically shaped model in process execution, without
@@ -2289,26 +2290,18 @@ impl Model {
             return Ok(None);
         };
         let prepared = self.policy.apply(inputs, self.observer.as_deref())?;
-        let frame = {
+        let begun = {
             let parts: Vec<&[u8]> = self
                 .to_upload(inputs, &prepared)
                 .into_iter()
                 .map(|(_, d)| d)
                 .collect();
-            let len: usize = parts.iter().map(|p| p.len()).sum();
-            if len != remote.request_len() {
-                return Err(Error::Internal(format!(
-                    "a request of {len} bytes for an execution worker expecting {}",
-                    remote.request_len()
-                )));
-            }
-            crate::compile::protocol::encode_parts(crate::compile::protocol::Kind::Execute, &parts)
-                .map_err(|e| Error::Internal(e.to_string()))?
+            remote.begin(&parts, Some(deadline))
         };
         let _ = self.policy.recycle(prepared);
-        Ok(Some(match remote.begin(frame, Some(deadline)) {
+        Ok(Some(match begun? {
             Ok(flight) => Begun::Flight(remote, Box::new(flight)),
-            Err(frame) => Begun::Wait(remote, frame),
+            Err(parts) => Begun::Wait(remote, parts),
         }))
     }
 
@@ -2344,8 +2337,8 @@ impl Model {
 pub(crate) enum Begun {
     /// Running in an idle worker; drive it with [`crate::exec::InFlight::step`].
     Flight(Arc<Remote>, Box<crate::exec::InFlight>),
-    /// No worker was idle: the request frame, for [`Remote::call`].
-    Wait(Arc<Remote>, Vec<u8>),
+    /// No worker was idle: the request arguments' bytes, for [`Remote::call`].
+    Wait(Arc<Remote>, Vec<Vec<u8>>),
 }
 
 /// Bytes one execution needs by the compiled memory statistics, and the parts in words.

@@ -200,11 +200,22 @@ fn a_worker_that_writes_garbage_is_killed_and_the_model_serves_again() {
         panic!("expected a failed execution, got {err}");
     };
     assert!(matches!(f.cause, FailureCause::Protocol(_)), "{err}");
+    // Outputs travel in the shared-memory arena: a reply that carries bytes breaks the
+    // protocol (the decoder's bound for `Executed` is zero bytes).
     assert!(
-        err.to_string().contains("5 bytes of outputs, expected 512"),
+        err.to_string()
+            .contains("Executed message of 5 bytes exceeds the limit of 0"),
         "{err}"
     );
     assert_eq!(m.execution_report().unwrap().1.protocol_violations, 1);
+    // A worker that fills its output slot with garbage and answers as it should: the parent
+    // reads the slot as plain bytes (copied out, never referenced), returns exactly them for
+    // this request, and the model serves again.
+    m.test_garbage_replies(Some(0));
+    let outs = m.run(&views(&inputs)).unwrap();
+    assert_eq!(outs.len(), 1);
+    assert_eq!(outs[0].bytes().len(), 512);
+    assert!(outs[0].bytes().iter().all(|&b| b == 0xa5));
     m.test_garbage_replies(None);
     assert_bit_equal(
         "after",

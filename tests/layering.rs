@@ -29,6 +29,10 @@ const UNSAFE_ALLOWED: &[(&str, &str)] = &[
     ),
     ("validate::scan", "the AVX2 value-scan kernels"),
     (
+        "exec::shm",
+        "the execution sandbox's shared memory: memfd, seals, mmap; bytes are copied, never referenced",
+    ),
+    (
         "exec::worker",
         "the execution worker deserializes the executable its parent sends: code execution by contract",
     ),

@@ -501,6 +501,8 @@ pub(crate) struct Spawn<'a> {
     pub init: &'a [u8],
     pub limits: &'a Limits,
     pub role: WorkerRole,
+    /// Descriptors the worker inherits: (ours, its number).
+    pub fds: &'a [(std::os::fd::RawFd, std::os::fd::RawFd)],
 }
 
 /// Kills and reaps `p`, and says why it failed.
@@ -555,6 +557,7 @@ pub(crate) fn start_worker(s: &Spawn<'_>) -> Result<Warm, Box<WorkerFailure>> {
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
+    sandbox::inherit_fds(&mut cmd, s.fds);
     let mut child = cmd
         .spawn()
         .map_err(|e| spawn_failed(format!("{}: {e}", s.exe.display())))?;
@@ -627,6 +630,7 @@ impl Inner {
             init: &self.cfg.init,
             limits: &self.cfg.limits,
             role: WorkerRole::Compile,
+            fds: &[],
         })
     }
 }

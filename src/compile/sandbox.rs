@@ -73,11 +73,13 @@ fn errno() -> io::Error {
     io::Error::last_os_error()
 }
 
-/// Step 1: closes every file descriptor above stderr.
-pub(crate) fn close_inherited_fds() -> Result<(), String> {
+/// Step 1: closes every file descriptor from `first` up (3: all above stderr; an execution
+/// worker keeps its two arena descriptors, 3 and 4, and passes 5).
+pub(crate) fn close_inherited_fds(first: RawFd) -> Result<(), String> {
+    let first = first.max(3);
     // SAFETY: close_range takes plain integers; closing descriptors we do not use cannot break
-    // memory safety (the worker holds no Rust object on fds > 2 at this point).
-    let r = unsafe { libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, 0u32) };
+    // memory safety (the worker holds no Rust object on fds >= `first` at this point).
+    let r = unsafe { libc::syscall(libc::SYS_close_range, first as u32, u32::MAX, 0u32) };
     if r == 0 {
         return Ok(());
     }
@@ -86,13 +88,51 @@ pub(crate) fn close_inherited_fds() -> Result<(), String> {
         .map_err(|e| format!("close_range: {}; /proc/self/fd: {e}", errno()))?
         .flatten()
         .filter_map(|e| e.file_name().to_str().and_then(|s| s.parse().ok()))
-        .filter(|&fd| fd > 2)
+        .filter(|&fd| fd >= first)
         .collect();
     for fd in fds {
         // SAFETY: as above.
         unsafe { libc::close(fd) };
     }
     Ok(())
+}
+
+/// Makes the child of `cmd` inherit descriptors: for each `(fd, at)`, this process's `fd`
+/// becomes the child's `at` (not close-on-exec there). Every other descriptor of ours stays
+/// close-on-exec, and the worker closes whatever else it finds at step 1.
+pub(crate) fn inherit_fds(cmd: &mut std::process::Command, fds: &[(RawFd, RawFd)]) {
+    use std::os::unix::process::CommandExt;
+    if fds.is_empty() {
+        return;
+    }
+    let fds: Vec<(RawFd, RawFd)> = fds.to_vec();
+    let hook = move || -> io::Result<()> {
+        // First move every source above the targets (a source may be another pair's target),
+        // then put each in place. Only fcntl and dup2: async-signal-safe, no allocation.
+        let high = fds.iter().map(|&(_, at)| at).max().unwrap_or(0) + 1;
+        let mut moved = [-1 as RawFd; 8];
+        if fds.len() > moved.len() {
+            return Err(io::Error::from_raw_os_error(libc::EMFILE));
+        }
+        for (i, &(fd, _)) in fds.iter().enumerate().take(moved.len()) {
+            // SAFETY: F_DUPFD_CLOEXEC duplicates a descriptor this process holds.
+            let d = unsafe { libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, high) };
+            if d < 0 {
+                return Err(io::Error::last_os_error());
+            }
+            moved[i] = d;
+        }
+        for (i, &(_, at)) in fds.iter().enumerate().take(moved.len()) {
+            // SAFETY: dup2 onto a descriptor number we chose; the new one is not close-on-exec.
+            if unsafe { libc::dup2(moved[i], at) } < 0 {
+                return Err(io::Error::last_os_error());
+            }
+        }
+        Ok(())
+    };
+    // SAFETY: the hook runs in the forked child before exec and only calls fcntl and dup2
+    // (async-signal-safe) on a vector allocated before the fork.
+    unsafe { cmd.pre_exec(hook) };
 }
 
 /// Step 2: removes every environment variable not in `keep`. Returns the names kept.

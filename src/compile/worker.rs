@@ -126,8 +126,12 @@ fn fatal(out: &mut impl Write, msg: &str) -> i32 {
 /// Runs a compile worker, or with `role` [`WorkerRole::Execution`] an execution worker (the same
 /// jail, then [`crate::exec::worker::serve`]); returns the exit code.
 pub(crate) fn run(role: WorkerRole) -> i32 {
-    // Step 1, before anything else: no inherited descriptor survives.
-    let closed = sandbox::close_inherited_fds();
+    // Step 1, before anything else: no inherited descriptor survives (but an execution
+    // worker's two shared-memory arenas, see `crate::exec::shm`).
+    let closed = sandbox::close_inherited_fds(match role {
+        WorkerRole::Execution => crate::exec::shm::OUTPUT_FD + 1,
+        WorkerRole::Compile => 3,
+    });
     let stdin = std::io::stdin();
     let stdout = std::io::stdout();
     let mut input = stdin.lock();

@@ -16,10 +16,14 @@
 //! the request gets [`Error::ExecutionTimeout`], and a replacement worker is started in the
 //! background. A worker that dies mid-request gives [`Error::ExecutionFailed`].
 //!
-//! Tensors move over the worker's pipes in this first version (one copy into the frame, the
-//! pipe's two); a shared-memory arena is the next step.
+//! Tensors move through a sealed shared-memory arena per worker ([`shm`]): the parent copies
+//! a request's checked arguments into the worker's input arena (the one copy), rings the
+//! doorbell (an empty `Execute` frame on the pipe), the worker's plugin reads the arguments in
+//! place and writes the outputs into the output arena, and the parent copies them out after the
+//! worker's empty `Executed` frame.
 
 pub(crate) mod message;
+pub(crate) mod shm;
 pub(crate) mod worker;
 
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -143,10 +147,16 @@ pub struct ExecSnapshot {
     pub address_space_limit: Option<u64>,
 }
 
+/// A started, jailed execution worker (client created, no model yet) and its arena (not sized).
+struct Spare {
+    warm: pool::Warm,
+    arena: shm::Arena,
+}
+
 /// Starts an engine's execution workers, keeping warm spares (jailed, client created).
 pub(crate) struct Spawner {
     setup: ExecWorkerSetup,
-    spares: Mutex<(Vec<pool::Warm>, usize)>,
+    spares: Mutex<(Vec<Spare>, usize)>,
     want: usize,
 }
 
@@ -171,30 +181,43 @@ impl Spawner {
         &self.setup
     }
 
-    fn spawn(&self) -> Result<pool::Warm, Box<WorkerFailure>> {
-        pool::start_worker(&Spawn {
+    fn spawn(&self) -> Result<Spare, Box<WorkerFailure>> {
+        let arena = shm::Arena::new().map_err(|e| {
+            Box::new(WorkerFailure {
+                pid: 0,
+                role: WorkerRole::Execution,
+                cause: FailureCause::Spawn(format!("shared-memory arena: {e}")),
+                exit: None,
+                usage: Default::default(),
+                wall: Duration::ZERO,
+                stderr_tail: String::new(),
+            })
+        })?;
+        let warm = pool::start_worker(&Spawn {
             exe: &self.setup.exe,
             arg: EXEC_WORKER_ARG,
             env: &self.setup.env,
             init: &self.setup.init,
             limits: &self.setup.limits,
             role: WorkerRole::Execution,
-        })
+            fds: &arena.child_fds(),
+        })?;
+        Ok(Spare { warm, arena })
     }
 
     /// A jailed worker: a warm spare if one is alive, else a new one; spares are replenished
     /// in the background.
-    fn take(self: &Arc<Self>) -> Result<pool::Warm, Box<WorkerFailure>> {
+    fn take(self: &Arc<Self>) -> Result<Spare, Box<WorkerFailure>> {
         let spare = {
             let mut s = self.spares.lock().unwrap_or_else(|p| p.into_inner());
             let mut found = None;
             while let Some(mut w) = s.0.pop() {
-                match crate::compile::sandbox::wait4(w.proc.pid, false) {
+                match crate::compile::sandbox::wait4(w.warm.proc.pid, false) {
                     Ok(None) => {
                         found = Some(w);
                         break;
                     }
-                    Ok(Some(r)) => w.proc.reaped = Some(r),
+                    Ok(Some(r)) => w.warm.proc.reaped = Some(r),
                     Err(_) => {}
                 }
             }
@@ -242,7 +265,7 @@ impl Spawner {
                 return s
                     .0
                     .iter()
-                    .map(|w| u32::try_from(w.proc.pid).unwrap_or(0))
+                    .map(|w| u32::try_from(w.warm.proc.pid).unwrap_or(0))
                     .collect();
             }
             drop(s);
@@ -251,9 +274,10 @@ impl Spawner {
     }
 }
 
-/// A live, loaded execution worker.
+/// A live, loaded execution worker and its sized arena.
 struct Live {
     proc: Proc,
+    arena: shm::Arena,
 }
 
 struct State {
@@ -271,8 +295,14 @@ pub(crate) struct Remote {
     load: Vec<u8>,
     /// Bytes of each output.
     out_lens: Vec<usize>,
-    /// Bytes of a request (all request arguments).
-    request_len: usize,
+    /// Where each output starts in the output arena, and the arena's size.
+    out_layout: (Vec<usize>, usize),
+    /// Bytes of each request argument.
+    in_lens: Vec<usize>,
+    /// Where each starts in the input arena, and the arena's size.
+    in_layout: (Vec<usize>, usize),
+    /// The `Execute` frame: no payload (the arguments are in the arena).
+    doorbell: [u8; protocol::HEADER_LEN],
     workers: usize,
     deadline: Option<Duration>,
     address_space: Option<u64>,
@@ -347,13 +377,18 @@ impl Remote {
             .map(|o| message::byte_len(&o.dtype, &o.dims))
             .collect::<Option<Vec<usize>>>()
             .ok_or_else(|| Error::Internal("an output without a static size".into()))?;
-        let request_len = model
+        let in_lens = model
             .args
             .iter()
             .filter(|a| !a.resident)
             .map(|a| message::byte_len(&a.dtype, &a.dims))
-            .sum::<Option<usize>>()
+            .collect::<Option<Vec<usize>>>()
             .ok_or_else(|| Error::Internal("an argument without a static size".into()))?;
+        let too_large = || Error::Internal("a request too large for an arena".into());
+        let in_layout = shm::layout(&in_lens).ok_or_else(too_large)?;
+        let out_layout = shm::layout(&out_lens).ok_or_else(too_large)?;
+        let doorbell =
+            protocol::header(Kind::Execute, 0).map_err(|e| Error::Internal(e.to_string()))?;
         let spec = LoadSpec {
             address_space: model.address_space,
             executable_len: model.executable.len() as u64,
@@ -370,7 +405,10 @@ impl Remote {
             spawner,
             load,
             out_lens,
-            request_len,
+            out_layout,
+            in_lens,
+            in_layout,
+            doorbell,
             workers: workers.max(1),
             deadline,
             address_space: model.address_space,
@@ -425,18 +463,23 @@ impl Remote {
     fn start_loaded(&self) -> Result<(Live, JailReport), Started> {
         self.counters.started.fetch_add(1, Ordering::Relaxed);
         let limits = &self.spawner.setup.limits;
-        let warm = self.spawner.take().map_err(Started::Failed)?;
+        let Spare { warm, mut arena } = self.spawner.take().map_err(Started::Failed)?;
         let mut proc = warm.proc;
         let deadline = Instant::now() + limits.startup_timeout;
         let fail = |p: &mut Proc, b| pool::failure_of(p, b, limits, WorkerRole::Execution);
         let pid = proc.pid;
+        if let Err(e) = arena.size(self.in_layout.1, self.out_layout.1) {
+            let mut failed = fail(&mut proc, Broken::Io(e));
+            failed.cause = FailureCause::Setup(format!("shared-memory arena: {}", failed.cause));
+            return Err(Started::Failed(failed));
+        }
         match pool::exchange(&mut proc, &self.load, false, deadline, &|_| MAX_SMALL) {
             Ok(f) if f.kind == Kind::Loaded => {
                 (self.audit)(
                     "exec_worker_start",
                     json!({"pid": pid, "address_space_limit_bytes": self.address_space}),
                 );
-                Ok((Live { proc }, warm.report))
+                Ok((Live { proc, arena }, warm.report))
             }
             Ok(f) if f.kind == Kind::ExecError => {
                 let r: ExecRejection = serde_json::from_slice(&f.payload).map_err(|e| {
@@ -563,59 +606,80 @@ impl Remote {
         }
     }
 
-    /// Bytes one request carries.
-    pub(crate) fn request_len(&self) -> usize {
-        self.request_len
-    }
-
     /// Bytes of each output.
     pub(crate) fn out_lens(&self) -> &[usize] {
         &self.out_lens
     }
 
-    /// Runs one request (`frame`: an encoded `Execute` frame) before `deadline` (or the
-    /// model's default deadline); returns the outputs' bytes, concatenated.
+    /// Runs one request (`parts`: the bytes of each request argument, in order) before
+    /// `deadline` (or the model's default deadline); returns the bytes of each output.
     pub(crate) fn call(
         self: &Arc<Self>,
-        frame: &[u8],
+        parts: &[&[u8]],
         deadline: Option<Instant>,
-    ) -> Result<Vec<u8>, Error> {
+    ) -> Result<Vec<Vec<u8>>, Error> {
         let started = Instant::now();
         let deadline = deadline.or_else(|| self.deadline.map(|d| started + d));
+        self.check_parts(parts)?;
         let mut w = self.acquire(deadline)?;
+        if let Err(e) = self.write_request(&mut w, parts) {
+            self.release(w);
+            return Err(e);
+        }
         let t = Instant::now();
-        let max = self.reply_max();
         let far = t + Duration::from_secs(365 * 24 * 3600);
-        let result = pool::call(&mut w.proc, frame, deadline.unwrap_or(far), &max);
+        let result = pool::call(
+            &mut w.proc,
+            &self.doorbell,
+            deadline.unwrap_or(far),
+            &reply_max,
+        );
         self.conclude(w, result, started, t, deadline)
     }
 
-    /// The largest frame of each kind a worker may answer with.
-    fn reply_max(&self) -> impl Fn(Kind) -> usize {
-        let total: usize = self.out_lens.iter().sum();
-        move |k: Kind| match k {
-            Kind::Executed => total,
-            _ => MAX_SMALL,
+    /// Whether `parts` are the request arguments' sizes.
+    fn check_parts(&self, parts: &[&[u8]]) -> Result<(), Error> {
+        let got: Vec<usize> = parts.iter().map(|p| p.len()).collect();
+        if got != self.in_lens {
+            return Err(Error::Internal(format!(
+                "a request of {got:?} bytes for an execution worker expecting {:?}",
+                self.in_lens
+            )));
         }
+        Ok(())
+    }
+
+    /// Copies a request's arguments into `w`'s input arena (the one copy).
+    fn write_request(&self, w: &mut Live, parts: &[&[u8]]) -> Result<(), Error> {
+        for (p, &at) in parts.iter().zip(&self.in_layout.0) {
+            w.arena.write_input(at, p).map_err(Error::Internal)?;
+        }
+        Ok(())
     }
 
     /// Starts one request on an idle worker without waiting for anything; when no worker is
-    /// idle (all busy, starting or being replaced) the frame comes back and the caller uses
-    /// [`Remote::call`], which waits. The returned [`InFlight`] is driven by its
+    /// idle (all busy, starting or being replaced) the arguments come back, copied, and the
+    /// caller uses [`Remote::call`], which waits. The returned [`InFlight`] is driven by its
     /// [`InFlight::step`] from the caller's own event loop.
+    ///
+    /// # Errors
+    /// `Ok(Err(_))`: no idle worker, the arguments to pass to [`Remote::call`]; `Err`: the
+    /// arguments are not this model's.
     pub(crate) fn begin(
         self: &Arc<Self>,
-        frame: Vec<u8>,
+        parts: &[&[u8]],
         deadline: Option<Instant>,
-    ) -> Result<InFlight, Vec<u8>> {
+    ) -> Result<Result<InFlight, Vec<Vec<u8>>>, Error> {
         let started = Instant::now();
         let deadline = deadline.or_else(|| self.deadline.map(|d| started + d));
-        let w = {
+        self.check_parts(parts)?;
+        let owned = || parts.iter().map(|p| p.to_vec()).collect();
+        let mut w = {
             let mut s = lock(&self.state);
             // Only a worker known alive: one that died while idle is left for `acquire`,
             // which counts it and starts its replacement.
             let Some(w) = s.idle.pop() else {
-                return Err(frame);
+                return Ok(Err(owned()));
             };
             match crate::compile::sandbox::wait4(w.proc.pid, false) {
                 Ok(None) => {
@@ -624,19 +688,22 @@ impl Remote {
                 }
                 _ => {
                     s.idle.push(w);
-                    return Err(frame);
+                    return Ok(Err(owned()));
                 }
             }
         };
-        Ok(InFlight {
+        if let Err(e) = self.write_request(&mut w, parts) {
+            self.release(w);
+            return Err(e);
+        }
+        Ok(Ok(InFlight {
             remote: self.clone(),
             worker: Some(w),
-            frame,
             call: pool::Call::default(),
             ended: None,
             started,
             deadline,
-        })
+        }))
     }
 
     /// Ends a request: the worker goes back to the idle ones after a well-formed reply;
@@ -648,18 +715,24 @@ impl Remote {
         started: Instant,
         t: Instant,
         deadline: Option<Instant>,
-    ) -> Result<Vec<u8>, Error> {
-        let total: usize = self.out_lens.iter().sum();
+    ) -> Result<Vec<Vec<u8>>, Error> {
         let limits = &self.spawner.setup.limits;
         let pid = w.proc.pid;
         let broken = match result {
-            Ok(f) if f.kind == Kind::Executed && f.payload.len() == total => {
+            Ok(f) if f.kind == Kind::Executed && f.payload.is_empty() => {
+                // The worker is done with its arena: copy the outputs out, then release it.
+                let outs = self
+                    .out_lens
+                    .iter()
+                    .zip(&self.out_layout.0)
+                    .map(|(&len, &at)| w.arena.read_output(at, len))
+                    .collect::<Result<Vec<_>, String>>();
                 self.release(w);
                 let c = &self.counters;
                 c.executions.fetch_add(1, Ordering::Relaxed);
                 let nanos = u64::try_from(t.elapsed().as_nanos()).unwrap_or(u64::MAX);
                 c.exec_nanos.fetch_add(nanos, Ordering::Relaxed);
-                return Ok(f.payload);
+                return outs.map_err(Error::Internal);
             }
             Ok(f) if f.kind == Kind::ExecError => match serde_json::from_slice(&f.payload) {
                 Ok(r) => {
@@ -673,7 +746,11 @@ impl Remote {
             },
             Ok(f) if f.kind == Kind::Executed => Broken::Protocol(ProtocolError::Malformed {
                 kind: Kind::Executed,
-                detail: format!("{} bytes of outputs, expected {total}", f.payload.len()),
+                detail: format!(
+                    "{} bytes of outputs in the reply, expected none (outputs travel in the \
+                     shared-memory arena)",
+                    f.payload.len()
+                ),
             }),
             Ok(f) => Broken::Protocol(ProtocolError::Unexpected(f.kind)),
             Err(b) => b,
@@ -728,7 +805,6 @@ pub(crate) enum Wait {
 pub(crate) struct InFlight {
     remote: Arc<Remote>,
     worker: Option<Live>,
-    frame: Vec<u8>,
     call: pool::Call,
     /// How the exchange ended, once it has.
     ended: Option<Result<protocol::Frame, Broken>>,
@@ -769,8 +845,12 @@ impl InFlight {
         let Some(w) = self.worker.as_mut() else {
             return Ok(());
         };
-        let max = self.remote.reply_max();
-        let r = match pool::step(&mut w.proc, &mut self.call, &self.frame, &max) {
+        let r = match pool::step(
+            &mut w.proc,
+            &mut self.call,
+            &self.remote.doorbell,
+            &reply_max,
+        ) {
             Ok(pool::Step::Write(_)) => return Err(Wait::Write),
             Ok(pool::Step::Read(_)) => return Err(Wait::Read),
             Ok(pool::Step::Done(f)) => Ok(f),
@@ -785,7 +865,7 @@ impl InFlight {
     ///
     /// # Errors
     /// As [`Remote::call`].
-    pub(crate) fn finish(mut self) -> Result<Vec<u8>, Error> {
+    pub(crate) fn finish(mut self) -> Result<Vec<Vec<u8>>, Error> {
         let r = self
             .ended
             .take()
@@ -804,7 +884,7 @@ impl InFlight {
         }
     }
 
-    fn end(&mut self, result: Result<protocol::Frame, Broken>) -> Result<Vec<u8>, Error> {
+    fn end(&mut self, result: Result<protocol::Frame, Broken>) -> Result<Vec<Vec<u8>>, Error> {
         match self.worker.take() {
             Some(w) => self
                 .remote
@@ -820,22 +900,20 @@ impl Drop for InFlight {
             return;
         };
         let remote = self.remote.clone();
-        let frame = std::mem::take(&mut self.frame);
         let mut call = std::mem::take(&mut self.call);
         let (started, deadline) = (self.started, self.deadline);
         let pid = w.proc.pid;
         let far = Instant::now() + Duration::from_secs(365 * 24 * 3600);
         let ended = self.ended.take();
         let finish = move || {
-            let max = remote.reply_max();
             let r = match ended {
                 Some(r) => r,
                 None => pool::finish(
                     &mut w.proc,
                     &mut call,
-                    &frame,
+                    &remote.doorbell,
                     deadline.unwrap_or(far),
-                    &max,
+                    &reply_max,
                 ),
             };
             let _ = remote.conclude(w, r, started, started, deadline);
@@ -849,6 +927,15 @@ impl Drop for InFlight {
             // closure that held it; count it out and start a replacement.
             self.remote.lost(pid);
         }
+    }
+}
+
+/// The largest frame of each kind a worker may answer a request with: `Executed` carries
+/// nothing (the outputs are in the arena).
+fn reply_max(k: Kind) -> usize {
+    match k {
+        Kind::Executed => 0,
+        _ => MAX_SMALL,
     }
 }
 

@@ -1,12 +1,14 @@
 //! The execution worker's loop, after the compile worker's jail ([`crate::compile`]'s worker
 //! with [`crate::compile::EXEC_WORKER_ARG`]): read `Load` (lower the address-space limit to the
 //! model's, deserialize, upload the resident arguments), answer `Loaded`, then answer each
-//! `Execute` with `Executed` (or `ExecError`) until the parent closes the pipe.
+//! `Execute` with `Executed` (or `ExecError`) until the parent closes the pipe. Both are
+//! doorbells: the arguments and the outputs are in the shared-memory arena ([`super::shm`]).
 
 use std::io::{Read, Write};
 use std::time::Instant;
 
 use super::message::{self, ExecRejection, LoadedReport};
+use super::shm;
 use crate::compile::protocol::{self, Kind, ProtocolError, MAX_SMALL};
 use crate::compile::sandbox;
 use crate::compile::Limits;
@@ -17,8 +19,8 @@ use crate::signature::DType;
 enum Slot {
     /// `buffers[i]`, uploaded at load.
     Resident(usize),
-    /// The next request argument: dtype, dims, bytes.
-    Request(DType, Vec<i64>, usize),
+    /// The next request argument: dtype, dims, bytes, offset in the input arena.
+    Request(DType, Vec<i64>, usize, usize),
 }
 
 fn fatal(out: &mut impl Write, msg: &str) -> i32 {
@@ -98,7 +100,7 @@ pub(crate) fn serve(
     let mut buffers: Vec<Buffer> = Vec::with_capacity(residents.len());
     let mut slots = Vec::with_capacity(spec.args.len());
     let mut resident = residents.into_iter();
-    let mut request_len = 0usize;
+    let mut in_lens = Vec::new();
     for a in &spec.args {
         let Some(d) = DType::from_name(&a.dtype) else {
             return fatal(out, &format!("unknown dtype {}", a.dtype));
@@ -122,8 +124,8 @@ pub(crate) fn serve(
             }
             slots.push(Slot::Resident(buffers.len() - 1));
         } else {
-            request_len = request_len.saturating_add(len);
-            slots.push(Slot::Request(d, a.dims.clone(), len));
+            in_lens.push(len);
+            slots.push(Slot::Request(d, a.dims.clone(), len, 0));
         }
     }
     let mut out_lens = Vec::with_capacity(spec.outputs.len());
@@ -133,7 +135,21 @@ pub(crate) fn serve(
             None => return fatal(out, &format!("output {} {:?} has no size", o.dtype, o.dims)),
         }
     }
-    let out_total: usize = out_lens.iter().sum();
+    let (Some((in_at, in_size)), Some((out_at, out_size))) =
+        (shm::layout(&in_lens), shm::layout(&out_lens))
+    else {
+        return fatal(out, "a request too large for an arena");
+    };
+    let mut next_at = in_at.iter();
+    for s in &mut slots {
+        if let Slot::Request(_, _, _, at) = s {
+            *at = next_at.next().copied().unwrap_or(0);
+        }
+    }
+    let (in_arena, out_arena) = match shm::map_in_worker(in_size, out_size) {
+        Ok(m) => m,
+        Err(e) => return fatal(out, &e),
+    };
     // The load message (the executable's bytes) is no longer needed.
     let garbage = spec.test_garbage_reply;
     drop(spec);
@@ -154,26 +170,18 @@ pub(crate) fn serve(
         <std::fs::File as std::os::fd::FromRawFd>::from_raw_fd(1)
     });
     let out = &mut *raw;
+    let Ok(done) = protocol::header(Kind::Executed, 0) else {
+        return fatal(out, "cannot encode a reply");
+    };
     loop {
-        let frame = match protocol::read_frame(input, |k| match k {
-            Kind::Execute => request_len,
-            _ => 0,
-        }) {
-            Ok(Ok(f)) if f.kind == Kind::Execute => f,
+        match protocol::read_frame(input, |_| 0) {
+            Ok(Ok(f)) if f.kind == Kind::Execute => {}
             // The parent closed the pipe: done.
             Ok(Err(ProtocolError::Truncated { got: 0, .. })) => return 0,
             Ok(Ok(_)) | Ok(Err(_)) | Err(_) => return 4,
-        };
-        if frame.payload.len() != request_len {
-            return fatal(
-                out,
-                &format!(
-                    "request of {} bytes, expected {request_len}",
-                    frame.payload.len()
-                ),
-            );
         }
         if let Some(n) = garbage {
+            out_arena.fill(0xa5);
             let junk = vec![0xa5u8; usize::try_from(n).unwrap_or(0)];
             if protocol::write_frame(out, Kind::Executed, &junk).is_err() {
                 return 3;
@@ -185,12 +193,11 @@ pub(crate) fn serve(
             &exe,
             &slots,
             &buffers,
-            &frame.payload,
-            out_total,
-            &out_lens,
+            in_arena,
+            (&mut *out_arena, &out_at, &out_lens),
         ) {
-            Ok(reply) => {
-                if out.write_all(&reply).and_then(|()| out.flush()).is_err() {
+            Ok(()) => {
+                if out.write_all(&done).and_then(|()| out.flush()).is_err() {
                     return 3;
                 }
             }
@@ -203,22 +210,20 @@ pub(crate) fn serve(
     }
 }
 
-/// Runs one request; returns the whole `Executed` frame (header and outputs).
+/// Runs one request: its arguments are read in place from the input arena, its outputs
+/// written into the output arena.
 fn execute(
     client: &Client,
     exe: &LoadedExecutable,
     slots: &[Slot],
     resident: &[Buffer],
-    payload: &[u8],
-    out_total: usize,
-    out_lens: &[usize],
-) -> Result<Vec<u8>, ExecRejection> {
-    let mut at = 0usize;
+    in_arena: &[u8],
+    (out_arena, out_at, out_lens): (&mut [u8], &[usize], &[usize]),
+) -> Result<(), ExecRejection> {
     let mut request = Vec::new();
     for s in slots {
-        if let Slot::Request(d, dims, len) = s {
-            let bytes = payload.get(at..at + len).unwrap_or_default();
-            at += len;
+        if let Slot::Request(d, dims, len, at) = s {
+            let bytes = in_arena.get(*at..at + len).unwrap_or_default();
             let b = client
                 .buffer_from_host_borrowed(bytes, *d, dims)
                 .map_err(|e| rejection(&e, "PJRT_Client_BufferFromHostBuffer"))?;
@@ -249,18 +254,16 @@ fn execute(
             message: format!("{} outputs, expected {}", outs.len(), out_lens.len()),
         });
     }
-    let header = protocol::header(Kind::Executed, out_total).map_err(|e| ExecRejection {
-        function: "Executed".into(),
-        code: None,
-        message: e.to_string(),
-    })?;
-    let mut reply = vec![0u8; protocol::HEADER_LEN + out_total];
-    reply[..protocol::HEADER_LEN].copy_from_slice(&header);
-    let mut at = protocol::HEADER_LEN;
-    for (b, &len) in outs.iter().zip(out_lens) {
-        b.copy_to_host(&mut reply[at..at + len])
+    for ((b, &len), &at) in outs.iter().zip(out_lens).zip(out_at) {
+        let slot = out_arena
+            .get_mut(at..at + len)
+            .ok_or_else(|| ExecRejection {
+                function: "Executed".into(),
+                code: None,
+                message: format!("output of {len} bytes at {at} outside the arena"),
+            })?;
+        b.copy_to_host(slot)
             .map_err(|e| rejection(&e, "PJRT_Buffer_ToHostBuffer"))?;
-        at += len;
     }
-    Ok(reply)
+    Ok(())
 }

@@ -756,8 +756,9 @@ impl Core {
                             ));
                         };
                         match other {
-                            Some(crate::engine::Begun::Wait(remote, frame)) => {
-                                let bytes = remote.call(&frame, Some(until))?;
+                            Some(crate::engine::Begun::Wait(remote, parts)) => {
+                                let parts: Vec<&[u8]> = parts.iter().map(Vec::as_slice).collect();
+                                let bytes = remote.call(&parts, Some(until))?;
                                 Ok(m.remote_outputs(&remote, bytes)?)
                             }
                             _ => {
