@@ -263,6 +263,46 @@ fn a_16_gib_execution_is_refused_at_load_with_the_numbers() {
     assert!(tiny.check_memory_budget(1535, "one short").is_err());
 }
 
+/// `infeed` and `outfeed` wait forever on the CPU plugin (nothing feeds or drains them): in
+/// process execution each is killed at its deadline with a typed error, its worker replaced,
+/// and a model beside it, and the same model's next call, are served as before.
+#[test]
+fn infeed_and_outfeed_hang_until_their_deadline_kills_the_worker() {
+    let e = engine();
+    let tiny = process(load(&e, "tiny"));
+    let tiny_in = numbered(&fixture("tiny"), "in");
+    for name in ["hostile_infeed", "hostile_outfeed"] {
+        let dir = fixture(name);
+        let m = process(
+            e.load_file(&dir.join("model.mlir"))
+                .unwrap_or_else(|err| panic!("{name}: {err}")),
+        );
+        let inputs = numbered(&dir, "in");
+        for round in 0..2 {
+            let t = Instant::now();
+            let err = m
+                .run_until(&views(&inputs), Instant::now() + Duration::from_millis(300))
+                .unwrap_err();
+            let waited = t.elapsed();
+            let Error::ExecutionTimeout(f) = &err else {
+                panic!("{name} round {round}: expected a deadline, got {err}");
+            };
+            assert!(matches!(f.cause, FailureCause::Timeout(_)), "{err}");
+            assert!(waited < Duration::from_secs(20), "{name}: {waited:?}");
+            assert_eq!(
+                m.execution_report().unwrap().1.killed_deadline,
+                round + 1,
+                "{name}"
+            );
+            assert_bit_equal(
+                &format!("tiny beside {name}"),
+                &tiny.run(&views(&tiny_in)).unwrap(),
+                &numbered(&fixture("tiny"), "out"),
+            );
+        }
+    }
+}
+
 #[test]
 fn an_engine_configured_for_process_execution_runs_every_model_there() {
     let mut c = config();
