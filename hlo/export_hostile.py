@@ -9,8 +9,12 @@ hlo/hostile_fori/       lax.fori_loop(0, n, x = tanh(x @ w + b)) with the trip c
                         out0 = JAX's output for n = 10. n = 2**31 - 1 runs for hours.
 hlo/hostile_alloc/      broadcasts an f32 scalar to f32[4 Gi] (a 16 GiB output); in0 = x. Must be
                         refused at load by memory admission, never run.
+hlo/hostile_temp/       sorts x + iota(4 Gi) and returns its first 4 elements: a 16 GiB
+                        temporary behind a 16-byte output; in0 = x. Refused by admission; with
+                        admission off, the allocation must fail inside the execution worker.
 
-Run: venv312/bin/python hlo/export_hostile.py (jax 0.11.2, ~10 s). Deterministic: fixed seeds.
+Run: venv312/bin/python hlo/export_hostile.py [NAME...] (jax 0.11.2, ~10 s; all without names).
+Deterministic: fixed seeds.
 """
 
 from __future__ import annotations
@@ -93,7 +97,17 @@ def hostile_alloc():
     write("hostile_alloc", sixteen_gib, (np.float32(1.5),), "broadcast of a scalar to f32[4 Gi]: a 16 GiB output.", run=False)
 
 
+def hostile_temp():
+    def sixteen_gib_temporary(x):
+        y = x + lax.iota(jnp.float32, 4 << 30)
+        return jnp.sort(-y)[:4]
+
+    write("hostile_temp", sixteen_gib_temporary, (np.float32(1.5),), "sort of x + iota(4 Gi), first 4: a 16 GiB temporary, 16-byte output.", run=False)
+
+
 if __name__ == "__main__":
-    hostile_while()
-    hostile_fori()
-    hostile_alloc()
+    import sys
+
+    every = {f.__name__: f for f in (hostile_while, hostile_fori, hostile_alloc, hostile_temp)}
+    for name in sys.argv[1:] or list(every):
+        every[name]()

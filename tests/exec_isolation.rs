@@ -303,6 +303,82 @@ fn infeed_and_outfeed_hang_until_their_deadline_kills_the_worker() {
     }
 }
 
+/// Memory pressure inside a worker, with admission turned off (a budget above the 16 GiB each
+/// model needs). `hostile_temp` really allocates a 16 GiB temporary, beyond the worker's
+/// address-space limit (capped at a share of the host's memory): the worker fails, the request
+/// gets a typed error, this process's memory does not move, and other models keep serving.
+/// `hostile_alloc`'s 16 GiB output does not even fit the worker's output arena: its worker
+/// fails to start, with the arena named.
+#[test]
+fn an_allocation_beyond_the_workers_limit_fails_in_the_worker_not_here() {
+    let mut c = config();
+    c.execution.max_execution_bytes = Some(64 << 30);
+    let e = Engine::new(&c).unwrap();
+    let rss = || {
+        let s = std::fs::read_to_string("/proc/self/status").unwrap();
+        let line = s.lines().find(|l| l.starts_with("VmRSS:")).unwrap();
+        line.split_whitespace()
+            .nth(1)
+            .unwrap()
+            .parse::<u64>()
+            .unwrap()
+            * 1024
+    };
+    let before = rss();
+
+    let m = process(load(&e, "hostile_temp"));
+    let limit = m.execution_report().unwrap().1.address_space_limit.unwrap();
+    assert!(
+        limit < 16 << 30,
+        "the worker's limit {limit} would allow the sort"
+    );
+    let inputs = numbered(&fixture("hostile_temp"), "in");
+    let err = m
+        .run_until(&views(&inputs), Instant::now() + Duration::from_secs(60))
+        .unwrap_err();
+    match &err {
+        // XLA's allocation fails and the worker says so ...
+        Error::Plugin(p) => assert!(
+            p.to_string().to_lowercase().contains("alloc")
+                || p.to_string().contains("RESOURCE_EXHAUSTED"),
+            "{err}"
+        ),
+        // ... or it aborts, and the parent sees why.
+        Error::ExecutionFailed(f) => assert!(
+            matches!(
+                f.cause,
+                FailureCause::MemoryLimit(_) | FailureCause::Signal(_)
+            ),
+            "{err}"
+        ),
+        other => panic!("expected a typed allocation failure, got {other}"),
+    }
+    eprintln!("hostile_temp: {err}");
+
+    let mut big = load(&e, "hostile_alloc");
+    big.set_execution(Execution::Process, 1, None).unwrap();
+    let err = big.start_execution().unwrap_err();
+    let Error::ExecutionFailed(f) = &err else {
+        panic!("expected a worker that cannot start, got {err}");
+    };
+    assert!(
+        matches!(&f.cause, FailureCause::Setup(s) if s.contains("output arena")),
+        "{err}"
+    );
+
+    assert!(
+        rss() < before + (256 << 20),
+        "this process grew from {before} to {} bytes",
+        rss()
+    );
+    let tiny = process(load(&e, "tiny"));
+    assert_bit_equal(
+        "tiny after",
+        &tiny.run(&views(&numbered(&fixture("tiny"), "in"))).unwrap(),
+        &numbered(&fixture("tiny"), "out"),
+    );
+}
+
 #[test]
 fn an_engine_configured_for_process_execution_runs_every_model_there() {
     let mut c = config();
