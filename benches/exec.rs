@@ -2,7 +2,8 @@
 //! model run in this process and through its jailed execution worker, interleaved call by call
 //! so drift hits both alike, for tiny and digits; then throughput with 8 client threads.
 //!
-//! `cargo bench --bench exec` (`ITERS=3000 CLIENTS=8 SECONDS=3 WORKERS=2` to change).
+//! `cargo bench --bench exec` (`ITERS=3000 CLIENTS=8 SECONDS=3 WORKERS=2
+//! MODELS=tiny,digits,keras_mobilenet` to change: any `hlo/` folder with `in*.npy`).
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -66,7 +67,8 @@ fn main() {
     c.plugin(root.join("third_party/pjrt-cpu/pjrt_c_api_cpu_plugin.so"));
     c.compile.worker_exe(env!("CARGO_BIN_EXE_xlaguard"));
     let engine = Engine::new(&c).expect("engine");
-    for name in ["tiny", "digits"] {
+    let models = std::env::var("MODELS").unwrap_or_else(|_| "tiny,digits,keras_mobilenet".into());
+    for name in models.split(',') {
         let dir = root.join("hlo").join(name);
         let file = dir.join("model.jaxexport");
         let local = engine.load_file(&file).unwrap();

@@ -395,4 +395,10 @@ fn an_engine_configured_for_process_execution_runs_every_model_there() {
     let (jail, _) = m.execution_report().unwrap();
     assert!(jail.unenforced.is_empty(), "{:?}", jail.unenforced);
     assert!(jail.seccomp.contains("kill process"), "{}", jail.seccomp);
+    // The request loop runs under the narrower, measured allowlist.
+    assert!(
+        jail.seccomp.contains("after load: request-loop allowlist"),
+        "{}",
+        jail.seccomp
+    );
 }

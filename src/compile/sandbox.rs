@@ -527,7 +527,20 @@ fn allowed_syscalls(pid: u32) -> Result<BTreeMap<i64, Vec<seccompiler::SeccompRu
     ] {
         prctl.push(Rule::new(vec![dcond(0, Op::Eq, opt)?]).map_err(e)?);
     }
+    // An execution worker narrows its own filter once its model is loaded
+    // ([`seccomp_execution_loop`]): installing a filter (seccompiler sets no_new_privs again,
+    // then calls seccomp) can only take permissions away.
+    prctl.push(Rule::new(vec![dcond(0, Op::Eq, libc::PR_SET_NO_NEW_PRIVS as u64)?]).map_err(e)?);
     m.insert(libc::SYS_prctl, prctl);
+    m.insert(
+        libc::SYS_seccomp,
+        vec![Rule::new(vec![dcond(
+            0,
+            Op::Eq,
+            u64::from(libc::SECCOMP_SET_MODE_FILTER),
+        )?])
+        .map_err(e)?],
+    );
     // isatty() on the log stream.
     m.insert(
         libc::SYS_ioctl,
@@ -595,6 +608,82 @@ pub(crate) fn seccomp() -> Result<String, String> {
         opens for writing -> EACCES; fork/exec/sockets -> kill"
             .into(),
     )
+}
+
+/// The system calls an execution worker's request loop makes, measured with `strace -f` over
+/// every `hlo/` fixture that runs (the calls after the worker maps its arena; see
+/// docs/execution.md), plus the exit and signal plumbing: reading the doorbell and answering,
+/// the allocator, futexes, XLA's and OpenBLAS's reads of `/sys/devices/system/cpu` and
+/// `/proc/cpuinfo` (opens stay read-only: Landlock and the write-open filter still apply), and
+/// the NUMA policy of OpenBLAS's buffers.
+const EXECUTION_LOOP_SYSCALLS: &[i64] = &[
+    libc::SYS_read,
+    libc::SYS_write,
+    libc::SYS_openat,
+    libc::SYS_close,
+    libc::SYS_mmap,
+    libc::SYS_munmap,
+    libc::SYS_mprotect,
+    libc::SYS_mremap,
+    libc::SYS_madvise,
+    libc::SYS_brk,
+    libc::SYS_futex,
+    libc::SYS_mbind,
+    libc::SYS_clock_gettime,
+    libc::SYS_gettimeofday,
+    libc::SYS_clock_nanosleep,
+    libc::SYS_nanosleep,
+    libc::SYS_sched_yield,
+    libc::SYS_sched_getparam,
+    libc::SYS_sched_getscheduler,
+    libc::SYS_rt_sigprocmask,
+    libc::SYS_rt_sigreturn,
+    libc::SYS_restart_syscall,
+    libc::SYS_gettid,
+    libc::SYS_getpid,
+    libc::SYS_exit,
+    libc::SYS_exit_group,
+];
+
+/// An execution worker's last jail step, once its model is loaded and its arena mapped: a
+/// further allowlist (stacked on the first, so both must allow a call) of the request loop's
+/// system calls only. Gone from here on: threads (`clone`), resource limits, descriptor
+/// control (`fcntl`, `ioctl`), directory listing, `stat`s, signal handlers, and any further
+/// filter. Anything else kills the worker (`SIGSYS`), which the parent reports.
+pub(crate) fn seccomp_execution_loop() -> Result<String, String> {
+    use seccompiler::{
+        SeccompAction, SeccompCmpArgLen as Len, SeccompCmpOp as Op, SeccompCondition as Cond,
+        SeccompFilter, SeccompRule as Rule, TargetArch,
+    };
+    let e = |e: seccompiler::BackendError| e.to_string();
+    let arch: TargetArch = std::env::consts::ARCH
+        .try_into()
+        .map_err(|e: seccompiler::BackendError| e.to_string())?;
+    let mut m: BTreeMap<i64, Vec<Rule>> = EXECUTION_LOOP_SYSCALLS
+        .iter()
+        .map(|&s| (s, Vec::new()))
+        .collect();
+    let dcond = |arg: u8, op: Op, v: u64| Cond::new(arg, Len::Dword, op, v).map_err(e);
+    // abort() signals itself (a typed SIGABRT in the parent, not SIGSYS).
+    m.insert(
+        libc::SYS_tgkill,
+        vec![Rule::new(vec![dcond(0, Op::Eq, u64::from(std::process::id()))?]).map_err(e)?],
+    );
+    // Names of anonymous mappings (absl's allocator).
+    const PR_SET_VMA: u64 = 0x5356_4d41;
+    m.insert(
+        libc::SYS_prctl,
+        vec![Rule::new(vec![dcond(0, Op::Eq, PR_SET_VMA)?]).map_err(e)?],
+    );
+    let f =
+        SeccompFilter::new(m, SeccompAction::KillProcess, SeccompAction::Allow, arch).map_err(e)?;
+    let prog: seccompiler::BpfProgram = f.try_into().map_err(e)?;
+    seccompiler::apply_filter_all_threads(&prog).map_err(|e| format!("seccomp: {e}"))?;
+    Ok(format!(
+        "request-loop allowlist: {} system calls, default action kill process, all threads \
+         (TSYNC)",
+        EXECUTION_LOOP_SYSCALLS.len() + 2
+    ))
 }
 
 /// Ends the worker at once: no destructors, no atexit handlers (the plugin's static

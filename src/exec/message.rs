@@ -54,6 +54,9 @@ pub(crate) struct LoadSpec {
 pub(crate) struct LoadedReport {
     /// Deserialize and resident uploads, ms.
     pub load_ms: f64,
+    /// The request loop's seccomp filter, installed after the load.
+    #[serde(default)]
+    pub seccomp: String,
 }
 
 /// A plugin error in the worker, carried to the parent.

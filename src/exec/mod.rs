@@ -475,11 +475,18 @@ impl Remote {
         }
         match pool::exchange(&mut proc, &self.load, false, deadline, &|_| MAX_SMALL) {
             Ok(f) if f.kind == Kind::Loaded => {
+                let loaded: message::LoadedReport =
+                    serde_json::from_slice(&f.payload).unwrap_or_default();
+                let mut report = warm.report;
+                if !loaded.seccomp.is_empty() {
+                    report.seccomp = format!("{}; after load: {}", report.seccomp, loaded.seccomp);
+                }
                 (self.audit)(
                     "exec_worker_start",
-                    json!({"pid": pid, "address_space_limit_bytes": self.address_space}),
+                    json!({"pid": pid, "address_space_limit_bytes": self.address_space,
+                           "load_ms": loaded.load_ms, "seccomp": report.seccomp}),
                 );
-                Ok((Live { proc, arena }, warm.report))
+                Ok((Live { proc, arena }, report))
             }
             Ok(f) if f.kind == Kind::ExecError => {
                 let r: ExecRejection = serde_json::from_slice(&f.payload).map_err(|e| {

@@ -150,12 +150,18 @@ pub(crate) fn serve(
         Ok(m) => m,
         Err(e) => return fatal(out, &e),
     };
+    // The last jail step: from here on only the request loop's system calls.
+    let loop_filter = match sandbox::seccomp_execution_loop() {
+        Ok(s) => s,
+        Err(e) => return fatal(out, &e),
+    };
     // The load message (the executable's bytes) is no longer needed.
     let garbage = spec.test_garbage_reply;
     drop(spec);
     drop(frame);
     let report = LoadedReport {
         load_ms: t.elapsed().as_secs_f64() * 1e3,
+        seccomp: loop_filter,
     };
     let body = serde_json::to_vec(&report).unwrap_or_default();
     if protocol::write_frame(out, Kind::Loaded, &body).is_err() {
