@@ -710,6 +710,8 @@ struct ModelExec {
     deadline: Option<std::time::Duration>,
     /// Test builds: workers reply with this many garbage bytes.
     test_garbage_reply: Option<u64>,
+    /// Test builds: workers try to start a thread before each request.
+    test_spawn_thread: bool,
 }
 
 impl ModelExec {
@@ -719,6 +721,7 @@ impl ModelExec {
             workers: c.workers,
             deadline: c.deadline,
             test_garbage_reply: None,
+            test_spawn_thread: false,
         }
     }
 }
@@ -2054,6 +2057,15 @@ impl Model {
         self.forget_workers();
     }
 
+    /// Test builds: this model's execution workers try to start a thread before each request
+    /// (which the request loop's seccomp filter forbids).
+    #[cfg(feature = "test-hooks")]
+    #[doc(hidden)]
+    pub fn test_spawn_thread(&mut self, on: bool) {
+        self.exec.test_spawn_thread = on;
+        self.forget_workers();
+    }
+
     /// With process execution, starts the first execution worker now (jailed, model loaded)
     /// rather than on the first call, so that a model its worker cannot load fails here. A
     /// shape-polymorphic model starts one per concrete shape, on first use.
@@ -2209,6 +2221,7 @@ impl Model {
                 outputs,
                 address_space: Some(address_space),
                 test_garbage_reply: self.exec.test_garbage_reply,
+                test_spawn_thread: self.exec.test_spawn_thread,
             },
             self.exec.workers,
             self.exec.deadline,

@@ -224,6 +224,30 @@ fn a_worker_that_writes_garbage_is_killed_and_the_model_serves_again() {
     );
 }
 
+/// After its model is loaded a worker runs under the request loop's allowlist: starting a
+/// thread (allowed while the client was created) now kills it with SIGSYS, which the parent
+/// reports as a seccomp kill; the replacement serves. Needs `--features test-hooks`.
+#[cfg(feature = "test-hooks")]
+#[test]
+fn the_request_loop_filter_kills_a_worker_that_starts_a_thread() {
+    let dir = fixture("tiny");
+    let mut m = load(engine(), "tiny");
+    m.set_execution(Execution::Process, 1, None).unwrap();
+    m.test_spawn_thread(true);
+    let inputs = numbered(&dir, "in");
+    let err = m.run(&views(&inputs)).unwrap_err();
+    let Error::ExecutionFailed(f) = &err else {
+        panic!("expected a failed execution, got {err}");
+    };
+    assert!(matches!(f.cause, FailureCause::SeccompKill), "{err}");
+    m.test_spawn_thread(false);
+    assert_bit_equal(
+        "after",
+        &m.run(&views(&inputs)).unwrap(),
+        &numbered(&dir, "out"),
+    );
+}
+
 #[test]
 fn a_16_gib_execution_is_refused_at_load_with_the_numbers() {
     let err = engine()

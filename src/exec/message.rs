@@ -47,6 +47,10 @@ pub(crate) struct LoadSpec {
     /// breaks the protocol).
     #[serde(default)]
     pub test_garbage_reply: Option<u64>,
+    /// Test builds: try to start a thread before each request (the request loop's seccomp
+    /// filter kills the worker for it).
+    #[serde(default)]
+    pub test_spawn_thread: bool,
 }
 
 /// What a worker measured while loading.
@@ -152,6 +156,7 @@ mod tests {
             ],
             outputs: vec![],
             test_garbage_reply: None,
+            test_spawn_thread: false,
         };
         let mut p = load_head(&spec).unwrap();
         p.extend_from_slice(b"exe");

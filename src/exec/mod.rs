@@ -333,6 +333,8 @@ pub(crate) struct RemoteModel<'a> {
     pub address_space: Option<u64>,
     /// Test builds: workers answer every request with this many garbage bytes.
     pub test_garbage_reply: Option<u64>,
+    /// Test builds: workers try to start a thread before each request.
+    pub test_spawn_thread: bool,
 }
 
 fn lock(m: &Mutex<State>) -> MutexGuard<'_, State> {
@@ -395,6 +397,7 @@ impl Remote {
             args: model.args,
             outputs: model.outputs,
             test_garbage_reply: model.test_garbage_reply,
+            test_spawn_thread: model.test_spawn_thread,
         };
         let head = message::load_head(&spec).map_err(Error::Internal)?;
         let mut parts: Vec<&[u8]> = vec![&head, model.executable];

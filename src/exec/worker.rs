@@ -157,6 +157,7 @@ pub(crate) fn serve(
     };
     // The load message (the executable's bytes) is no longer needed.
     let garbage = spec.test_garbage_reply;
+    let spawn_thread = spec.test_spawn_thread;
     drop(spec);
     drop(frame);
     let report = LoadedReport {
@@ -185,6 +186,9 @@ pub(crate) fn serve(
             // The parent closed the pipe: done.
             Ok(Err(ProtocolError::Truncated { got: 0, .. })) => return 0,
             Ok(Ok(_)) | Ok(Err(_)) | Err(_) => return 4,
+        }
+        if spawn_thread {
+            let _ = std::thread::Builder::new().spawn(|| {});
         }
         if let Some(n) = garbage {
             out_arena.fill(0xa5);
