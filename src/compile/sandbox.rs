@@ -643,6 +643,14 @@ const EXECUTION_LOOP_SYSCALLS: &[i64] = &[
     libc::SYS_getpid,
     libc::SYS_exit,
     libc::SYS_exit_group,
+    // Threads the plugin started during the load (LLVM's JIT threads, the client's pool) may
+    // still be starting or ending when the filter goes in: each calls these for itself only
+    // (robust futex list, rseq area, signal stack, CPU mask, its name). strace did not see them
+    // (it slows the load enough that they settle before); the tests did (`dmesg`: audit 1326).
+    libc::SYS_set_robust_list,
+    libc::SYS_rseq,
+    libc::SYS_sigaltstack,
+    libc::SYS_sched_getaffinity,
 ];
 
 /// An execution worker's last jail step, once its model is loaded and its arena mapped: a
@@ -669,12 +677,17 @@ pub(crate) fn seccomp_execution_loop() -> Result<String, String> {
         libc::SYS_tgkill,
         vec![Rule::new(vec![dcond(0, Op::Eq, u64::from(std::process::id()))?]).map_err(e)?],
     );
-    // Names of anonymous mappings (absl's allocator).
+    // Names of anonymous mappings (absl's allocator) and of threads.
     const PR_SET_VMA: u64 = 0x5356_4d41;
-    m.insert(
-        libc::SYS_prctl,
-        vec![Rule::new(vec![dcond(0, Op::Eq, PR_SET_VMA)?]).map_err(e)?],
-    );
+    let mut prctl = Vec::new();
+    for opt in [
+        PR_SET_VMA,
+        libc::PR_SET_NAME as u64,
+        libc::PR_GET_NAME as u64,
+    ] {
+        prctl.push(Rule::new(vec![dcond(0, Op::Eq, opt)?]).map_err(e)?);
+    }
+    m.insert(libc::SYS_prctl, prctl);
     let f =
         SeccompFilter::new(m, SeccompAction::KillProcess, SeccompAction::Allow, arch).map_err(e)?;
     let prog: seccompiler::BpfProgram = f.try_into().map_err(e)?;

@@ -286,6 +286,28 @@ struct State {
     live: usize,
     /// Pids of the busy workers.
     busy: Vec<u32>,
+    /// Requests waiting for a worker, oldest first. A worker that finishes a request starts
+    /// the oldest of these itself, before its own caller goes on, so that it never waits for
+    /// a waiting thread to wake up (see [`Remote::release`]).
+    queue: std::collections::VecDeque<Arc<Waiter>>,
+}
+
+/// A request waiting for a worker: its arguments, and the worker it is handed, already
+/// running it.
+struct Waiter {
+    parts: Vec<Vec<u8>>,
+    handed: Mutex<Option<Handed>>,
+    cv: Condvar,
+}
+
+/// A worker handed to a [`Waiter`] with the waiter's request written and its doorbell rung.
+struct Handed {
+    w: Live,
+    call: pool::Call,
+    /// Set when the exchange already ended (the worker died as it was rung).
+    ended: Option<Result<protocol::Frame, Broken>>,
+    /// When the request started in the worker.
+    t: Instant,
 }
 
 /// A model's execution workers (the parent's side).
@@ -307,7 +329,6 @@ pub(crate) struct Remote {
     deadline: Option<Duration>,
     address_space: Option<u64>,
     state: Mutex<State>,
-    cv: Condvar,
     counters: Counters,
     report: JailReport,
     audit: Audit,
@@ -419,8 +440,8 @@ impl Remote {
                 idle: Vec::new(),
                 live: 1,
                 busy: Vec::new(),
+                queue: std::collections::VecDeque::new(),
             }),
-            cv: Condvar::new(),
             counters: Counters::default(),
             report: JailReport::default(),
             audit,
@@ -516,77 +537,152 @@ impl Remote {
         }
     }
 
-    /// An idle worker, or a new one if fewer than `workers` exist, waiting until `deadline`.
-    fn acquire(&self, deadline: Option<Instant>) -> Result<Live, Error> {
+    /// An idle worker, or a new one if fewer than `workers` exist; else the request (`parts`)
+    /// queues, and the first worker to finish a request starts it and hands it over
+    /// ([`Got::Handed`]), or `deadline` passes first.
+    fn acquire(&self, parts: &[&[u8]], deadline: Option<Instant>) -> Result<Got, Error> {
         let mut s = lock(&self.state);
-        loop {
-            while let Some(mut w) = s.idle.pop() {
-                // A worker that died while idle (killed from outside) is dropped.
-                match crate::compile::sandbox::wait4(w.proc.pid, false) {
-                    Ok(None) => {
-                        s.busy.push(u32::try_from(w.proc.pid).unwrap_or(0));
-                        return Ok(w);
-                    }
-                    Ok(Some(r)) => {
-                        w.proc.reaped = Some(r);
-                        s.live -= 1;
-                        self.counters.died.fetch_add(1, Ordering::Relaxed);
-                        (self.audit)(
-                            "exec_worker_died",
-                            json!({"pid": w.proc.pid, "while": "idle", "exit": format!("{}", r.0)}),
-                        );
-                    }
-                    Err(_) => s.live -= 1,
+        while let Some(mut w) = s.idle.pop() {
+            // A worker that died while idle (killed from outside) is dropped.
+            match crate::compile::sandbox::wait4(w.proc.pid, false) {
+                Ok(None) => {
+                    s.busy.push(u32::try_from(w.proc.pid).unwrap_or(0));
+                    return Ok(Got::Idle(w));
+                }
+                Ok(Some(r)) => {
+                    w.proc.reaped = Some(r);
+                    s.live -= 1;
+                    wake_front(&s);
+                    self.counters.died.fetch_add(1, Ordering::Relaxed);
+                    (self.audit)(
+                        "exec_worker_died",
+                        json!({"pid": w.proc.pid, "while": "idle", "exit": format!("{}", r.0)}),
+                    );
+                }
+                Err(_) => {
+                    s.live -= 1;
+                    wake_front(&s);
                 }
             }
-            if s.live < self.workers {
-                s.live += 1;
-                drop(s);
-                return match self.start_loaded() {
-                    Ok((w, _)) => {
-                        lock(&self.state)
-                            .busy
-                            .push(u32::try_from(w.proc.pid).unwrap_or(0));
-                        Ok(w)
+        }
+        if s.live < self.workers {
+            s.live += 1;
+            drop(s);
+            return self.start_fresh();
+        }
+        let waiter = Arc::new(Waiter {
+            parts: parts.iter().map(|p| p.to_vec()).collect(),
+            handed: Mutex::new(None),
+            cv: Condvar::new(),
+        });
+        s.queue.push_back(waiter.clone());
+        let running = s.busy.len();
+        drop(s);
+        let mut h = waiter.handed.lock().unwrap_or_else(|p| p.into_inner());
+        let mut deadline = deadline;
+        loop {
+            if let Some(handed) = h.take() {
+                return Ok(Got::Handed(Box::new(handed)));
+            }
+            {
+                // A worker slot is free (a worker died and could not be replaced): nobody
+                // will hand this request a worker, so it starts one itself.
+                let mut s = lock(&self.state);
+                if s.live < self.workers {
+                    if let Some(at) = s.queue.iter().position(|q| Arc::ptr_eq(q, &waiter)) {
+                        s.queue.remove(at);
+                        s.live += 1;
+                        drop(s);
+                        drop(h);
+                        return self.start_fresh();
                     }
-                    Err(e) => {
-                        lock(&self.state).live -= 1;
-                        self.cv.notify_one();
-                        Err(match e {
-                            Started::Failed(f) => Error::ExecutionFailed(f),
-                            Started::Refused(e) => e,
-                        })
-                    }
-                };
+                }
             }
             let wait = match deadline {
                 Some(d) => {
                     let now = Instant::now();
                     if now >= d {
-                        return Err(Error::Busy {
-                            running: s.busy.len(),
-                            queued: 0,
-                        });
+                        let mut s = lock(&self.state);
+                        if let Some(at) = s.queue.iter().position(|q| Arc::ptr_eq(q, &waiter)) {
+                            s.queue.remove(at);
+                            return Err(Error::Busy {
+                                running,
+                                queued: s.queue.len(),
+                            });
+                        }
+                        // Taken from the queue already: the worker is on its way (and the
+                        // request running in it, under this deadline).
+                        deadline = None;
+                        continue;
                     }
                     d - now
                 }
                 None => Duration::from_secs(3600),
             };
-            s = self
+            h = waiter
                 .cv
-                .wait_timeout(s, wait)
+                .wait_timeout(h, wait)
                 .map(|(g, _)| g)
                 .unwrap_or_else(|p| p.into_inner().0);
         }
     }
 
+    /// Starts `w` on the oldest queued request, if any; else `w` goes idle.
+    fn give(&self, mut s: MutexGuard<'_, State>, w: Live) {
+        let Some(waiter) = s.queue.pop_front() else {
+            s.idle.push(w);
+            return;
+        };
+        s.busy.push(u32::try_from(w.proc.pid).unwrap_or(0));
+        drop(s);
+        let handed = self.ring(w, &waiter.parts);
+        *waiter.handed.lock().unwrap_or_else(|p| p.into_inner()) = Some(handed);
+        waiter.cv.notify_one();
+    }
+
+    /// Writes a queued request into `w`'s arena and rings its doorbell.
+    fn ring(&self, mut w: Live, parts: &[Vec<u8>]) -> Handed {
+        let refs: Vec<&[u8]> = parts.iter().map(Vec::as_slice).collect();
+        let t = Instant::now();
+        let mut call = pool::Call::default();
+        let ended = match self.write_request(&mut w, &refs) {
+            Err(e) => Some(Err(Broken::Io(std::io::Error::other(e.to_string())))),
+            Ok(()) => match pool::step(&mut w.proc, &mut call, &self.doorbell, &reply_max) {
+                Ok(pool::Step::Done(f)) => Some(Ok(f)),
+                Ok(_) => None,
+                Err(b) => Some(Err(b)),
+            },
+        };
+        Handed { w, call, ended, t }
+    }
+
+    /// A new worker for the caller (its slot counted in `live` already).
+    fn start_fresh(&self) -> Result<Got, Error> {
+        match self.start_loaded() {
+            Ok((w, _)) => {
+                lock(&self.state)
+                    .busy
+                    .push(u32::try_from(w.proc.pid).unwrap_or(0));
+                Ok(Got::Idle(w))
+            }
+            Err(e) => {
+                let mut s = lock(&self.state);
+                s.live -= 1;
+                wake_front(&s);
+                Err(match e {
+                    Started::Failed(f) => Error::ExecutionFailed(f),
+                    Started::Refused(e) => e,
+                })
+            }
+        }
+    }
+
+    /// A worker finished a request well: it starts the oldest queued one, or goes idle.
     fn release(&self, w: Live) {
         let mut s = lock(&self.state);
         let pid = u32::try_from(w.proc.pid).unwrap_or(0);
         s.busy.retain(|&p| p != pid);
-        s.idle.push(w);
-        drop(s);
-        self.cv.notify_one();
+        self.give(s, w);
     }
 
     /// A worker is gone: count it out and start a replacement in the background.
@@ -606,13 +702,21 @@ impl Remote {
             .spawn(move || {
                 let Some(me) = me.upgrade() else { return };
                 match me.start_loaded() {
-                    Ok((w, _)) => lock(&me.state).idle.push(w),
-                    Err(_) => lock(&me.state).live -= 1,
+                    Ok((w, _)) => {
+                        let s = lock(&me.state);
+                        me.give(s, w);
+                    }
+                    Err(_) => {
+                        let mut s = lock(&me.state);
+                        s.live -= 1;
+                        wake_front(&s);
+                    }
                 }
-                me.cv.notify_one();
             });
         if spawned.is_err() {
-            lock(&self.state).live -= 1;
+            let mut s = lock(&self.state);
+            s.live -= 1;
+            wake_front(&s);
         }
     }
 
@@ -631,20 +735,42 @@ impl Remote {
         let started = Instant::now();
         let deadline = deadline.or_else(|| self.deadline.map(|d| started + d));
         self.check_parts(parts)?;
-        let mut w = self.acquire(deadline)?;
-        if let Err(e) = self.write_request(&mut w, parts) {
-            self.release(w);
-            return Err(e);
+        let far = Instant::now() + Duration::from_secs(365 * 24 * 3600);
+        match self.acquire(parts, deadline)? {
+            Got::Idle(mut w) => {
+                if let Err(e) = self.write_request(&mut w, parts) {
+                    self.release(w);
+                    return Err(e);
+                }
+                let t = Instant::now();
+                let result = pool::call(
+                    &mut w.proc,
+                    &self.doorbell,
+                    deadline.unwrap_or(far),
+                    &reply_max,
+                );
+                self.conclude(w, result, started, t, deadline)
+            }
+            Got::Handed(h) => {
+                let Handed {
+                    mut w,
+                    mut call,
+                    ended,
+                    t,
+                } = *h;
+                let result = match ended {
+                    Some(r) => r,
+                    None => pool::finish(
+                        &mut w.proc,
+                        &mut call,
+                        &self.doorbell,
+                        deadline.unwrap_or(far),
+                        &reply_max,
+                    ),
+                };
+                self.conclude(w, result, started, t, deadline)
+            }
         }
-        let t = Instant::now();
-        let far = t + Duration::from_secs(365 * 24 * 3600);
-        let result = pool::call(
-            &mut w.proc,
-            &self.doorbell,
-            deadline.unwrap_or(far),
-            &reply_max,
-        );
-        self.conclude(w, result, started, t, deadline)
     }
 
     /// Whether `parts` are the request arguments' sizes.
@@ -947,6 +1073,21 @@ fn reply_max(k: Kind) -> usize {
         Kind::Executed => 0,
         _ => MAX_SMALL,
     }
+}
+
+/// Wakes the oldest queued request (a worker slot came free: it may start a worker itself).
+fn wake_front(s: &State) {
+    if let Some(w) = s.queue.front() {
+        w.cv.notify_one();
+    }
+}
+
+/// What [`Remote::acquire`] gives.
+enum Got {
+    /// A worker for the caller to write its request into.
+    Idle(Live),
+    /// A worker already running the caller's request.
+    Handed(Box<Handed>),
 }
 
 /// Why a worker could not be started and loaded.
