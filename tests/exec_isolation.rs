@@ -293,7 +293,7 @@ fn a_16_gib_execution_is_refused_at_load_with_the_numbers() {
 #[test]
 fn infeed_and_outfeed_hang_until_their_deadline_kills_the_worker() {
     let e = engine();
-    let tiny = process(load(&e, "tiny"));
+    let tiny = process(load(e, "tiny"));
     let tiny_in = numbered(&fixture("tiny"), "in");
     for name in ["hostile_infeed", "hostile_outfeed"] {
         let dir = fixture(name);
