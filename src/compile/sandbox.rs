@@ -549,18 +549,31 @@ fn allowed_syscalls(pid: u32) -> Result<BTreeMap<i64, Vec<seccompiler::SeccompRu
     Ok(m)
 }
 
+/// The architecture seccomp filters are compiled for.
+fn seccomp_arch() -> Result<seccompiler::TargetArch, String> {
+    std::env::consts::ARCH
+        .try_into()
+        .map_err(|e: seccompiler::BackendError| e.to_string())
+}
+
+/// Compiles `f` and installs it on every thread of this process (TSYNC).
+fn install(f: seccompiler::SeccompFilter) -> Result<(), String> {
+    let prog: seccompiler::BpfProgram = f
+        .try_into()
+        .map_err(|e: seccompiler::BackendError| e.to_string())?;
+    seccompiler::apply_filter_all_threads(&prog).map_err(|e| format!("seccomp: {e}"))
+}
+
 /// Step 9: the seccomp filters, applied to every thread (TSYNC). The first allows only
 /// [`allowed_syscalls`] and kills the process on anything else; the second turns opens for
 /// writing into `EACCES` (a second wall behind Landlock) and `clone3` into `ENOSYS`.
 pub(crate) fn seccomp() -> Result<String, String> {
     use seccompiler::{
         SeccompAction, SeccompCmpArgLen as Len, SeccompCmpOp as Op, SeccompCondition as Cond,
-        SeccompFilter, SeccompRule as Rule, TargetArch,
+        SeccompFilter, SeccompRule as Rule,
     };
     let e = |e: seccompiler::BackendError| e.to_string();
-    let arch: TargetArch = std::env::consts::ARCH
-        .try_into()
-        .map_err(|e: seccompiler::BackendError| e.to_string())?;
+    let arch = seccomp_arch()?;
     let pid = std::process::id();
     let allow = SeccompFilter::new(
         allowed_syscalls(pid)?,
@@ -600,8 +613,7 @@ pub(crate) fn seccomp() -> Result<String, String> {
     // The allowlist goes last: installing a filter needs prctl(PR_SET_NO_NEW_PRIVS) and
     // seccomp(), which it does not allow.
     for f in [no_clone3, deny_files, allow] {
-        let prog: seccompiler::BpfProgram = f.try_into().map_err(e)?;
-        seccompiler::apply_filter_all_threads(&prog).map_err(|e| format!("seccomp: {e}"))?;
+        install(f)?;
     }
     Ok(
         "allowlist filter, default action kill process, applied to all threads (TSYNC); \
@@ -661,12 +673,10 @@ const EXECUTION_LOOP_SYSCALLS: &[i64] = &[
 pub(crate) fn seccomp_execution_loop() -> Result<String, String> {
     use seccompiler::{
         SeccompAction, SeccompCmpArgLen as Len, SeccompCmpOp as Op, SeccompCondition as Cond,
-        SeccompFilter, SeccompRule as Rule, TargetArch,
+        SeccompFilter, SeccompRule as Rule,
     };
     let e = |e: seccompiler::BackendError| e.to_string();
-    let arch: TargetArch = std::env::consts::ARCH
-        .try_into()
-        .map_err(|e: seccompiler::BackendError| e.to_string())?;
+    let arch = seccomp_arch()?;
     let mut m: BTreeMap<i64, Vec<Rule>> = EXECUTION_LOOP_SYSCALLS
         .iter()
         .map(|&s| (s, Vec::new()))
@@ -688,10 +698,9 @@ pub(crate) fn seccomp_execution_loop() -> Result<String, String> {
         prctl.push(Rule::new(vec![dcond(0, Op::Eq, opt)?]).map_err(e)?);
     }
     m.insert(libc::SYS_prctl, prctl);
-    let f =
-        SeccompFilter::new(m, SeccompAction::KillProcess, SeccompAction::Allow, arch).map_err(e)?;
-    let prog: seccompiler::BpfProgram = f.try_into().map_err(e)?;
-    seccompiler::apply_filter_all_threads(&prog).map_err(|e| format!("seccomp: {e}"))?;
+    install(
+        SeccompFilter::new(m, SeccompAction::KillProcess, SeccompAction::Allow, arch).map_err(e)?,
+    )?;
     Ok(format!(
         "request-loop allowlist: {} system calls, default action kill process, all threads \
          (TSYNC)",
