@@ -248,6 +248,21 @@ fn the_request_loop_filter_kills_a_worker_that_starts_a_thread() {
     );
 }
 
+/// A worker's stderr is non-blocking once its model is loaded: the plugin's logging can fill
+/// the pipe without stalling a request (the server waits on stdout only).
+#[test]
+fn a_loaded_workers_stderr_never_blocks() {
+    let m = process(load(engine(), "tiny"));
+    let pid = worker_pid(&m);
+    let info = std::fs::read_to_string(format!("/proc/{pid}/fdinfo/2")).unwrap();
+    let flags = info
+        .lines()
+        .find_map(|l| l.strip_prefix("flags:"))
+        .map(|f| u32::from_str_radix(f.trim(), 8).unwrap())
+        .unwrap();
+    assert_ne!(flags & libc::O_NONBLOCK as u32, 0, "fd 2 flags {flags:o}");
+}
+
 #[test]
 fn a_16_gib_execution_is_refused_at_load_with_the_numbers() {
     let err = engine()

@@ -150,6 +150,12 @@ pub(crate) fn serve(
         Ok(m) => m,
         Err(e) => return fatal(out, &e),
     };
+    // Stderr (the plugin's logging) never blocks the request loop: the server waits for a
+    // reply on stdout only, so a worker stuck writing to a full stderr pipe would stall until
+    // its deadline. Lines that do not fit the pipe are dropped; the parent keeps the tail.
+    if let Err(e) = sandbox::set_nonblocking(2) {
+        return fatal(out, &format!("stderr: {e}"));
+    }
     // The last jail step: from here on only the request loop's system calls.
     let loop_filter = match sandbox::seccomp_execution_loop() {
         Ok(s) => s,
