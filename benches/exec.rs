@@ -3,7 +3,8 @@
 //! so drift hits both alike, for tiny and digits; then throughput with 8 client threads.
 //!
 //! `cargo bench --bench exec` (`ITERS=3000 CLIENTS=8 SECONDS=3 WORKERS=2
-//! MODELS=tiny,digits,keras_mobilenet` to change: any `hlo/` folder with `in*.npy`).
+//! MODELS=tiny,digits,keras_mobilenet` to change: any `hlo/` folder with `in*.npy`, or a path
+//! to such a folder).
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -69,6 +70,7 @@ fn main() {
     let engine = Engine::new(&c).expect("engine");
     let models = std::env::var("MODELS").unwrap_or_else(|_| "tiny,digits,keras_mobilenet".into());
     for name in models.split(',') {
+        // A folder of hlo/, or a path to one.
         let dir = root.join("hlo").join(name);
         let file = dir.join("model.jaxexport");
         let local = engine.load_file(&file).unwrap();
