@@ -77,10 +77,11 @@ fn truncate(fd: &OwnedFd, len: usize) -> io::Result<()> {
     Ok(())
 }
 
+/// Adds `seals`; the error is the system's own (its errno kept).
 fn add_seals(fd: RawFd, seals: libc::c_int) -> io::Result<()> {
     // SAFETY: fcntl(F_ADD_SEALS) with an integer argument on a descriptor we hold.
     if unsafe { libc::fcntl(fd, libc::F_ADD_SEALS, seals) } != 0 {
-        return Err(errno("F_ADD_SEALS"));
+        return Err(io::Error::last_os_error());
     }
     Ok(())
 }
@@ -185,7 +186,14 @@ impl Arena {
         let input = Mapping::new(self.input.as_raw_fd(), input_len, true)?;
         let output = Mapping::new(self.output.as_raw_fd(), output_len, false)?;
         let fixed = libc::F_SEAL_SHRINK | libc::F_SEAL_GROW | libc::F_SEAL_SEAL;
-        add_seals(self.input.as_raw_fd(), fixed | libc::F_SEAL_FUTURE_WRITE)?;
+        // Kernels before 5.1 do not know F_SEAL_FUTURE_WRITE (EINVAL): the input arena then
+        // stays writable to the worker, which can only spoil its own request's arguments.
+        if let Err(e) = add_seals(self.input.as_raw_fd(), fixed | libc::F_SEAL_FUTURE_WRITE) {
+            if e.raw_os_error() != Some(libc::EINVAL) {
+                return Err(e);
+            }
+            add_seals(self.input.as_raw_fd(), fixed)?;
+        }
         add_seals(self.output.as_raw_fd(), fixed)?;
         self.maps = Some((input, output));
         Ok(())
