@@ -2188,14 +2188,18 @@ impl Model {
             .collect::<Result<Vec<_>, Error>>()?;
         let c = &self.engine.exec.config;
         let cap = setup.setup().address_space_cap;
-        // The worker also maps its shared-memory arena: one request's arguments and outputs.
-        let arena: u64 = args
-            .iter()
-            .filter(|a| !a.resident)
-            .map(|a| (&a.dtype, &a.dims))
-            .chain(outputs.iter().map(|o| (&o.dtype, &o.dims)))
-            .map(|(d, dims)| crate::exec::message::byte_len(d, dims).map_or(0, |n| n as u64 + 64))
-            .sum();
+        // The worker also maps its shared-memory arena: the arguments and outputs of each of
+        // its request slots.
+        let arena: u64 = crate::exec::shm::SLOTS as u64
+            * args
+                .iter()
+                .filter(|a| !a.resident)
+                .map(|a| (&a.dtype, &a.dims))
+                .chain(outputs.iter().map(|o| (&o.dtype, &o.dims)))
+                .map(|(d, dims)| {
+                    crate::exec::message::byte_len(d, dims).map_or(0, |n| n as u64 + 64)
+                })
+                .sum::<u64>();
         let need = self
             .info
             .execution_bytes

@@ -263,6 +263,90 @@ fn a_loaded_workers_stderr_never_blocks() {
     assert_ne!(flags & libc::O_NONBLOCK as u32, 0, "fd 2 flags {flags:o}");
 }
 
+/// Eight threads on one worker: requests that find it busy are rung behind the running one
+/// (its other arena slot) or queued, and each caller gets exactly its own outputs, bit for bit
+/// the in-process ones for its own inputs.
+#[test]
+fn concurrent_callers_on_one_worker_each_get_their_own_outputs() {
+    let dir = fixture("tiny");
+    let local = load(engine(), "tiny");
+    let remote = std::sync::Arc::new(process(load(engine(), "tiny")));
+    let base = numbered(&dir, "in");
+    let inputs_for = |i: usize| -> Vec<Tensor> {
+        base.iter()
+            .map(|t| {
+                let v: Vec<f32> = t
+                    .bytes()
+                    .chunks_exact(4)
+                    .map(|b| f32::from_le_bytes(b.try_into().unwrap()) * (i as f32 + 1.5))
+                    .collect();
+                Tensor::from_slice(t.shape(), &v).unwrap()
+            })
+            .collect()
+    };
+    let want: Vec<Vec<Tensor>> = (0..8)
+        .map(|i| local.run(&views(&inputs_for(i))).unwrap())
+        .collect();
+    std::thread::scope(|sc| {
+        for (i, want) in want.iter().enumerate() {
+            let (remote, inputs) = (remote.clone(), inputs_for(i));
+            sc.spawn(move || {
+                for round in 0..150 {
+                    let got = remote.run(&views(&inputs)).unwrap();
+                    assert_eq!(got.len(), want.len());
+                    for (g, w) in got.iter().zip(want) {
+                        assert_eq!(g.bytes(), w.bytes(), "caller {i}, round {round}");
+                    }
+                }
+            });
+        }
+    });
+    let report = remote.execution_report().unwrap().1;
+    assert_eq!(report.executions, 8 * 150);
+    assert!(report.rung_behind > 0, "{report:?}");
+    assert_eq!(report.workers_started, 1, "{report:?}");
+}
+
+/// A request rung behind one that never ends is not lost with it: when the first is killed
+/// at its deadline, the second goes back to the head of the queue and runs on the
+/// replacement worker, giving JAX's output.
+#[test]
+fn a_request_rung_behind_a_hung_one_runs_on_the_next_worker() {
+    let dir = fixture("hostile_fori");
+    let m = std::sync::Arc::new(process(load(engine(), "hostile_fori")));
+    let inputs = numbered(&dir, "in");
+    let (short, x) = (inputs[0].clone(), inputs[1].clone());
+    let hang = scalar_i32(i32::MAX);
+    std::thread::scope(|sc| {
+        let m1 = m.clone();
+        let x1 = x.clone();
+        let first = sc.spawn(move || {
+            m1.run_until(
+                &[hang.view(), x1.view()],
+                Instant::now() + Duration::from_millis(1500),
+            )
+        });
+        // Once the first is running, the second rings behind it.
+        let end = Instant::now() + Duration::from_secs(20);
+        while m.execution_report().unwrap().1.pids.len() != 1 && Instant::now() < end {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        std::thread::sleep(Duration::from_millis(300));
+        let second = m
+            .run_until(
+                &[short.view(), x.view()],
+                Instant::now() + Duration::from_secs(60),
+            )
+            .unwrap();
+        assert_bit_equal("behind the hung one", &second, &numbered(&dir, "out"));
+        let err = first.join().unwrap().unwrap_err();
+        assert!(matches!(err, Error::ExecutionTimeout(_)), "{err}");
+    });
+    let report = m.execution_report().unwrap().1;
+    assert_eq!(report.killed_deadline, 1, "{report:?}");
+    assert_eq!(report.rung_behind, 1, "{report:?}");
+}
+
 #[test]
 fn a_16_gib_execution_is_refused_at_load_with_the_numbers() {
     let err = engine()

@@ -305,20 +305,6 @@ pub(crate) fn exchange(
     }
 }
 
-/// Sends one frame to a long-lived worker and reads its one reply, before `deadline`: the
-/// execution workers' request path, with as few system calls as it can (write, poll, read
-/// header, read payload) and no per-call buffer beyond the reply. Stderr is drained on the way
-/// (a worker blocked on a full stderr pipe would otherwise hang until its deadline).
-pub(crate) fn call(
-    p: &mut Proc,
-    send: &[u8],
-    deadline: Instant,
-    max: &dyn Fn(Kind) -> usize,
-) -> Result<Frame, Broken> {
-    let mut c = Call::default();
-    finish(p, &mut c, send, deadline, max)
-}
-
 /// Drives `c` to its end, waiting (poll) as needed, before `deadline`.
 pub(crate) fn finish(
     p: &mut Proc,
@@ -348,6 +334,18 @@ pub(crate) struct Call {
     kind: Option<Kind>,
     payload: Vec<u8>,
     at: usize,
+}
+
+impl Call {
+    /// A call whose frame (`len` bytes) was already written, by someone else: only the reply
+    /// remains to be read.
+    pub(crate) fn sent(len: usize) -> Call {
+        Call {
+            begun: true,
+            sent: len,
+            ..Call::default()
+        }
+    }
 }
 
 /// What a [`Call`] needs next.

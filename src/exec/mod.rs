@@ -124,6 +124,7 @@ pub(crate) struct Counters {
     protocol: AtomicU64,
     executions: AtomicU64,
     exec_nanos: AtomicU64,
+    rung_behind: AtomicU64,
 }
 
 /// What a model's execution workers did, for `inspect` and metrics.
@@ -141,6 +142,9 @@ pub struct ExecSnapshot {
     pub executions: u64,
     /// Their total execution time (round trip to the worker), nanoseconds.
     pub execution_nanos: u64,
+    /// Requests that found every worker busy and were rung behind a running request (in the
+    /// worker's other slot), rather than queued.
+    pub rung_behind: u64,
     /// Pids of the live workers.
     pub pids: Vec<u32>,
     /// Address-space limit of each worker, bytes.
@@ -274,18 +278,41 @@ impl Spawner {
     }
 }
 
-/// A live, loaded execution worker and its sized arena.
+/// A live, loaded execution worker: its process (whose stdout only the holder of this value
+/// reads), what it shares with a request queued behind the running one, and the slot of the
+/// request its holder runs.
 struct Live {
     proc: Proc,
+    side: Arc<Side>,
+    slot: usize,
+}
+
+/// The part of a worker that a request waiting behind the running one uses to start early:
+/// the arena (its own slot) and a duplicate of the worker's stdin (its own doorbell).
+struct Side {
+    inner: Mutex<SideState>,
+}
+
+struct SideState {
     arena: shm::Arena,
+    bell: std::fs::File,
+    /// The running request's slot, once its doorbell is in the pipe (a request rung behind it
+    /// before that would run first, and its reply be read as the running one's).
+    rung: Option<usize>,
+    /// The request rung behind the running one, and its slot.
+    next: Option<(Arc<Waiter>, usize)>,
+}
+
+fn side(w: &Live) -> MutexGuard<'_, SideState> {
+    w.side.inner.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 struct State {
     idle: Vec<Live>,
     /// Workers that exist (idle, busy or starting).
     live: usize,
-    /// Pids of the busy workers.
-    busy: Vec<u32>,
+    /// The busy workers: pid, and what a request may use to start behind the running one.
+    busy: Vec<(u32, Arc<Side>)>,
     /// Requests waiting for a worker, oldest first. A worker that finishes a request starts
     /// the oldest of these itself, before its own caller goes on, so that it never waits for
     /// a waiting thread to wake up (see [`Remote::release`]).
@@ -323,8 +350,10 @@ pub(crate) struct Remote {
     in_lens: Vec<usize>,
     /// Where each starts in the input arena, and the arena's size.
     in_layout: (Vec<usize>, usize),
-    /// The `Execute` frame: no payload (the arguments are in the arena).
-    doorbell: [u8; protocol::HEADER_LEN],
+    /// The `Execute` frame of each slot: the slot's index (the arguments are in the arena).
+    doorbells: Vec<Vec<u8>>,
+    /// Bytes between two slots of the input and of the output arena.
+    strides: (usize, usize),
     workers: usize,
     deadline: Option<Duration>,
     address_space: Option<u64>,
@@ -410,8 +439,17 @@ impl Remote {
         let too_large = || Error::Internal("a request too large for an arena".into());
         let in_layout = shm::layout(&in_lens).ok_or_else(too_large)?;
         let out_layout = shm::layout(&out_lens).ok_or_else(too_large)?;
-        let doorbell =
-            protocol::header(Kind::Execute, 0).map_err(|e| Error::Internal(e.to_string()))?;
+        let doorbells = (0..shm::SLOTS)
+            .map(|slot| {
+                let slot = u32::try_from(slot).map_err(|e| e.to_string())?;
+                protocol::encode_parts(Kind::Execute, &[&slot.to_le_bytes()])
+                    .map_err(|e| e.to_string())
+            })
+            .collect::<Result<Vec<_>, String>>()
+            .map_err(Error::Internal)?;
+        let strides = shm::stride(in_layout.1)
+            .zip(shm::stride(out_layout.1))
+            .ok_or_else(too_large)?;
         let spec = LoadSpec {
             address_space: model.address_space,
             executable_len: model.executable.len() as u64,
@@ -432,7 +470,8 @@ impl Remote {
             out_layout,
             in_lens,
             in_layout,
-            doorbell,
+            doorbells,
+            strides,
             workers: workers.max(1),
             deadline,
             address_space: model.address_space,
@@ -468,7 +507,7 @@ impl Remote {
             .idle
             .iter()
             .map(|l| u32::try_from(l.proc.pid).unwrap_or(0))
-            .chain(s.busy.iter().copied())
+            .chain(s.busy.iter().map(|(p, _)| *p))
             .collect();
         pids.sort_unstable();
         ExecSnapshot {
@@ -478,6 +517,7 @@ impl Remote {
             protocol_violations: c.protocol.load(Ordering::Relaxed),
             executions: c.executions.load(Ordering::Relaxed),
             execution_nanos: c.exec_nanos.load(Ordering::Relaxed),
+            rung_behind: c.rung_behind.load(Ordering::Relaxed),
             pids,
             address_space_limit: self.address_space,
         }
@@ -510,7 +550,26 @@ impl Remote {
                     json!({"pid": pid, "address_space_limit_bytes": self.address_space,
                            "load_ms": loaded.load_ms, "seccomp": report.seccomp}),
                 );
-                Ok((Live { proc, arena }, report))
+                let bell = match proc.dup_pipe(true) {
+                    Ok(fd) => std::fs::File::from(fd),
+                    Err(e) => return Err(Started::Failed(fail(&mut proc, Broken::Io(e)))),
+                };
+                let side = Arc::new(Side {
+                    inner: Mutex::new(SideState {
+                        arena,
+                        bell,
+                        rung: None,
+                        next: None,
+                    }),
+                });
+                Ok((
+                    Live {
+                        proc,
+                        side,
+                        slot: 0,
+                    },
+                    report,
+                ))
             }
             Ok(f) if f.kind == Kind::ExecError => {
                 let r: ExecRejection = serde_json::from_slice(&f.payload).map_err(|e| {
@@ -546,7 +605,7 @@ impl Remote {
             // A worker that died while idle (killed from outside) is dropped.
             match crate::compile::sandbox::wait4(w.proc.pid, false) {
                 Ok(None) => {
-                    s.busy.push(u32::try_from(w.proc.pid).unwrap_or(0));
+                    busy_push(&mut s, &w);
                     return Ok(Got::Idle(w));
                 }
                 Ok(Some(r)) => {
@@ -575,7 +634,17 @@ impl Remote {
             handed: Mutex::new(None),
             cv: Condvar::new(),
         });
-        s.queue.push_back(waiter.clone());
+        // Behind a running request whose worker has its other slot free: the worker goes
+        // from that request to this one without waiting for anyone to wake up.
+        let behind = s.queue.is_empty()
+            && s.busy
+                .iter()
+                .any(|(_, side)| self.ring_behind(side, &waiter));
+        if behind {
+            self.counters.rung_behind.fetch_add(1, Ordering::Relaxed);
+        } else {
+            s.queue.push_back(waiter.clone());
+        }
         let running = s.busy.len();
         drop(s);
         let mut h = waiter.handed.lock().unwrap_or_else(|p| p.into_inner());
@@ -633,7 +702,7 @@ impl Remote {
             s.idle.push(w);
             return;
         };
-        s.busy.push(u32::try_from(w.proc.pid).unwrap_or(0));
+        busy_push(&mut s, &w);
         drop(s);
         let handed = self.ring(w, &waiter.parts);
         *waiter.handed.lock().unwrap_or_else(|p| p.into_inner()) = Some(handed);
@@ -647,22 +716,59 @@ impl Remote {
         let mut call = pool::Call::default();
         let ended = match self.write_request(&mut w, &refs) {
             Err(e) => Some(Err(Broken::Io(std::io::Error::other(e.to_string())))),
-            Ok(()) => match pool::step(&mut w.proc, &mut call, &self.doorbell, &reply_max) {
-                Ok(pool::Step::Done(f)) => Some(Ok(f)),
-                Ok(_) => None,
-                Err(b) => Some(Err(b)),
-            },
+            Ok(()) => {
+                let bell = &self.doorbells[w.slot];
+                match pool::step(&mut w.proc, &mut call, bell, &reply_max) {
+                    Ok(pool::Step::Done(f)) => Some(Ok(f)),
+                    Ok(pool::Step::Read(_)) => {
+                        mark_rung(&w);
+                        None
+                    }
+                    Ok(pool::Step::Write(_)) => None,
+                    Err(b) => Some(Err(b)),
+                }
+            }
         };
         Handed { w, call, ended, t }
+    }
+
+    /// Writes `waiter`'s request into the free slot of the busy worker `side` and rings its
+    /// doorbell, when the running request's doorbell is rung and no other request waits
+    /// there; the worker's holder hands the worker over when its own request ends
+    /// ([`Remote::release`]), or puts the request back at the head of the queue if the worker
+    /// dies first.
+    fn ring_behind(&self, side: &Side, waiter: &Arc<Waiter>) -> bool {
+        use std::io::Write;
+        let mut st = side.inner.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(running) = st.rung else {
+            return false;
+        };
+        if st.next.is_some() {
+            return false;
+        }
+        let slot = (running + 1) % shm::SLOTS;
+        let base = slot * self.strides.0;
+        for (p, &at) in waiter.parts.iter().zip(&self.in_layout.0) {
+            if st.arena.write_input(base + at, p).is_err() {
+                return false;
+            }
+        }
+        // Sixteen bytes into a pipe that holds at most one other doorbell: never short.
+        match st.bell.write(&self.doorbells[slot]) {
+            Ok(n) if n == self.doorbells[slot].len() => {}
+            // A partial ring breaks the pipe's framing: the worker reads a broken frame and is
+            // killed; its holder's request fails and this one waits as queued.
+            _ => return false,
+        }
+        st.next = Some((waiter.clone(), slot));
+        true
     }
 
     /// A new worker for the caller (its slot counted in `live` already).
     fn start_fresh(&self) -> Result<Got, Error> {
         match self.start_loaded() {
             Ok((w, _)) => {
-                lock(&self.state)
-                    .busy
-                    .push(u32::try_from(w.proc.pid).unwrap_or(0));
+                busy_push(&mut lock(&self.state), &w);
                 Ok(Got::Idle(w))
             }
             Err(e) => {
@@ -677,19 +783,55 @@ impl Remote {
         }
     }
 
-    /// A worker finished a request well: it starts the oldest queued one, or goes idle.
-    fn release(&self, w: Live) {
+    /// A worker finished a request well: it goes to the request rung behind it (already
+    /// running in the worker, or about to), else starts the oldest queued one, or goes idle.
+    fn release(&self, mut w: Live) {
         let mut s = lock(&self.state);
         let pid = u32::try_from(w.proc.pid).unwrap_or(0);
-        s.busy.retain(|&p| p != pid);
+        let next = {
+            let mut st = side(&w);
+            st.rung = None;
+            let next = st.next.take();
+            if let Some((_, slot)) = &next {
+                st.rung = Some(*slot);
+            }
+            next
+        };
+        if let Some((waiter, slot)) = next {
+            drop(s);
+            w.slot = slot;
+            let sent = self.doorbells[slot].len();
+            let handed = Handed {
+                w,
+                call: pool::Call::sent(sent),
+                ended: None,
+                t: Instant::now(),
+            };
+            *waiter.handed.lock().unwrap_or_else(|p| p.into_inner()) = Some(handed);
+            waiter.cv.notify_one();
+            return;
+        }
+        s.busy.retain(|(p, _)| *p != pid);
+        w.slot = 0;
         self.give(s, w);
+    }
+
+    /// The request rung behind a worker that failed goes back to the head of the queue (its
+    /// arguments are its own copy), to run on the next worker.
+    fn requeue_behind(&self, w: &Live) {
+        let next = side(w).next.take();
+        if let Some((waiter, _)) = next {
+            let mut s = lock(&self.state);
+            s.queue.push_front(waiter);
+            wake_front(&s);
+        }
     }
 
     /// A worker is gone: count it out and start a replacement in the background.
     fn lost(self: &Arc<Self>, pid: i32) {
         let mut s = lock(&self.state);
         let pid = u32::try_from(pid).unwrap_or(0);
-        s.busy.retain(|&p| p != pid);
+        s.busy.retain(|(p, _)| *p != pid);
         s.live -= 1;
         if s.live >= self.workers {
             return;
@@ -743,12 +885,19 @@ impl Remote {
                     return Err(e);
                 }
                 let t = Instant::now();
-                let result = pool::call(
-                    &mut w.proc,
-                    &self.doorbell,
-                    deadline.unwrap_or(far),
-                    &reply_max,
-                );
+                let bell = &self.doorbells[w.slot];
+                let mut c = pool::Call::default();
+                let result = match pool::step(&mut w.proc, &mut c, bell, &reply_max) {
+                    Ok(pool::Step::Done(f)) => Ok(f),
+                    Ok(step) => {
+                        if matches!(step, pool::Step::Read(_)) {
+                            mark_rung(&w);
+                        }
+                        let until = deadline.unwrap_or(far);
+                        pool::finish(&mut w.proc, &mut c, bell, until, &reply_max)
+                    }
+                    Err(b) => Err(b),
+                };
                 self.conclude(w, result, started, t, deadline)
             }
             Got::Handed(h) => {
@@ -760,13 +909,11 @@ impl Remote {
                 } = *h;
                 let result = match ended {
                     Some(r) => r,
-                    None => pool::finish(
-                        &mut w.proc,
-                        &mut call,
-                        &self.doorbell,
-                        deadline.unwrap_or(far),
-                        &reply_max,
-                    ),
+                    None => {
+                        let bell = &self.doorbells[w.slot];
+                        let until = deadline.unwrap_or(far);
+                        pool::finish(&mut w.proc, &mut call, bell, until, &reply_max)
+                    }
                 };
                 self.conclude(w, result, started, t, deadline)
             }
@@ -787,8 +934,12 @@ impl Remote {
 
     /// Copies a request's arguments into `w`'s input arena (the one copy).
     fn write_request(&self, w: &mut Live, parts: &[&[u8]]) -> Result<(), Error> {
+        let base = w.slot * self.strides.0;
+        let mut st = side(w);
         for (p, &at) in parts.iter().zip(&self.in_layout.0) {
-            w.arena.write_input(at, p).map_err(Error::Internal)?;
+            st.arena
+                .write_input(base + at, p)
+                .map_err(Error::Internal)?;
         }
         Ok(())
     }
@@ -819,7 +970,7 @@ impl Remote {
             };
             match crate::compile::sandbox::wait4(w.proc.pid, false) {
                 Ok(None) => {
-                    s.busy.push(u32::try_from(w.proc.pid).unwrap_or(0));
+                    busy_push(&mut s, &w);
                     w
                 }
                 _ => {
@@ -836,6 +987,7 @@ impl Remote {
             remote: self.clone(),
             worker: Some(w),
             call: pool::Call::default(),
+            rung: false,
             ended: None,
             started,
             deadline,
@@ -857,12 +1009,15 @@ impl Remote {
         let broken = match result {
             Ok(f) if f.kind == Kind::Executed && f.payload.is_empty() => {
                 // The worker is done with its arena: copy the outputs out, then release it.
-                let outs = self
-                    .out_lens
-                    .iter()
-                    .zip(&self.out_layout.0)
-                    .map(|(&len, &at)| w.arena.read_output(at, len))
-                    .collect::<Result<Vec<_>, String>>();
+                let base = w.slot * self.strides.1;
+                let outs = {
+                    let st = side(&w);
+                    self.out_lens
+                        .iter()
+                        .zip(&self.out_layout.0)
+                        .map(|(&len, &at)| st.arena.read_output(base + at, len))
+                        .collect::<Result<Vec<_>, String>>()
+                };
                 self.release(w);
                 let c = &self.counters;
                 c.executions.fetch_add(1, Ordering::Relaxed);
@@ -893,6 +1048,7 @@ impl Remote {
         };
         let timed_out = matches!(broken, Broken::Timeout);
         let mut failure = pool::failure_of(&mut w.proc, broken, limits, WorkerRole::Execution);
+        self.requeue_behind(&w);
         drop(w);
         let (event, counter) = match &mut failure.cause {
             FailureCause::Timeout(d) => {
@@ -942,6 +1098,8 @@ pub(crate) struct InFlight {
     remote: Arc<Remote>,
     worker: Option<Live>,
     call: pool::Call,
+    /// Whether the doorbell is in the pipe (and said so to requests that may ring behind).
+    rung: bool,
     /// How the exchange ended, once it has.
     ended: Option<Result<protocol::Frame, Broken>>,
     started: Instant,
@@ -981,14 +1139,16 @@ impl InFlight {
         let Some(w) = self.worker.as_mut() else {
             return Ok(());
         };
-        let r = match pool::step(
-            &mut w.proc,
-            &mut self.call,
-            &self.remote.doorbell,
-            &reply_max,
-        ) {
+        let bell = &self.remote.doorbells[w.slot];
+        let r = match pool::step(&mut w.proc, &mut self.call, bell, &reply_max) {
             Ok(pool::Step::Write(_)) => return Err(Wait::Write),
-            Ok(pool::Step::Read(_)) => return Err(Wait::Read),
+            Ok(pool::Step::Read(_)) => {
+                if !self.rung {
+                    self.rung = true;
+                    mark_rung(w);
+                }
+                return Err(Wait::Read);
+            }
             Ok(pool::Step::Done(f)) => Ok(f),
             Err(b) => Err(b),
         };
@@ -1044,13 +1204,11 @@ impl Drop for InFlight {
         let finish = move || {
             let r = match ended {
                 Some(r) => r,
-                None => pool::finish(
-                    &mut w.proc,
-                    &mut call,
-                    &remote.doorbell,
-                    deadline.unwrap_or(far),
-                    &reply_max,
-                ),
+                None => {
+                    let bell = &remote.doorbells[w.slot];
+                    let until = deadline.unwrap_or(far);
+                    pool::finish(&mut w.proc, &mut call, bell, until, &reply_max)
+                }
             };
             let _ = remote.conclude(w, r, started, started, deadline);
         };
@@ -1073,6 +1231,17 @@ fn reply_max(k: Kind) -> usize {
         Kind::Executed => 0,
         _ => MAX_SMALL,
     }
+}
+
+/// Counts `w` among the busy workers.
+fn busy_push(s: &mut State, w: &Live) {
+    s.busy
+        .push((u32::try_from(w.proc.pid).unwrap_or(0), w.side.clone()));
+}
+
+/// Says that `w`'s running request has its doorbell in the pipe: a request may ring behind it.
+fn mark_rung(w: &Live) {
+    side(w).rung = Some(w.slot);
 }
 
 /// Wakes the oldest queued request (a worker slot came free: it may start a worker itself).

@@ -31,6 +31,15 @@ pub(crate) const INPUT_FD: RawFd = 3;
 pub(crate) const OUTPUT_FD: RawFd = 4;
 /// Alignment of every argument and output in an arena, bytes.
 pub(crate) const ALIGN: usize = 64;
+/// Request slots per worker: one request runs while the next one waits in the other slot,
+/// its doorbell already rung, so the worker goes from one to the next without waiting for the
+/// parent to wake up.
+pub(crate) const SLOTS: usize = 2;
+
+/// Bytes between the starts of two slots of a region of `len` bytes, or `None` on overflow.
+pub(crate) fn stride(len: usize) -> Option<usize> {
+    Some(len.max(1).checked_add(ALIGN - 1)? & !(ALIGN - 1))
+}
 
 /// Offsets of consecutive regions of `lens` bytes, each aligned to [`ALIGN`], and the bytes
 /// the arena needs (at least 1). `None` on overflow.
@@ -172,7 +181,8 @@ impl Arena {
         ]
     }
 
-    /// Sizes, maps and seals the arena (once, before the worker is told its model).
+    /// Sizes, maps and seals the arena (once, before the worker is told its model): [`SLOTS`]
+    /// slots of `input_len` and of `output_len` bytes.
     ///
     /// # Errors
     /// The system's; sizing twice is an error.
@@ -180,7 +190,12 @@ impl Arena {
         if self.maps.is_some() {
             return Err(io::Error::other("the arena is sized already"));
         }
-        let (input_len, output_len) = (input_len.max(1), output_len.max(1));
+        let total = |len: usize| {
+            stride(len)
+                .and_then(|s| s.checked_mul(SLOTS))
+                .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "arena too large"))
+        };
+        let (input_len, output_len) = (total(input_len)?, total(output_len)?);
         truncate(&self.input, input_len)?;
         truncate(&self.output, output_len)?;
         let input = Mapping::new(self.input.as_raw_fd(), input_len, true)?;
@@ -252,8 +267,9 @@ impl Arena {
     }
 }
 
-/// The worker's side: maps the inherited descriptors after checking their sizes and seals.
-/// The mappings live as long as the worker.
+/// The worker's side: maps the inherited descriptors after checking their sizes and seals
+/// ([`SLOTS`] slots of `input_len` and `output_len` bytes, as [`Arena::size`] made them). The
+/// mappings live as long as the worker.
 ///
 /// # Errors
 /// A descriptor missing, smaller than the model needs, or not sealed as the parent seals it.
@@ -261,7 +277,12 @@ pub(crate) fn map_in_worker(
     input_len: usize,
     output_len: usize,
 ) -> Result<(&'static [u8], &'static mut [u8]), String> {
-    let (input_len, output_len) = (input_len.max(1), output_len.max(1));
+    let total = |len: usize| {
+        stride(len)
+            .and_then(|s| s.checked_mul(SLOTS))
+            .ok_or_else(|| "arena too large".to_string())
+    };
+    let (input_len, output_len) = (total(input_len)?, total(output_len)?);
     let need = libc::F_SEAL_SHRINK | libc::F_SEAL_GROW;
     for (fd, len, what) in [
         (INPUT_FD, input_len, "input"),
@@ -310,6 +331,14 @@ mod tests {
     use super::*;
 
     #[test]
+    fn slots_are_aligned() {
+        assert_eq!(stride(0), Some(64));
+        assert_eq!(stride(64), Some(64));
+        assert_eq!(stride(65), Some(128));
+        assert_eq!(stride(usize::MAX), None);
+    }
+
+    #[test]
     fn layout_aligns_every_region() {
         assert_eq!(layout(&[]), Some((vec![], 1)));
         assert_eq!(layout(&[3, 64, 1]), Some((vec![0, 64, 128], 129)));
@@ -323,13 +352,14 @@ mod tests {
         assert!(a.write_input(0, b"x").is_err(), "not sized yet");
         a.size(100, 8).unwrap();
         assert!(a.size(1, 1).is_err(), "sized twice");
-        a.write_input(96, b"abcd").unwrap();
+        // Two slots each: inputs 2 x 128 bytes, outputs 2 x 64.
+        a.write_input(224, b"abcd").unwrap();
         assert!(a
-            .write_input(97, b"abcd")
+            .write_input(253, b"abcd")
             .unwrap_err()
             .contains("do not fit"));
-        assert_eq!(a.read_output(0, 8).unwrap(), vec![0u8; 8]);
-        assert!(a.read_output(1, 8).is_err());
+        assert_eq!(a.read_output(64, 64).unwrap(), vec![0u8; 64]);
+        assert!(a.read_output(65, 64).is_err());
         let [(inp, _), (out, _)] = a.child_fds();
         // Nobody can resize either, nor write the input through a descriptor or a new mapping.
         for fd in [inp, out] {
@@ -337,17 +367,17 @@ mod tests {
             assert_ne!(unsafe { libc::ftruncate(fd, 1) }, 0);
         }
         assert!(
-            Mapping::new(inp, 100, true).is_err(),
+            Mapping::new(inp, 256, true).is_err(),
             "input mapped writable"
         );
         assert!(
-            Mapping::new(out, 8, true).is_ok(),
+            Mapping::new(out, 128, true).is_ok(),
             "the worker writes outputs"
         );
         // The bytes written are in the file.
         let mut buf = [0u8; 4];
         // SAFETY: pread into a local buffer.
-        let n = unsafe { libc::pread(inp, buf.as_mut_ptr().cast(), 4, 96) };
+        let n = unsafe { libc::pread(inp, buf.as_mut_ptr().cast(), 4, 224) };
         assert_eq!((n, &buf), (4, b"abcd"));
     }
 }

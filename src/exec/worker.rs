@@ -186,18 +186,37 @@ pub(crate) fn serve(
     let Ok(done) = protocol::header(Kind::Executed, 0) else {
         return fatal(out, "cannot encode a reply");
     };
+    let (Some(in_stride), Some(out_stride)) = (shm::stride(in_size), shm::stride(out_size)) else {
+        return fatal(out, "a request too large for an arena");
+    };
     loop {
-        match protocol::read_frame(input, |_| 0) {
-            Ok(Ok(f)) if f.kind == Kind::Execute => {}
+        // The doorbell names the request's slot (a little-endian u32 below shm::SLOTS).
+        let slot = match protocol::read_frame(input, |k| match k {
+            Kind::Execute => 4,
+            _ => 0,
+        }) {
+            Ok(Ok(f)) if f.kind == Kind::Execute => match <[u8; 4]>::try_from(f.payload.as_slice())
+            {
+                Ok(b) if (u32::from_le_bytes(b) as usize) < shm::SLOTS => {
+                    u32::from_le_bytes(b) as usize
+                }
+                _ => return fatal(out, &format!("doorbell {:?} names no slot", f.payload)),
+            },
             // The parent closed the pipe: done.
             Ok(Err(ProtocolError::Truncated { got: 0, .. })) => return 0,
             Ok(Ok(_)) | Ok(Err(_)) | Err(_) => return 4,
-        }
+        };
+        let (Some(slot_in), Some(slot_out)) = (
+            in_arena.get(slot * in_stride..(slot + 1) * in_stride),
+            out_arena.get_mut(slot * out_stride..(slot + 1) * out_stride),
+        ) else {
+            return fatal(out, "a slot outside the arena");
+        };
         if spawn_thread {
             let _ = std::thread::Builder::new().spawn(|| {});
         }
         if let Some(n) = garbage {
-            out_arena.fill(0xa5);
+            slot_out.fill(0xa5);
             let junk = vec![0xa5u8; usize::try_from(n).unwrap_or(0)];
             if protocol::write_frame(out, Kind::Executed, &junk).is_err() {
                 return 3;
@@ -209,8 +228,8 @@ pub(crate) fn serve(
             &exe,
             &slots,
             &buffers,
-            in_arena,
-            (&mut *out_arena, &out_at, &out_lens),
+            slot_in,
+            (slot_out, &out_at, &out_lens),
         ) {
             Ok(()) => {
                 if out.write_all(&done).and_then(|()| out.flush()).is_err() {
