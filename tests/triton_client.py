@@ -15,6 +15,9 @@ import json
 import sys
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from goldens import golden as golden_file  # noqa: E402
+
 import ml_dtypes
 import numpy as np
 import tritonclient.http as httpclient
@@ -49,7 +52,7 @@ def load(path: Path, dtype: str) -> np.ndarray:
 def infer_both_ways(client, model: str, meta: dict, d: Path, label: str) -> None:
     """The folder's in*.npy as the model's inputs, JSON then binary; every output == out*.npy."""
     ins = [np.load(d / f"in{i}.npy") for i in range(len(meta["inputs"]))]
-    want = [np.load(d / f"out{i}.npy") for i in range(len(meta["outputs"]))]
+    want = [np.load(golden_file(d, f"out{i}.npy")) for i in range(len(meta["outputs"]))]
     for binary in (False, True):
         inputs = []
         for m, a in zip(meta["inputs"], ins):
@@ -117,7 +120,7 @@ def batched(url: str, fixtures: Path, models: list[str]) -> None:
         client.close()
         d = fixtures / fixture / "rows"
         x = np.load(d / "in0.npy")
-        want = [np.load(d / f"out{k}.npy") for k in range(len(meta["outputs"]))]
+        want = [np.load(golden_file(d, f"out{k}.npy")) for k in range(len(meta["outputs"]))]
         results: dict[int, list] = {}
         barrier = threading.Barrier(len(x))
 
@@ -178,7 +181,7 @@ def main() -> None:
 
     d = args.fixtures / "digits"
     x = np.load(d / "in0.npy")
-    label, logits = np.load(d / "out0.npy"), np.load(d / "out1.npy")
+    label, logits = np.load(golden_file(d, "out0.npy")), np.load(golden_file(d, "out1.npy"))
 
     # JSON in, JSON out.
     inp = httpclient.InferInput("pixels", [1, 64], "FP32")
@@ -217,7 +220,7 @@ def main() -> None:
     d = args.fixtures / "dtypes"
     meta = client.get_model_metadata("dtypes")
     ins = [load(d / f"in{i}.npy", m["datatype"]) for i, m in enumerate(meta["inputs"])]
-    want = [load(d / f"out{i}.npy", m["datatype"]) for i, m in enumerate(meta["outputs"])]
+    want = [load(golden_file(d, f"out{i}.npy"), m["datatype"]) for i, m in enumerate(meta["outputs"])]
     for binary in (False, True):
         inputs = []
         for m, a in zip(meta["inputs"], ins):

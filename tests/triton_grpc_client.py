@@ -20,6 +20,9 @@ import threading
 import time
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from goldens import golden as golden_file  # noqa: E402
+
 import grpc
 import ml_dtypes
 import numpy as np
@@ -98,7 +101,7 @@ def same(a: np.ndarray, b: np.ndarray) -> bool:
 def golden(client, stub, model: str, d: Path) -> None:
     meta = client.get_model_metadata(model, as_json=True)
     ins = [wire(np.load(d / f"in{i}.npy")) for i in range(len(meta["inputs"]))]
-    want = [wire(np.load(d / f"out{i}.npy")) for i in range(len(meta["outputs"]))]
+    want = [wire(np.load(golden_file(d, f"out{i}.npy"))) for i in range(len(meta["outputs"]))]
     # Raw contents through the client, unchanged.
     inputs = []
     for m, a in zip(meta["inputs"], ins):
@@ -261,7 +264,7 @@ def repository(client, fixtures: Path) -> None:
     check(by["digits"]["state"] == "READY" and by["digits"]["version"] == "1", "index: digits READY")
     d = fixtures / "digits"
     x = np.load(d / "in0.npy")
-    logits = np.load(d / "out1.npy")
+    logits = np.load(golden_file(d, "out1.npy"))
     inp = grpcclient.InferInput("pixels", [1, 64], "FP32")
     inp.set_data_from_numpy(x)
     before = client.get_inference_statistics("digits", as_json=True)["model_stats"][0]

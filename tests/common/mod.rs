@@ -60,7 +60,17 @@ pub fn thread_engine() -> &'static Engine {
 }
 
 /// `prefix0.npy`, `prefix1.npy`, ... in a folder, in order.
+///
+/// A golden folder may hold JAX's outputs on another CPU class in `cpu-<class>/` (written by
+/// `hlo/cpu_goldens.py` where JAX gives other low bits there): on a machine of that class
+/// they are read instead.
 pub fn numbered(dir: &Path, prefix: &str) -> Vec<Tensor> {
+    let here = dir.join(format!("cpu-{}", cpu_class()));
+    let dir = if here.join(format!("{prefix}0.npy")).is_file() {
+        here
+    } else {
+        dir.to_path_buf()
+    };
     let mut v = Vec::new();
     for i in 0.. {
         let p = dir.join(format!("{prefix}{i}.npy"));
@@ -70,6 +80,29 @@ pub fn numbered(dir: &Path, prefix: &str) -> Vec<Tensor> {
         v.push(Tensor::read_npy(&p).unwrap());
     }
     v
+}
+
+/// The CPU class whose goldens apply here, as `hlo/cpu_goldens.py` names it: the widest x86
+/// vector ISA (`avx512`, `avx2`, `avx`, `sse`), else the architecture. XLA's CPU code and the
+/// kernels it calls choose their instructions from it, and so may JAX's low bits.
+pub fn cpu_class() -> &'static str {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::is_x86_feature_detected!("avx512f") {
+            return "avx512";
+        }
+        if std::is_x86_feature_detected!("avx2") {
+            return "avx2";
+        }
+        if std::is_x86_feature_detected!("avx") {
+            return "avx";
+        }
+        "sse"
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        std::env::consts::ARCH
+    }
 }
 
 /// StableHLO text of a straight chain of `n` sine ops on `tensor<64xf32>`: compile time and
