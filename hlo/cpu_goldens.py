@@ -42,22 +42,10 @@ import numpy as np
 from jax import export
 
 HLO = Path(__file__).resolve().parent
+# The class rule is the tests' own (tests/goldens.py), so both name the same folder.
+sys.path.insert(0, str(HLO.parent / "tests"))
+from goldens import cpu_class  # noqa: E402
 jax.config.update("jax_enable_x64", True)
-
-
-def cpu_class() -> str:
-    machine = platform.machine()
-    if machine not in ("x86_64", "AMD64"):
-        return machine
-    flags: set[str] = set()
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("flags"):
-            flags = set(line.split(":", 1)[1].split())
-            break
-    for isa, flag in (("avx512", "avx512f"), ("avx2", "avx2"), ("avx", "avx")):
-        if flag in flags:
-            return isa
-    return "sse"
 
 
 def numbered(d: Path, prefix: str) -> list[Path]:
