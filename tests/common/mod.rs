@@ -146,7 +146,9 @@ pub fn assert_bit_equal(what: &str, got: &[Tensor], expected: &[Tensor]) {
         assert_eq!(g.type_string(), e.type_string(), "{what}: out{i} type");
         assert!(
             g.bytes() == e.bytes(),
-            "{what}: out{i} differs from JAX's output"
+            "{what}: out{i} differs from JAX's output (this CPU's class is {}: where JAX's bits \
+             differ on it, hlo/cpu_goldens.py writes them; see hlo/README.md)",
+            cpu_class()
         );
     }
 }
