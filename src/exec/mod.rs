@@ -867,6 +867,25 @@ impl Remote {
         &self.out_lens
     }
 
+    /// Waits for the rest of `w`'s exchange for `call`: its reply, until `deadline` (none: a
+    /// year).
+    fn finish_call(
+        &self,
+        w: &mut Live,
+        call: &mut pool::Call,
+        deadline: Option<Instant>,
+    ) -> Result<protocol::Frame, Broken> {
+        let until =
+            deadline.unwrap_or_else(|| Instant::now() + Duration::from_secs(365 * 24 * 3600));
+        pool::finish(
+            &mut w.proc,
+            call,
+            &self.doorbells[w.slot],
+            until,
+            &reply_max,
+        )
+    }
+
     /// Runs one request (`parts`: the bytes of each request argument, in order) before
     /// `deadline` (or the model's default deadline); returns the bytes of each output.
     pub(crate) fn call(
@@ -877,7 +896,6 @@ impl Remote {
         let started = Instant::now();
         let deadline = deadline.or_else(|| self.deadline.map(|d| started + d));
         self.check_parts(parts)?;
-        let far = Instant::now() + Duration::from_secs(365 * 24 * 3600);
         match self.acquire(parts, deadline)? {
             Got::Idle(mut w) => {
                 if let Err(e) = self.write_request(&mut w, parts) {
@@ -893,8 +911,7 @@ impl Remote {
                         if matches!(step, pool::Step::Read(_)) {
                             mark_rung(&w);
                         }
-                        let until = deadline.unwrap_or(far);
-                        pool::finish(&mut w.proc, &mut c, bell, until, &reply_max)
+                        self.finish_call(&mut w, &mut c, deadline)
                     }
                     Err(b) => Err(b),
                 };
@@ -909,11 +926,7 @@ impl Remote {
                 } = *h;
                 let result = match ended {
                     Some(r) => r,
-                    None => {
-                        let bell = &self.doorbells[w.slot];
-                        let until = deadline.unwrap_or(far);
-                        pool::finish(&mut w.proc, &mut call, bell, until, &reply_max)
-                    }
+                    None => self.finish_call(&mut w, &mut call, deadline),
                 };
                 self.conclude(w, result, started, t, deadline)
             }
@@ -1199,16 +1212,11 @@ impl Drop for InFlight {
         let mut call = std::mem::take(&mut self.call);
         let (started, deadline) = (self.started, self.deadline);
         let pid = w.proc.pid;
-        let far = Instant::now() + Duration::from_secs(365 * 24 * 3600);
         let ended = self.ended.take();
         let finish = move || {
             let r = match ended {
                 Some(r) => r,
-                None => {
-                    let bell = &remote.doorbells[w.slot];
-                    let until = deadline.unwrap_or(far);
-                    pool::finish(&mut w.proc, &mut call, bell, until, &reply_max)
-                }
+                None => remote.finish_call(&mut w, &mut call, deadline),
             };
             let _ = remote.conclude(w, r, started, started, deadline);
         };
