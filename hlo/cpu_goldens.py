@@ -18,7 +18,7 @@ on other architectures the machine name (`aarch64`). Run on a machine of the cla
     venv312/bin/python hlo/cpu_goldens.py --check    # only reports
 
 It needs hlo/requirements.txt's jax, jaxlib, numpy, ml_dtypes and safetensors, and for the
-baked goldens flax, keras and equinox (`pip install -c hlo/requirements.txt flax keras
+params fixtures flax, keras and equinox (`pip install -c hlo/requirements.txt flax keras
 equinox`). Folders whose outputs JAX gives identically here get no
 `cpu-<class>/` (and a stale one is removed).
 """
@@ -51,22 +51,6 @@ jax.config.update("jax_enable_x64", True)
 def numbered(d: Path, prefix: str) -> list[Path]:
     files = [p for p in d.iterdir() if re.fullmatch(rf"{prefix}\d+\.npy", p.name)]
     return sorted(files, key=lambda p: int(re.findall(r"\d+", p.name)[-1]))
-
-
-def register_equinox() -> None:
-    """params_eqx's input tree holds Equinox modules (hlo/export_params.py registers them
-    the same way)."""
-    try:
-        import equinox as eqx
-    except ImportError:
-        return
-    for cls in (eqx.nn.MLP, eqx.nn.Linear):
-        try:
-            export.register_pytree_node_serialization(
-                cls, serialized_name=f"equinox.{cls.__name__}",
-                serialize_auxdata=lambda aux: b"", deserialize_auxdata=lambda b: None)
-        except ValueError:
-            pass
 
 
 def as_aval(a: np.ndarray, aval):
@@ -113,14 +97,11 @@ def jax_outputs(folder: Path) -> dict[str, list[np.ndarray]] | str:
     if model is None:
         return "no model.jaxexport"
     mdir = model.parent
-    try:
-        exp = export.deserialize(bytearray(model.read_bytes()))
-    except TypeError:
-        if (folder / "baked_out0.npy").is_file():
-            # params_eqx: Equinox's input tree cannot be rebuilt without the model, so
-            # export_params.py's own outputs (same weights and input) stand in.
-            return {p: from_export_params(folder, p) for p in ("out", "baked_out")}
-        raise
+    if (folder / "baked_out0.npy").is_file():
+        # The params fixtures: hlo/export_params.py itself gives both (its baked export is a
+        # trace of the model, and Equinox's input tree cannot be rebuilt without it).
+        return {p: from_export_params(folder, p) for p in ("out", "baked_out")}
+    exp = export.deserialize(bytearray(model.read_bytes()))
     if "cpu" not in exp.platforms:
         return f"platforms {exp.platforms}"
     params = params_of(mdir)
@@ -138,10 +119,7 @@ def jax_outputs(folder: Path) -> dict[str, list[np.ndarray]] | str:
         wts, (x,) = flat[: len(params)], flat[len(params):]
         per_row = [leaves(exp.call(*wts, x[i:i + 1])) for i in range(x.shape[0])]
         return {"out": [np.concatenate([r[k] for r in per_row]) for k in range(len(per_row[0]))]}
-    got = {"out": leaves(exp.call(*flat))}
-    if (folder / "baked_out0.npy").is_file():
-        got["baked_out"] = from_export_params(folder, "baked_out")
-    return got
+    return {"out": leaves(exp.call(*flat))}
 
 
 _EXPORTED_PARAMS: Path | None = None
@@ -176,7 +154,6 @@ def main() -> int:
     args = ap.parse_args()
     if jax.__version__ != "0.11.2":
         sys.exit(f"jax {jax.__version__}: the fixtures were exported with 0.11.2")
-    register_equinox()
     cls = cpu_class()
     folders = sorted({p.parent for p in HLO.rglob("out0.npy") if "cpu-" not in str(p)})
     differ = 0
@@ -218,7 +195,7 @@ def main() -> int:
                 np.save(target / f"{prefix}{i}.npy", o, allow_pickle=False)
         (target / "README.md").write_text(
             f"JAX 0.11.2's outputs of `{model_of(folder).relative_to(HLO)}` on "
-            f"this folder's inputs, on a CPU of class `{cls}` ({platform.processor() or 'x86_64'}"
+            f"this folder's inputs, on a CPU of class `{cls}` ({platform.machine()}"
             f"; hlo/cpu_goldens.py). They differ in low bits from the committed ones, which JAX "
             f"gave on the export machine.\n")
     print(f"{len(folders)} golden folders, {differ} differ on {cls}")
