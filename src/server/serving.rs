@@ -476,16 +476,24 @@ impl Core {
     /// # Errors
     /// Why not, as a message.
     pub fn server_ready(&self) -> Result<(), String> {
-        if !self.loading_done.load(Ordering::Acquire) {
-            return Err("models are still loading".into());
+        // Judged from the slots' own states, so the answer never lags the repository index
+        // (slots are ready before the loading threads have all returned); `loading_done` only
+        // keeps a non-strict server ready while a client reloads a model.
+        let names = |f: fn(&SlotState) -> bool| -> Vec<&str> {
+            self.models
+                .values()
+                .filter(|s| f(&s.state()))
+                .map(|s| s.name.as_str())
+                .collect()
+        };
+        let reloading_ok =
+            !self.config.strict_readiness && self.loading_done.load(Ordering::Acquire);
+        let loading = names(|s| matches!(s, SlotState::Loading));
+        if !loading.is_empty() && !reloading_ok {
+            return Err(format!("models are still loading: {}", loading.join(", ")));
         }
         if self.config.strict_readiness {
-            let failed: Vec<&str> = self
-                .models
-                .values()
-                .filter(|s| !matches!(s.state(), SlotState::Ready(_) | SlotState::Unloaded))
-                .map(|s| s.name.as_str())
-                .collect();
+            let failed = names(|s| !matches!(s, SlotState::Ready(_) | SlotState::Unloaded));
             if !failed.is_empty() {
                 return Err(format!("models not ready: {}", failed.join(", ")));
             }
