@@ -6,21 +6,20 @@ the low bits between, say, an AVX-512 machine and one with AVX but no AVX2. JAX 
 those other bits there. The committed `out*.npy` are JAX's outputs on the machine that ran
 `hlo/export.py`. This script runs JAX (`jax.export.deserialize(...).call`) on every committed
 artifact and its committed inputs on *this* machine, and wherever JAX's outputs here differ
-from the committed ones, writes them to `<folder>/cpu-<class>/out*.npy` (and `baked_out*.npy`
-for the params fixtures). The tests read a folder's goldens from `cpu-<class>/` when it exists
-for the running machine's class (tests/common/mod.rs, `cpu_class`), so they stay bit for bit
-with JAX on either machine. No golden comes from xlaguard.
-
-The class is the widest x86 vector ISA the CPU has: `avx512` (avx512f), `avx2`, `avx`, `sse`;
-on other architectures the machine name (`aarch64`). Run on a machine of the class to add:
+from the committed ones, writes them to `<folder>/cpu-<key>/out*.npy` (and `baked_out*.npy`
+for the params fixtures), and records the machine in `hlo/cpu-classes/<key>.txt`. The key is
+LLVM's name for the host CPU (`rustc --print target-cpus`: `native`, e.g. `znver4`), which is
+what XLA tunes its code for. The tests read a folder's goldens from `cpu-<key>/` when that
+key's record exists (tests/goldens.py, tests/common/mod.rs `golden_key`), so they stay bit
+for bit with JAX on each machine. No golden comes from xlaguard.
 
     venv312/bin/python hlo/cpu_goldens.py            # writes the folders that differ
     venv312/bin/python hlo/cpu_goldens.py --check    # only reports
+    scripts/cpu-goldens.sh                           # both, in a pinned venv, when no record
 
-It needs hlo/requirements.txt's jax, jaxlib, numpy, ml_dtypes and safetensors, and for the
-params fixtures flax, keras and equinox (`pip install -c hlo/requirements.txt flax keras
-equinox`). Folders whose outputs JAX gives identically here get no
-`cpu-<class>/` (and a stale one is removed).
+It needs hlo/requirements-goldens.txt (jax, jaxlib, numpy, ml_dtypes, safetensors, and for the
+params fixtures flax, keras and equinox). Folders whose outputs JAX gives identically here get
+no `cpu-<key>/` (and a stale one is removed).
 """
 
 from __future__ import annotations
@@ -35,6 +34,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import jax
@@ -44,7 +44,7 @@ from jax import export
 HLO = Path(__file__).resolve().parent
 # The class rule is the tests' own (tests/goldens.py), so both name the same folder.
 sys.path.insert(0, str(HLO.parent / "tests"))
-from goldens import cpu_class  # noqa: E402
+from goldens import cpu_class, cpu_name  # noqa: E402
 jax.config.update("jax_enable_x64", True)
 
 
@@ -154,7 +154,9 @@ def main() -> int:
     args = ap.parse_args()
     if jax.__version__ != "0.11.2":
         sys.exit(f"jax {jax.__version__}: the fixtures were exported with 0.11.2")
-    cls = cpu_class()
+    cls = cpu_name()
+    if cls == "unknown":
+        sys.exit("rustc --print target-cpus does not name this CPU: no key for its goldens")
     folders = sorted({p.parent for p in HLO.rglob("out0.npy") if "cpu-" not in str(p)})
     differ = 0
     for folder in folders:
@@ -195,11 +197,28 @@ def main() -> int:
                 np.save(target / f"{prefix}{i}.npy", o, allow_pickle=False)
         (target / "README.md").write_text(
             f"JAX 0.11.2's outputs of `{model_of(folder).relative_to(HLO)}` on "
-            f"this folder's inputs, on a CPU of class `{cls}` ({platform.machine()}"
-            f"; hlo/cpu_goldens.py). They differ in low bits from the committed ones, which JAX "
+            f"this folder's inputs, on a `{cls}` CPU (hlo/cpu-classes/{cls}.txt; "
+            f"hlo/cpu_goldens.py). They differ in low bits from the committed ones, which JAX "
             f"gave on the export machine.\n")
     print(f"{len(folders)} golden folders, {differ} differ on {cls}")
+    if not args.check:
+        record = HLO / "cpu-classes" / f"{cls}.txt"
+        record.parent.mkdir(exist_ok=True)
+        record.write_text(
+            f"{cls}: {machine_line()}\n"
+            f"{differ} of {len(folders)} golden folders differ from the export machine's "
+            f"(written {time.strftime('%Y-%m-%d')} by hlo/cpu_goldens.py with jax "
+            f"{jax.__version__}; ISA class "
+            f"{cpu_class()}).\n")
     return 0
+
+
+def machine_line() -> str:
+    """The CPU's model name and core count, from /proc/cpuinfo."""
+    text = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").is_file() else ""
+    models = re.findall(r"^model name\s*:\s*(.+)$", text, re.M)
+    return f"{models[0] if models else platform.processor() or platform.machine()}, " \
+           f"{len(models) or os.cpu_count()} CPUs"
 
 
 if __name__ == "__main__":

@@ -34,6 +34,22 @@ fn count(dir: &str) -> usize {
     std::fs::read_dir(dir).unwrap().count()
 }
 
+/// The process's thread count once it has stopped changing (a thread that starts a spare
+/// worker ends a moment after the spare is registered): the same for 300 ms, within 10 s.
+fn steady_threads() -> usize {
+    let end = Instant::now() + Duration::from_secs(10);
+    let mut last = count("/proc/self/task");
+    let mut since = Instant::now();
+    while since.elapsed() < Duration::from_millis(300) && Instant::now() < end {
+        std::thread::sleep(Duration::from_millis(20));
+        let now = count("/proc/self/task");
+        if now != last {
+            (last, since) = (now, Instant::now());
+        }
+    }
+    last
+}
+
 /// The one live worker of `m` (waiting for a replacement to be up).
 fn worker_pid(m: &Model) -> u32 {
     let end = Instant::now() + Duration::from_secs(30);
@@ -63,7 +79,7 @@ fn a_never_ending_loop_is_killed_at_its_deadline_and_the_model_keeps_serving() {
     let tiny_out = numbered(&fixture("tiny"), "out");
     let inputs = numbered(&fixture("hostile_while"), "in");
     settled();
-    let threads = count("/proc/self/task");
+    let threads = steady_threads();
     for round in 0..2 {
         settled();
         let first = worker_pid(&hang);
@@ -103,7 +119,7 @@ fn a_never_ending_loop_is_killed_at_its_deadline_and_the_model_keeps_serving() {
     assert_eq!(snap.killed_deadline, 2);
     assert_eq!(snap.workers_started, 3);
     settled();
-    assert_eq!(count("/proc/self/task"), threads, "threads left behind");
+    assert_eq!(steady_threads(), threads, "threads left behind");
     let pids = snap.pids.clone();
     drop(hang);
     for p in pids {

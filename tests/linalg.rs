@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use serde_json::Value;
 use xlaguard::{DType, Error, Tensor, TensorRef};
 
-use common::{cli_run, cpu_class, engine, fixture, numbered, root, thread_engine, xlaguard_cmd};
+use common::{cli_run, engine, fixture, numbered, root, thread_engine, xlaguard_cmd};
 
 fn linalg_dirs() -> Vec<PathBuf> {
     let mut v: Vec<PathBuf> = std::fs::read_dir(fixture("linalg"))
@@ -115,12 +115,14 @@ fn max_ulps(what: &str, got: &[Tensor], expected: &[Tensor]) -> u64 {
 /// `norm(b - a @ x, axis=0) ** 2` on complex64) is 1 ulp off in one element although every
 /// LAPACK result (x, rank, singular values) is bit-identical: the same computation on the same
 /// x, with no custom call at all, gives the same 1-ulp difference between the PJRT plugin and
-/// jaxlib's own XLA (measured; see docs/linalg.md). The bound depends on the CPU class
-/// (`common::cpu_class`), as the goldens do: 1 ulp on the export machine, 6 on an AVX2 one
-/// (measured 2026-12-01 against JAX's outputs there, `hlo/linalg/lstsq_c64/cpu-avx2/`; every
-/// other output of every linalg fixture is bit-identical on both).
-const XLA_DIFFERENCES: &[(&str, usize, Option<&str>, u64)] =
-    &[("lstsq_c64", 5, Some("avx2"), 6), ("lstsq_c64", 5, None, 1)];
+/// jaxlib's own XLA (measured; see docs/linalg.md). How far off depends on the CPU XLA tunes
+/// for, as the goldens do (hlo/README.md): 1 ulp on the export machine, 6 on an AVX2 AMD EPYC
+/// (2026-12-01, against JAX's outputs there, `hlo/linalg/lstsq_c64/cpu-avx2/`), at most 1 ulp on an
+/// AVX-512 one (`znver4`, 2026-12-02). One bound for every CPU, the worst measured with room
+/// (a residual of a solved system is a difference of nearly equal numbers, so a last-bit
+/// change in `a @ x` grows in it); every other output of every linalg fixture is bit-identical
+/// on each.
+const XLA_DIFFERENCES: &[(&str, usize, u64)] = &[("lstsq_c64", 5, 8)];
 
 #[test]
 fn every_linalg_fixture_gives_jax_outputs_bit_for_bit() {
@@ -135,10 +137,8 @@ fn every_linalg_fixture_gives_jax_outputs_bit_for_bit() {
             let d = ulps(e.dtype(), g.bytes(), e.bytes());
             let allowed = XLA_DIFFERENCES
                 .iter()
-                .find(|(n, o, class, _)| {
-                    *n == name && *o == k && class.is_none_or(|c| c == cpu_class())
-                })
-                .map_or(0, |x| x.3);
+                .find(|(n, o, _)| *n == name && *o == k)
+                .map_or(0, |x| x.2);
             if d > allowed {
                 report.push(format!(
                     "{name}: out{k} differs by {d} ulp (allowed {allowed})"

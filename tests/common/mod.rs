@@ -61,15 +61,14 @@ pub fn thread_engine() -> &'static Engine {
 
 /// `prefix0.npy`, `prefix1.npy`, ... in a folder, in order.
 ///
-/// A golden folder may hold JAX's outputs on another CPU class in `cpu-<class>/` (written by
-/// `hlo/cpu_goldens.py` where JAX gives other low bits there): on a machine of that class
-/// they are read instead.
+/// A golden folder may hold JAX's outputs on another CPU in `cpu-<key>/` (written by
+/// `hlo/cpu_goldens.py` where JAX gives other low bits there): where that key applies
+/// (`golden_key`) they are read instead.
 pub fn numbered(dir: &Path, prefix: &str) -> Vec<Tensor> {
-    let here = dir.join(format!("cpu-{}", cpu_class()));
-    let dir = if here.join(format!("{prefix}0.npy")).is_file() {
-        here
-    } else {
-        dir.to_path_buf()
+    let here = golden_key().map(|k| dir.join(format!("cpu-{k}")));
+    let dir = match here {
+        Some(h) if h.join(format!("{prefix}0.npy")).is_file() => h,
+        _ => dir.to_path_buf(),
     };
     let mut v = Vec::new();
     for i in 0.. {
@@ -82,9 +81,47 @@ pub fn numbered(dir: &Path, prefix: &str) -> Vec<Tensor> {
     v
 }
 
-/// The CPU class whose goldens apply here, as `hlo/cpu_goldens.py` names it: the widest x86
-/// vector ISA (`avx512`, `avx2`, `avx`, `sse`), else the architecture. XLA's CPU code and the
-/// kernels it calls choose their instructions from it, and so may JAX's low bits.
+/// The key whose goldens apply here, as `tests/goldens.py` chooses it: the first of LLVM's
+/// name for the host CPU (`cpu_name`) and its ISA class (`cpu_class`) that
+/// `hlo/cpu-classes/<key>.txt` records, or `None` (the committed outputs apply).
+pub fn golden_key() -> Option<&'static str> {
+    static K: OnceLock<Option<String>> = OnceLock::new();
+    K.get_or_init(|| {
+        [cpu_name(), cpu_class()]
+            .into_iter()
+            .find(|k| {
+                root()
+                    .join("hlo/cpu-classes")
+                    .join(format!("{k}.txt"))
+                    .is_file()
+            })
+            .map(str::to_string)
+    })
+    .as_deref()
+}
+
+/// LLVM's name for the host CPU (`znver4`, `sapphirerapids`, ...), as `rustc --print
+/// target-cpus` reports it (`native`), or `unknown`. XLA's CPU compiler tunes for it.
+pub fn cpu_name() -> &'static str {
+    static N: OnceLock<String> = OnceLock::new();
+    N.get_or_init(|| {
+        let out = std::process::Command::new("rustc")
+            .args(["--print", "target-cpus"])
+            .output();
+        let text = out
+            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+            .unwrap_or_default();
+        text.lines()
+            .find(|l| l.trim_start().starts_with("native "))
+            .and_then(|l| l.split("(currently ").nth(1))
+            .and_then(|r| r.split(')').next())
+            .unwrap_or("unknown")
+            .to_string()
+    })
+}
+
+/// The widest x86 vector ISA (`avx512`, `avx2`, `avx`, `sse`), else the architecture: the
+/// older, coarser key of `hlo/cpu-classes/`, and what some tolerances depend on.
 pub fn cpu_class() -> &'static str {
     #[cfg(target_arch = "x86_64")]
     {
@@ -146,9 +183,11 @@ pub fn assert_bit_equal(what: &str, got: &[Tensor], expected: &[Tensor]) {
         assert_eq!(g.type_string(), e.type_string(), "{what}: out{i} type");
         assert!(
             g.bytes() == e.bytes(),
-            "{what}: out{i} differs from JAX's output (this CPU's class is {}: where JAX's bits \
-             differ on it, hlo/cpu_goldens.py writes them; see hlo/README.md)",
-            cpu_class()
+            "{what}: out{i} differs from JAX's output (this CPU is {} ({}); goldens of {}: where \
+             JAX's bits differ here, scripts/cpu-goldens.sh has JAX write them; hlo/README.md)",
+            cpu_name(),
+            cpu_class(),
+            golden_key().map_or("the export machine".to_string(), |k| format!("cpu-{k}"))
         );
     }
 }
