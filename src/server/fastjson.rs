@@ -156,96 +156,62 @@ fn parse_eight(v: u64) -> u64 {
         >> 32
 }
 
-/// `10^k` for `k` in 0..=8, as integers.
-const POW10_U64: [u64; 9] = [
-    1,
-    10,
-    100,
-    1_000,
-    10_000,
-    100_000,
-    1_000_000,
-    10_000_000,
-    100_000_000,
-];
-
-/// The run of ASCII digits at `b[i..]`, up to eight of them: `(value, count)`. Eight bytes are
-/// classified at once (no carries between bytes).
+/// The eight bytes at `b[i..]`, little-endian, when there are eight.
 #[inline(always)]
-fn digit_chunk(b: &[u8], i: usize) -> (u64, u32) {
-    let mut bytes = [0u8; 8];
-    match b.get(i..i + 8) {
-        Some(chunk) => bytes.copy_from_slice(chunk),
-        None => {
-            // The last few bytes, padded with NULs (not digits).
-            let rest = b.get(i..).unwrap_or_default();
-            bytes
-                .get_mut(..rest.len())
-                .unwrap_or_default()
-                .copy_from_slice(rest);
-        }
-    }
-    let v = u64::from_le_bytes(bytes);
-    // Per byte: digits are 0x30..=0x39, so `v ^ 0x30` is 0..=9 exactly for them; a high nibble,
-    // or a low nibble above 9 (which `+ 6` carries into the high nibble, within the byte),
-    // marks anything else.
-    let t = v ^ 0x3030_3030_3030_3030;
-    let other = (t & 0xF0F0_F0F0_F0F0_F0F0)
-        | ((t & 0x0F0F_0F0F_0F0F_0F0F).wrapping_add(0x0606_0606_0606_0606) & 0xF0F0_F0F0_F0F0_F0F0);
-    let count = other.trailing_zeros() / 8;
-    match count {
-        0 => (0, 0),
-        8 => (parse_eight(v), 8),
-        k => {
-            // Move the k digits to the top and fill the bytes below with '0'.
-            let shift = 8 * (8 - k);
-            let filled = (v << shift) | (0x3030_3030_3030_3030 >> (64 - shift));
-            (parse_eight(filled), k)
-        }
-    }
+fn load8(b: &[u8], i: usize) -> Option<u64> {
+    let chunk: [u8; 8] = b.get(i..i.checked_add(8)?)?.try_into().ok()?;
+    Some(u64::from_le_bytes(chunk))
+}
+
+/// Whether all eight bytes of `v` are ASCII digits (fast_float's test): a byte is a digit
+/// exactly when its high nibble is 3 and adding 6 keeps it 3. A carry out of a byte comes only
+/// from a byte that already fails, so it cannot make the whole test pass.
+#[inline(always)]
+fn eight_digits(v: u64) -> bool {
+    ((v & 0xF0F0_F0F0_F0F0_F0F0)
+        | ((v.wrapping_add(0x0606_0606_0606_0606) & 0xF0F0_F0F0_F0F0_F0F0) >> 4))
+        == 0x3333_3333_3333_3333
 }
 
 impl Number {
     /// Takes the digits at `b[i..]` into the significand (at most 19; later ones move the
     /// exponent in an integer part, and only mark `truncated`), returns the index after them.
+    /// Eight at a time while eight are there and fit, then one by one.
     #[inline(always)]
     fn digits_at(&mut self, b: &[u8], mut i: usize, fraction: bool) -> usize {
-        loop {
-            let (value, k) = digit_chunk(b, i);
-            let (Some(&scale), Ok(width)) = (POW10_U64.get(k as usize), usize::try_from(k)) else {
-                return i;
-            };
-            if k == 0 {
-                return i;
-            }
-            if self.digits + k <= 19 {
-                self.w = self.w * scale + value;
-                self.digits += k;
-                if fraction {
-                    self.exp = self.exp.saturating_sub_unsigned(k);
-                }
-            } else {
-                for &c in b.get(i..i + width).unwrap_or_default() {
-                    let d = u64::from(c - b'0');
-                    if self.digits < 19 {
-                        self.w = self.w * 10 + d;
-                        self.digits += 1;
-                        if fraction {
-                            self.exp = self.exp.saturating_sub(1);
-                        }
-                    } else {
-                        if !fraction {
-                            self.exp = self.exp.saturating_add(1);
-                        }
-                        self.truncated |= d != 0;
+        while self.digits <= 11 {
+            match load8(b, i) {
+                Some(v) if eight_digits(v) => {
+                    self.w = self.w * 100_000_000 + parse_eight(v);
+                    self.digits += 8;
+                    if fraction {
+                        self.exp = self.exp.saturating_sub(8);
                     }
+                    i += 8;
                 }
-            }
-            i += width;
-            if k < 8 {
-                return i;
+                _ => break,
             }
         }
+        while let Some(&c) = b.get(i) {
+            let d = c.wrapping_sub(b'0');
+            if d > 9 {
+                break;
+            }
+            if self.digits < 19 {
+                self.w = self.w * 10 + u64::from(d);
+                self.digits += 1;
+                if fraction {
+                    self.exp = self.exp.saturating_sub(1);
+                }
+            } else {
+                if !fraction {
+                    self.exp = self.exp.saturating_add(1);
+                }
+                self.truncated |= d != 0;
+            }
+            i += 1;
+        }
+        i
     }
 
     /// `w * 10^exp` in f64 with three roundings (`w`, the power, the product: under two ulps
@@ -1130,27 +1096,40 @@ mod tests {
     }
 
     #[test]
-    fn digit_chunks_match_a_byte_by_byte_count() {
+    fn eight_digits_matches_a_byte_by_byte_test() {
         let mut r = Rng(3);
-        let alphabet = b"0123456789/:.,e-]\x00\xff9";
-        for _ in 0..200_000 {
-            let len = (r.next() % 12) as usize;
-            let b: Vec<u8> = (0..len)
-                .map(|_| alphabet[(r.next() % alphabet.len() as u64) as usize])
-                .collect();
-            let at = (r.next() as usize) % (len + 1);
-            let run: Vec<u8> = b[at..]
-                .iter()
-                .take(8)
-                .take_while(|c| c.is_ascii_digit())
-                .copied()
-                .collect();
-            let value = run.iter().fold(0u64, |a, &c| a * 10 + u64::from(c - b'0'));
+        let alphabet = b"0123456789/:.,e-]\x00\xff9\xfa\x29";
+        for round in 0..400_000 {
+            let v = if round % 2 == 0 {
+                r.next()
+            } else {
+                let b: [u8; 8] =
+                    std::array::from_fn(|_| alphabet[(r.next() % alphabet.len() as u64) as usize]);
+                u64::from_le_bytes(b)
+            };
+            let bytes = v.to_le_bytes();
             assert_eq!(
-                digit_chunk(&b, at),
-                (value, run.len() as u32),
-                "{b:?} at {at}"
+                eight_digits(v),
+                bytes.iter().all(u8::is_ascii_digit),
+                "{bytes:?}"
             );
+            if eight_digits(v) {
+                let value = bytes
+                    .iter()
+                    .fold(0u64, |a, &c| a * 10 + u64::from(c - b'0'));
+                assert_eq!(parse_eight(v), value, "{bytes:?}");
+            }
+        }
+        // Every byte value at every position of an all-digit word.
+        for base in [*b"00000000", *b"99999999", *b"12345678"] {
+            for at in 0..8 {
+                for x in 0..=255u8 {
+                    let mut b = base;
+                    b[at] = x;
+                    let v = u64::from_le_bytes(b);
+                    assert_eq!(eight_digits(v), x.is_ascii_digit(), "{b:?}");
+                }
+            }
         }
     }
 
