@@ -1645,7 +1645,7 @@ impl Model {
     pub fn serialized_executable(&self) -> Result<crate::pjrt::SerializedExecutable, Error> {
         match &self.serialized {
             Some(b) => Ok(crate::pjrt::SerializedExecutable(b.to_vec())),
-            None => Ok(self.executable()?.serialize()?),
+            None => Ok(crate::compile::serialize_checked(self.executable()?)?),
         }
     }
 

@@ -32,9 +32,9 @@ fn each_setting_runs_and_xla_is_jax_bit_for_bit() {
     for name in ["keras_mobilenet", "conv"] {
         let dir = common::root().join("hlo").join(name);
         for k in CpuKernels::ALL {
-            // oneDNN's rewrite aborts the plugin inside the jailed compile worker (see
-            // `onednn_in_the_jail_is_a_typed_worker_failure`); its numbers come from an
-            // unjailed compile.
+            // An executable with oneDNN calls cannot be serialized, so it cannot come back
+            // from a compile worker (see `onednn_in_the_jail_is_a_typed_refusal`); its numbers
+            // come from an unjailed compile.
             let engine = if k == CpuKernels::Onednn {
                 common::thread_engine()
             } else {
@@ -86,22 +86,40 @@ fn bad_setting_names_the_choices() {
     assert!(e.to_string().contains("'fast'"), "{e}");
 }
 
-/// Measured here: with `onednn`, the plugin compiles keras_mobilenet in this process but throws
-/// a C++ exception inside the jailed compile worker (something oneDNN needs at compile time is
-/// outside the jail). The jail turns that into a typed error and the engine keeps compiling.
+/// With `onednn` the plugin compiles keras_mobilenet, but throws a C++ exception (which aborts
+/// the process) out of `PJRT_Executable_Serialize` for the result; a compile worker must
+/// serialize what it compiled, so it refuses instead: a typed rejection naming oneDNN and
+/// what to do, and the worker and the engine go on. (Until 2026-12-02 this was a SIGABRT of the
+/// worker, read as "oneDNN fails inside the jail"; `xlaguard compile --isolation thread`
+/// showed that the serialization, not the jail, aborts.)
 #[test]
-fn onednn_in_the_jail_is_a_typed_worker_failure() {
+fn onednn_in_the_jail_is_a_typed_refusal() {
     let dir = common::root().join("hlo/keras_mobilenet");
     let e = common::engine().with_cpu_kernels(CpuKernels::Onednn);
     match e.load_file(&dir.join("model.jaxexport")) {
-        Err(xlaguard::Error::WorkerCrashed(f)) => {
-            assert!(f.to_string().contains("SIGABRT"), "{f}");
+        Err(xlaguard::Error::CompileRejected(err)) => {
+            let m = err.to_string();
+            assert!(m.contains("PJRT_Executable_Serialize"), "{m}");
+            assert!(
+                m.contains("oneDNN kernels") && m.contains("--isolation thread"),
+                "{m}"
+            );
         }
-        Err(other) => panic!("expected a worker failure, got {other}"),
-        // If a later plugin or jail lets it compile, this test says so (and the note in
-        // docs/cpu_kernels.md must change).
+        Err(other) => panic!("expected a typed refusal, got {other}"),
+        // If a later plugin serializes it, this test says so (and docs/cpu_kernels.md must
+        // change).
         Ok(_) => panic!("onednn now compiles in the jail: update docs/cpu_kernels.md"),
     }
+    // An unjailed compile keeps it in the process, and serializing it is refused, not an abort.
+    let m = common::thread_engine()
+        .with_cpu_kernels(CpuKernels::Onednn)
+        .load_file(&dir.join("model.jaxexport"))
+        .expect("an in-process onednn compile");
+    let err = m.serialized_executable().unwrap_err().to_string();
+    assert!(
+        err.contains("PJRT_Executable_Serialize") && err.contains("oneDNN"),
+        "{err}"
+    );
     // The engine still compiles with JAX's options afterwards.
     common::engine()
         .load_file(&dir.join("model.jaxexport"))

@@ -806,7 +806,7 @@ impl Compiler {
                 let mut serialized = serialized;
                 if let (Some(c), Some(k)) = (&self.cache, &key) {
                     if serialized.is_none() {
-                        serialized = exe.serialize().ok().map(|s| s.0);
+                        serialized = serialize_checked(&exe).ok().map(|s| s.0);
                     }
                     if let Some(b) = &serialized {
                         if c.put(k, b).is_ok() {
@@ -1161,6 +1161,11 @@ pub fn read_compile_reply(kind: Kind, payload: &[u8]) -> Result<CompileReply<'_>
                     code: ErrorCode::from_raw(r.code.unwrap_or(3)),
                     message: r.message,
                 }),
+                "PJRT_Executable_Serialize" => Error::CompileRejected(PjrtError::Call {
+                    function: "PJRT_Executable_Serialize",
+                    code: ErrorCode::from_raw(r.code.unwrap_or(12)),
+                    message: r.message,
+                }),
                 _ => Error::CompileRejected(PjrtError::Call {
                     function: "PJRT_Client_Compile",
                     code: ErrorCode::from_raw(r.code.unwrap_or(2)),
@@ -1192,4 +1197,44 @@ fn pool_error(e: PoolError) -> Error {
         PoolError::Busy { running, queued } => Error::Busy { running, queued },
         PoolError::Failed(f) => f.into_error(),
     }
+}
+
+/// Why `exe` cannot be serialized, if it cannot: this CPU plugin throws a C++ exception out of
+/// `PJRT_Executable_Serialize` for an executable that calls oneDNN kernels (measured 2026-12-02
+/// on keras_mobilenet with `cpu_kernels = "onednn"`: a garbage-sized allocation, then
+/// `std::bad_alloc`), and a C++ exception through Rust frames aborts the process. So such an
+/// executable is never handed to it: compile workers, the compile cache and process execution
+/// all need the serialized form and refuse with this message instead.
+pub(crate) fn unserializable(exe: &LoadedExecutable) -> Option<String> {
+    let (_, prog) = exe.optimized_program().ok()?;
+    let calls = crate::artifact::hlo::library_calls(&prog).ok()?;
+    let onednn: usize = calls
+        .iter()
+        .filter(|(n, _)| n.starts_with("__onednn"))
+        .map(|(_, c)| c)
+        .sum();
+    (onednn > 0).then(|| {
+        format!(
+            "the executable calls oneDNN kernels ({onednn} calls) and this CPU plugin aborts \
+             serializing such an executable: it cannot leave the process that compiled it \
+             (no compile worker, compile cache or execution worker); use cpu_kernels = \
+             \"onednn\" with --isolation thread and in-process execution, or another \
+             cpu_kernels setting"
+        )
+    })
+}
+
+/// [`LoadedExecutable::serialize`], refused (as a PJRT error that names the function) where
+/// [`unserializable`] says the plugin would abort.
+pub(crate) fn serialize_checked(
+    exe: &LoadedExecutable,
+) -> Result<crate::pjrt::SerializedExecutable, PjrtError> {
+    if let Some(why) = unserializable(exe) {
+        return Err(PjrtError::Call {
+            function: "PJRT_Executable_Serialize",
+            code: ErrorCode::Unimplemented,
+            message: format!("not called by xlaguard: {why}"),
+        });
+    }
+    exe.serialize()
 }

@@ -589,7 +589,7 @@ fn reply_compiled(
     out: &mut impl Write,
 ) -> i32 {
     let t = Instant::now();
-    let ser = match exe.serialize() {
+    let ser = match super::serialize_checked(exe) {
         Ok(s) => s,
         Err(e) => return reject(out, &e),
     };
