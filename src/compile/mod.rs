@@ -36,7 +36,7 @@ pub use cache::{Cache, CacheKey, CacheRejection};
 pub use failure::{FailureCause, WorkerFailure, WorkerRole};
 pub use limits::{Limits, SandboxOptions, DEFAULT_MAX_MODULE_BYTES};
 pub use protocol::{Bake, BakedArg, ProtocolError, Refinement, EXEC_WORKER_ARG, WORKER_ARG};
-pub use sandbox::{ChildUsage, ExitInfo, JailReport};
+pub use sandbox::{thread_usage, ChildUsage, ExitInfo, JailReport};
 pub use stats::{CompileStats, Histogram, StatsSnapshot};
 #[cfg(feature = "test-hooks")]
 pub use worker::{TestRequest, TestResult};

@@ -767,6 +767,21 @@ fn tv(t: libc::timeval) -> Duration {
         + Duration::from_micros(u64::try_from(t.tv_usec).unwrap_or(0))
 }
 
+/// The calling thread's CPU time so far (user + system) and how many times it was preempted
+/// (involuntary context switches), from `getrusage(RUSAGE_THREAD)`; `None` if the call fails.
+pub fn thread_usage() -> Option<(Duration, u64)> {
+    // SAFETY: rusage is plain old data.
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: a valid out-pointer; RUSAGE_THREAD reads only the calling thread's counters.
+    if unsafe { libc::getrusage(libc::RUSAGE_THREAD, &mut ru) } != 0 {
+        return None;
+    }
+    Some((
+        tv(ru.ru_utime) + tv(ru.ru_stime),
+        u64::try_from(ru.ru_nivcsw).unwrap_or(0),
+    ))
+}
+
 /// `wait4` on our own child. `block = false` returns `None` while it still runs.
 pub(crate) fn wait4(pid: i32, block: bool) -> io::Result<Option<(ExitInfo, ChildUsage)>> {
     let mut status = 0;
