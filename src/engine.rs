@@ -1645,7 +1645,10 @@ impl Model {
     pub fn serialized_executable(&self) -> Result<crate::pjrt::SerializedExecutable, Error> {
         match &self.serialized {
             Some(b) => Ok(crate::pjrt::SerializedExecutable(b.to_vec())),
-            None => Ok(crate::compile::serialize_checked(self.executable()?)?),
+            None => Ok(crate::compile::serialize_checked(
+                self.executable()?,
+                self.engine.compile_options().ok().as_deref(),
+            )?),
         }
     }
 

@@ -806,7 +806,9 @@ impl Compiler {
                 let mut serialized = serialized;
                 if let (Some(c), Some(k)) = (&self.cache, &key) {
                     if serialized.is_none() {
-                        serialized = serialize_checked(&exe).ok().map(|s| s.0);
+                        serialized = serialize_checked(&exe, Some(input.options))
+                            .ok()
+                            .map(|s| s.0);
                     }
                     if let Some(b) = &serialized {
                         if c.put(k, b).is_ok() {
@@ -1225,11 +1227,15 @@ pub(crate) fn unserializable(exe: &LoadedExecutable) -> Option<String> {
 }
 
 /// [`LoadedExecutable::serialize`], refused (as a PJRT error that names the function) where
-/// [`unserializable`] says the plugin would abort.
+/// [`unserializable`] says the plugin would abort. With JAX's own options (`options`, what
+/// `exe` was compiled with, `None` when unknown) XLA emits no oneDNN calls, and the optimized
+/// module (which holds every baked weight) is not read.
 pub(crate) fn serialize_checked(
     exe: &LoadedExecutable,
+    options: Option<&CompileOptions>,
 ) -> Result<crate::pjrt::SerializedExecutable, PjrtError> {
-    if let Some(why) = unserializable(exe) {
+    let check = options.is_none_or(|o| !o.is_jax_default());
+    if let Some(why) = check.then(|| unserializable(exe)).flatten() {
         return Err(PjrtError::Call {
             function: "PJRT_Executable_Serialize",
             code: ErrorCode::Unimplemented,

@@ -579,17 +579,18 @@ fn compile(
         Err(e) => return reject(out, &e),
     };
     let compile_ms = t.elapsed().as_secs_f64() * 1e3;
-    reply_compiled(&exe, client_ms, compile_ms, out)
+    reply_compiled(&exe, Some(&options), client_ms, compile_ms, out)
 }
 
 fn reply_compiled(
     exe: &crate::pjrt::LoadedExecutable,
+    options: Option<&CompileOptions>,
     client_ms: f64,
     compile_ms: f64,
     out: &mut impl Write,
 ) -> i32 {
     let t = Instant::now();
-    let ser = match super::serialize_checked(exe) {
+    let ser = match super::serialize_checked(exe, options) {
         Ok(s) => s,
         Err(e) => return reject(out, &e),
     };
@@ -691,7 +692,7 @@ fn test_request(client: &Client, payload: &[u8], out: &mut impl Write) -> i32 {
             let format = if format == "hlo" { "hlo" } else { "mlir" };
             let t = Instant::now();
             return match client.compile_with_raw_options(&program, format, &options) {
-                Ok(exe) => reply_compiled(&exe, 0.0, t.elapsed().as_secs_f64() * 1e3, out),
+                Ok(exe) => reply_compiled(&exe, None, 0.0, t.elapsed().as_secs_f64() * 1e3, out),
                 Err(e) => reject(out, &e),
             };
         }

@@ -490,6 +490,12 @@ impl CompileOptions {
         })
     }
 
+    /// Whether every `DebugOptions` field is JAX's (no `XLA_FLAGS` edit, no CPU kernel
+    /// setting).
+    pub fn is_jax_default(&self) -> bool {
+        self.debug.is_empty()
+    }
+
     /// Replicas and partitions.
     pub fn counts(&self) -> (u32, u32) {
         (self.num_replicas.get(), self.num_partitions.get())
