@@ -344,8 +344,13 @@ mod tests {
         assert_eq!(c.counts(), (1, 0));
         let r = run(&c, far, || -> u32 { panic!("boom") }).await;
         assert!(matches!(r, Ran::Failed), "{r:?}");
+        // (The panic's own time, a backtrace printed under RUST_BACKTRACE, is a sample too and
+        // may move `c` to the pool: the deadline check of the inline path takes a fresh model.)
+        let c = Arc::new(Cost::new(Duration::from_millis(50)));
+        c.record(Duration::from_micros(1));
         let past = tokio::time::Instant::now() - Duration::from_millis(1);
         assert!(matches!(run(&c, past, || 1).await, Ran::Late));
+        assert_eq!(c.counts(), (0, 0), "a late request is not run");
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 1)]
